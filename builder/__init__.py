@@ -1,0 +1,1 @@
+"""A sandboxed remote build executor speaking the Tvix and Snix protocols."""

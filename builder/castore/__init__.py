@@ -1,0 +1,1 @@
+"""Content-addressed store: model, blob and directory services, filesystem bridge."""

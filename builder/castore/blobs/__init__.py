@@ -1,0 +1,1 @@
+"""Blob services: where file contents live, addressed by BLAKE3 digest."""

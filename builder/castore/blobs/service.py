@@ -1,0 +1,73 @@
+"""The BlobService contract every blob backend implements.
+
+Reads and writes are streams so that no backend ever needs a whole blob in
+memory; a writer learns the digest only when it is closed, and a blob becomes
+visible to readers only then (and only if complete).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from builder.castore.digest import Digest
+
+READ_CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMeta:
+    """One content-defined chunk of a blob, itself readable by its digest."""
+
+    digest: Digest
+    size: int
+
+
+class BlobWriter(Protocol):
+    """A blob being written; ``close`` commits it, ``abort`` discards it."""
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def close(self) -> Digest: ...
+
+    def abort(self) -> None: ...
+
+
+@runtime_checkable
+class BlobService(Protocol):
+    def has(self, digest: Digest) -> bool:
+        """Whether the blob (or a chunk known to this service) can be read."""
+        ...
+
+    def open_read(self, digest: Digest) -> BinaryIO | None:
+        """A seekable reader, or None when the digest is unknown."""
+        ...
+
+    def open_write(self) -> BlobWriter: ...
+
+    def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
+        """The blob's chunks in order; [] means 'read it whole'; None if unknown."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and handles; the service is not used afterwards."""
+        ...
+
+
+def put_bytes(service: BlobService, data: bytes) -> Digest:
+    writer = service.open_write()
+    try:
+        writer.write(data)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+def read_all(service: BlobService, digest: Digest) -> bytes | None:
+    """Whole blob as bytes: for tests and small blobs only."""
+    reader = service.open_read(digest)
+    if reader is None:
+        return None
+    with reader:
+        return reader.read()

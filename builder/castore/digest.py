@@ -1,0 +1,61 @@
+"""The 32-byte BLAKE3 digest that addresses every blob and directory."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import blake3
+
+from builder.errors import InvalidArgumentError
+
+DIGEST_SIZE = 32
+TEXT_PREFIX = "blake3-"
+
+
+class Digest(bytes):
+    """A BLAKE3 digest; being a ``bytes`` it goes onto the wire and into maps as is."""
+
+    def __new__(cls, value: bytes | bytearray | memoryview) -> Digest:
+        raw = bytes(value)
+        if len(raw) != DIGEST_SIZE:
+            raise InvalidArgumentError(
+                f"digest must be {DIGEST_SIZE} bytes, got {len(raw)}"
+            )
+        return super().__new__(cls, raw)
+
+    @classmethod
+    def from_field(cls, value: bytes, field: str) -> Digest:
+        """Validate a digest taken from a named message field, naming it on failure."""
+        if len(value) != DIGEST_SIZE:
+            raise InvalidArgumentError(
+                f"{field}: digest must be {DIGEST_SIZE} bytes, got {len(value)}"
+            )
+        return cls(value)
+
+    @classmethod
+    def of(cls, data: bytes | memoryview) -> Digest:
+        return cls(blake3.blake3(data).digest())
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Accept the ``blake3-<base64>`` form and, for convenience, 64 hex digits."""
+        try:
+            if text.startswith(TEXT_PREFIX):
+                return cls(base64.b64decode(text[len(TEXT_PREFIX):], validate=True))
+            if len(text) == 2 * DIGEST_SIZE:
+                return cls(bytes.fromhex(text))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgumentError(f"malformed digest {text!r}: {exc}") from exc
+        raise InvalidArgumentError(
+            f"malformed digest {text!r}: expected blake3-<base64> or 64 hex digits"
+        )
+
+    def __str__(self) -> str:
+        return TEXT_PREFIX + base64.b64encode(self).decode()
+
+    def __repr__(self) -> str:
+        return f"Digest({self})"
+
+
+EMPTY_DIGEST = Digest.of(b"")

@@ -1,0 +1,1 @@
+"""Directory services: where Directory messages live, addressed by digest."""

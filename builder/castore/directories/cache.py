@@ -1,0 +1,60 @@
+"""A near/far pair: reads try the near service and fill it from the far one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from builder.castore.digest import Digest
+from builder.castore.directories.closure import ValidatingPutter
+from builder.castore.directories.service import DirectoryService
+from builder.castore.directory import Directory
+from builder.errors import NotFoundError
+
+
+class CacheDirectoryService:
+    def __init__(self, near: DirectoryService, far: DirectoryService) -> None:
+        self.near = near
+        self.far = far
+
+    def get(self, digest: Digest) -> Directory | None:
+        found = self.near.get(digest)
+        if found is not None:
+            return found
+        found = self.far.get(digest)
+        if found is None:
+            return None
+        # The whole closure is fetched so the near copy satisfies the
+        # "children stored first" rule and later recursive reads stay near.
+        self._fill_near(digest)
+        return found
+
+    def _fill_near(self, root: Digest) -> None:
+        closure = list(self.far.get_recursive(root))
+        putter = self.near.put_multiple_start()
+        for directory in reversed(closure):
+            putter.put(directory)
+        putter.close()
+
+    def get_recursive(self, digest: Digest) -> Iterator[Directory]:
+        if self.get(digest) is None:
+            raise NotFoundError(f"directory {digest} not found")
+        return self.near.get_recursive(digest)
+
+    def put(self, directory: Directory) -> Digest:
+        putter = self.put_multiple_start()
+        putter.put(directory)
+        return putter.close()
+
+    def put_multiple_start(self) -> ValidatingPutter:
+        return ValidatingPutter(self.get, self._commit)
+
+    def _commit(self, directories: list[Directory]) -> None:
+        for service in (self.far, self.near):
+            putter = service.put_multiple_start()
+            for directory in directories:
+                putter.put(directory)
+            putter.close()
+
+    def close(self) -> None:
+        self.near.close()
+        self.far.close()

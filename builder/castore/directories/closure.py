@@ -1,0 +1,111 @@
+"""Checks on a directory closure sent leaves first, shared by every backend.
+
+A closure is only stored once it is known to be complete and connected, so a
+stream that fails half-way leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from builder.castore.digest import Digest
+from builder.castore.directory import Directory
+from builder.errors import InvalidArgumentError, NotFoundError
+
+Lookup = Callable[[Digest], Directory | None]
+
+
+def walk_breadth_first(lookup: Lookup, root: Digest) -> Iterator[Directory]:
+    """Root first, then children level by level, each digest once."""
+    directory = lookup(root)
+    if directory is None:
+        raise NotFoundError(f"directory {root} not found")
+    seen = {root}
+    queue = deque([directory])
+    while queue:
+        current = queue.popleft()
+        yield current
+        for child in current.directories:
+            if child.digest in seen:
+                continue
+            seen.add(child.digest)
+            found = lookup(child.digest)
+            if found is None:
+                raise NotFoundError(
+                    f"directory {child.digest} (child {child.name!r} of {current.digest}) "
+                    "not found"
+                )
+            queue.append(found)
+
+
+class ClosureValidator:
+    """Accumulates a leaves-to-root stream and checks order, sizes and connectivity."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self._lookup = lookup
+        self._received: dict[Digest, Directory] = {}
+        self._order: list[Directory] = []
+
+    def add(self, directory: Directory) -> None:
+        index = len(self._order)
+        try:
+            directory.validate()
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"directory #{index} ({directory.digest}): {exc}") from exc
+        for child in directory.directories:
+            known = self._received.get(child.digest) or self._lookup(child.digest)
+            if known is None:
+                raise InvalidArgumentError(
+                    f"directory #{index} ({directory.digest}): child {child.name!r} refers to "
+                    f"directory {child.digest}, which was neither sent before nor stored"
+                )
+            if known.size != child.size:
+                raise InvalidArgumentError(
+                    f"directory #{index} ({directory.digest}): child {child.name!r} has size "
+                    f"{child.size}, but directory {child.digest} has size {known.size}"
+                )
+        if directory.digest not in self._received:
+            self._received[directory.digest] = directory
+            self._order.append(directory)
+
+    def finish(self) -> tuple[Digest, list[Directory]]:
+        """The root digest and the directories to store, leaves first."""
+        if not self._order:
+            raise InvalidArgumentError("no directories were sent")
+        root = self._order[-1]
+        reached = {root.digest}
+        queue = deque([root])
+        while queue:
+            for child in queue.popleft().directories:
+                if child.digest in self._received and child.digest not in reached:
+                    reached.add(child.digest)
+                    queue.append(self._received[child.digest])
+        for directory in self._order:
+            if directory.digest not in reached:
+                raise InvalidArgumentError(
+                    f"directory {directory.digest} is not connected to the root {root.digest}"
+                )
+        return root.digest, self._order
+
+
+class ValidatingPutter:
+    """A DirectoryPutter that commits the validated closure in one call."""
+
+    def __init__(self, lookup: Lookup, commit: Callable[[list[Directory]], None]) -> None:
+        self._validator = ClosureValidator(lookup)
+        self._commit = commit
+        self._closed = False
+
+    def put(self, directory: Directory) -> None:
+        if self._closed:
+            raise InvalidArgumentError("putter already closed")
+        self._validator.add(directory)
+
+    def close(self) -> Digest:
+        if self._closed:
+            raise InvalidArgumentError("putter already closed")
+        self._closed = True
+        root, directories = self._validator.finish()
+        self._commit(directories)
+        return root

@@ -1,0 +1,118 @@
+"""Translation between the node model and the two wire families.
+
+Tvix and Snix encode castore messages identically; only message and oneof
+names differ. Everything here is therefore written once and parameterised by
+the family's generated module.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from types import ModuleType
+from typing import Any
+
+from builder.castore.digest import Digest
+from builder.castore.directory import Directory
+from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from builder.errors import InvalidArgumentError
+from builder.proto.snix.castore.protos import castore_pb2 as snix_castore
+from builder.proto.tvix.castore.protos import castore_pb2 as tvix_castore
+
+
+class Family(Enum):
+    TVIX = "tvix"
+    SNIX = "snix"
+
+    @property
+    def castore(self) -> ModuleType:
+        return tvix_castore if self is Family.TVIX else snix_castore
+
+    @property
+    def oneof(self) -> str:
+        return "node" if self is Family.TVIX else "entry"
+
+    def message_names(self) -> tuple[str, str, str, str]:
+        """Names of the (directory, file, symlink, root) node messages."""
+        if self is Family.TVIX:
+            return "DirectoryNode", "FileNode", "SymlinkNode", "Node"
+        return "DirectoryEntry", "FileEntry", "SymlinkEntry", "Entry"
+
+
+def _child_messages(directory: Directory, family: Family) -> dict[str, list[Any]]:
+    mod = family.castore
+    dn, fn, sn, _ = family.message_names()
+    return {
+        "directories": [
+            getattr(mod, dn)(name=d.name, digest=d.digest, size=d.size)
+            for d in directory.directories
+        ],
+        "files": [
+            getattr(mod, fn)(name=f.name, digest=f.digest, size=f.size, executable=f.executable)
+            for f in directory.files
+        ],
+        "symlinks": [
+            getattr(mod, sn)(name=s.name, target=s.target) for s in directory.symlinks
+        ],
+    }
+
+
+def directory_to_proto(directory: Directory, family: Family = Family.TVIX) -> Any:
+    return family.castore.Directory(**_child_messages(directory, family))
+
+
+def encode_directory(directory: Directory) -> bytes:
+    """The canonical bytes the digest is taken over (identical in both families)."""
+    return directory_to_proto(directory).SerializeToString(deterministic=True)
+
+
+def _digest(value: bytes, where: str) -> Digest:
+    return Digest.from_field(value, where)
+
+
+def directory_from_proto(msg: Any) -> Directory:
+    """Convert a Directory of either family; digest lengths are checked here."""
+    return Directory(
+        tuple(
+            DirectoryNode(d.name, _digest(d.digest, f"directories[{i}].digest"), d.size)
+            for i, d in enumerate(msg.directories)
+        ),
+        tuple(
+            FileNode(f.name, _digest(f.digest, f"files[{i}].digest"), f.size, f.executable)
+            for i, f in enumerate(msg.files)
+        ),
+        tuple(SymlinkNode(s.name, s.target) for s in msg.symlinks),
+    )
+
+
+def decode_directory(data: bytes) -> Directory:
+    return directory_from_proto(tvix_castore.Directory.FromString(data))
+
+
+def node_to_proto(node: Node, family: Family = Family.TVIX) -> Any:
+    mod = family.castore
+    dn, fn, sn, root = family.message_names()
+    if isinstance(node, DirectoryNode):
+        inner = {"directory": getattr(mod, dn)(name=node.name, digest=node.digest, size=node.size)}
+    elif isinstance(node, FileNode):
+        inner = {
+            "file": getattr(mod, fn)(
+                name=node.name, digest=node.digest, size=node.size, executable=node.executable
+            )
+        }
+    else:
+        inner = {"symlink": getattr(mod, sn)(name=node.name, target=node.target)}
+    return getattr(mod, root)(**inner)
+
+
+def node_from_proto(msg: Any, where: str = "node") -> Node:
+    """Convert a root Node/Entry of either family, rejecting an unset oneof."""
+    kind = msg.WhichOneof(msg.DESCRIPTOR.oneofs[0].name)
+    if kind == "directory":
+        d = msg.directory
+        return DirectoryNode(d.name, _digest(d.digest, f"{where}.directory.digest"), d.size)
+    if kind == "file":
+        f = msg.file
+        return FileNode(f.name, _digest(f.digest, f"{where}.file.digest"), f.size, f.executable)
+    if kind == "symlink":
+        return SymlinkNode(msg.symlink.name, msg.symlink.target)
+    raise InvalidArgumentError(f"{where}: no node kind set")

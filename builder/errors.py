@@ -1,0 +1,44 @@
+"""The product's typed errors.
+
+Every layer raises these; the gRPC layer maps them to status codes in one
+place (``builder.server.status``), so a message written here reaches the client
+unchanged.
+"""
+
+from __future__ import annotations
+
+
+class BuilderError(Exception):
+    """Base of every error the product reports to a caller."""
+
+
+class InvalidArgumentError(BuilderError):
+    """The caller sent something malformed: a field breaks a protocol rule."""
+
+
+class NotFoundError(BuilderError):
+    """A digest or name the caller referred to is not known."""
+
+
+class FailedPreconditionError(BuilderError):
+    """The request is well-formed but cannot run in the current state."""
+
+
+class ResourceExhaustedError(BuilderError):
+    """A bound was reached (queue length, size limit)."""
+
+
+class CancelledError(BuilderError):
+    """The work was cancelled before it finished."""
+
+
+class BuildFailedError(BuilderError):
+    """The build ran and did not succeed."""
+
+
+class UnavailableError(BuilderError):
+    """A backend this service depends on could not be reached."""
+
+
+class IntegrityError(BuilderError):
+    """Stored or received data does not match the digest it was addressed by."""
