@@ -1,0 +1,115 @@
+"""The contract every BlobService backend must honour."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import blake3
+import pytest
+
+from builder.castore.blobs.service import BlobService, put_bytes, read_all
+from builder.castore.digest import EMPTY_DIGEST, Digest
+
+HELLO = Digest.parse("5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c")
+
+
+def test_put_returns_blake3_digest(blob_service: BlobService) -> None:
+    assert put_bytes(blob_service, b"Hello World!") == HELLO
+    assert blob_service.has(HELLO)
+    assert read_all(blob_service, HELLO) == b"Hello World!"
+
+
+def test_empty_blob(blob_service: BlobService) -> None:
+    assert put_bytes(blob_service, b"") == EMPTY_DIGEST
+    assert blob_service.has(EMPTY_DIGEST)
+    assert read_all(blob_service, EMPTY_DIGEST) == b""
+
+
+def test_unknown_digest(blob_service: BlobService) -> None:
+    unknown = Digest.of(b"never stored")
+    assert not blob_service.has(unknown)
+    assert blob_service.open_read(unknown) is None
+    assert blob_service.chunks(unknown) is None
+
+
+def test_streamed_write_in_pieces(blob_service: BlobService) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    writer = blob_service.open_write()
+    view = memoryview(data)
+    for start in range(0, len(data), 65_537):
+        writer.write(view[start : start + 65_537])
+    digest = writer.close()
+    assert digest == Digest(blake3.blake3(data).digest())
+    assert read_all(blob_service, digest) == data
+
+
+def test_seek_and_partial_reads(blob_service: BlobService) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    digest = put_bytes(blob_service, data)
+    reader = blob_service.open_read(digest)
+    assert reader is not None
+    with reader:
+        for offset in (0, 1, 1_000_000, len(data) - 3, 12):
+            reader.seek(offset)
+            assert reader.read(4096) == data[offset : offset + 4096]
+        reader.seek(-10, io.SEEK_END)
+        assert reader.read() == data[-10:]
+        reader.seek(len(data))
+        assert reader.read(10) == b""
+
+
+def test_aborted_write_stores_nothing(blob_service: BlobService) -> None:
+    data = b"partial upload " * 1000
+    writer = blob_service.open_write()
+    writer.write(data)
+    writer.abort()
+    assert not blob_service.has(Digest.of(data))
+
+
+def test_idempotent_put(blob_service: BlobService) -> None:
+    first = put_bytes(blob_service, b"same")
+    second = put_bytes(blob_service, b"same")
+    assert first == second
+    assert read_all(blob_service, first) == b"same"
+
+
+def test_chunks_cover_the_blob(blob_service: BlobService) -> None:
+    data = os.urandom(1_500_000)
+    digest = put_bytes(blob_service, data)
+    chunks = blob_service.chunks(digest)
+    assert chunks is not None
+    if chunks:
+        assert sum(c.size for c in chunks) == len(data)
+        offset = 0
+        for chunk in chunks:
+            assert read_all(blob_service, chunk.digest) == data[offset : offset + chunk.size]
+            offset += chunk.size
+
+
+def test_concurrent_writers_of_the_same_blob(blob_service: BlobService) -> None:
+    data = os.urandom(300_000)
+    results: list[Digest] = []
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            results.append(put_bytes(blob_service, data))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(set(results)) == 1
+    assert read_all(blob_service, results[0]) == data
+
+
+@pytest.mark.parametrize("size", [1, 4096, 1 << 20])
+def test_sizes_round_trip(blob_service: BlobService, size: int) -> None:
+    data = os.urandom(size)
+    assert read_all(blob_service, put_bytes(blob_service, data)) == data

@@ -1,0 +1,146 @@
+"""The contract every DirectoryService backend must honour."""
+
+from __future__ import annotations
+
+import pytest
+
+from builder.castore.digest import EMPTY_DIGEST, Digest
+from builder.castore.directories.service import DirectoryService
+from builder.castore.directory import Directory
+from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+from builder.errors import InvalidArgumentError, NotFoundError
+
+EMPTY = Directory()
+KEEP = Directory.of([FileNode(b".keep", EMPTY_DIGEST, 0)])
+WITH_EMPTY_CHILD = Directory.of([EMPTY.node(b"a")])
+
+
+def _tree() -> tuple[Directory, list[Directory]]:
+    """A three-level tree with a shared child, leaves first."""
+    leaf = Directory.of([FileNode(b"f", Digest.of(b"x"), 1, True), SymlinkNode(b"l", b"f")])
+    middle = Directory.of([leaf.node(b"leaf"), FileNode(b"g", Digest.of(b"y"), 1)])
+    root = Directory.of([middle.node(b"m"), leaf.node(b"shared"), KEEP.node(b"k")])
+    return root, [leaf, KEEP, middle, root]
+
+
+def test_put_and_get_single(directory_service: DirectoryService) -> None:
+    assert directory_service.put(KEEP) == KEEP.digest
+    assert directory_service.get(KEEP.digest) == KEEP
+
+
+def test_protocol_vectors(directory_service: DirectoryService) -> None:
+    assert EMPTY.digest == EMPTY_DIGEST
+    directory_service.put(EMPTY)
+    assert directory_service.put(WITH_EMPTY_CHILD) == Digest.parse(
+        "8701f4722d8dae7f2c40fa003331b8437a3825f9e1bfd3a77998c64cc226b9cc"
+    )
+    assert WITH_EMPTY_CHILD.size == 2
+
+
+def test_unknown_digest(directory_service: DirectoryService) -> None:
+    unknown = Digest.of(b"nope")
+    assert directory_service.get(unknown) is None
+    with pytest.raises(NotFoundError):
+        list(directory_service.get_recursive(unknown))
+
+
+def test_closure_put_and_breadth_first_get(directory_service: DirectoryService) -> None:
+    root, leaves_first = _tree()
+    putter = directory_service.put_multiple_start()
+    for directory in leaves_first:
+        putter.put(directory)
+    assert putter.close() == root.digest
+    got = list(directory_service.get_recursive(root.digest))
+    assert got[0] == root
+    assert [d.digest for d in got] == [
+        root.digest,
+        KEEP.digest,
+        leaves_first[2].digest,
+        leaves_first[0].digest,
+    ]
+    assert len({d.digest for d in got}) == len(got)
+
+
+def test_single_put_requires_children(directory_service: DirectoryService) -> None:
+    with pytest.raises(InvalidArgumentError, match="neither sent before nor stored"):
+        directory_service.put(WITH_EMPTY_CHILD)
+    assert directory_service.get(WITH_EMPTY_CHILD.digest) is None
+
+
+def test_child_stored_earlier_counts(directory_service: DirectoryService) -> None:
+    directory_service.put(KEEP)
+    parent = Directory.of([KEEP.node(b"k")])
+    assert directory_service.put(parent) == parent.digest
+
+
+def _rejected(service: DirectoryService, stream: list[Directory], match: str) -> None:
+    putter = service.put_multiple_start()
+    with pytest.raises(InvalidArgumentError, match=match):
+        for directory in stream:
+            putter.put(directory)
+        putter.close()
+    for directory in stream:
+        assert service.get(directory.digest) is None
+
+
+def test_wrong_child_size(directory_service: DirectoryService) -> None:
+    bad = Directory.of([DirectoryNode(b"k", KEEP.digest, 7)])
+    _rejected(directory_service, [KEEP, bad], "has size 7")
+
+
+def test_root_must_connect(directory_service: DirectoryService) -> None:
+    other = Directory.of([SymlinkNode(b"s", b"t")])
+    _rejected(directory_service, [KEEP, other], "not connected to the root")
+
+
+def test_child_after_parent(directory_service: DirectoryService) -> None:
+    _rejected(directory_service, [WITH_EMPTY_CHILD, EMPTY], "neither sent before nor stored")
+
+
+@pytest.mark.parametrize(
+    ("directory", "match"),
+    [
+        (
+            Directory(files=(FileNode(b"b", EMPTY_DIGEST, 0), FileNode(b"a", EMPTY_DIGEST, 0))),
+            "unsorted",
+        ),
+        (
+            Directory(files=(FileNode(b"a", EMPTY_DIGEST, 0), FileNode(b"a", EMPTY_DIGEST, 0))),
+            "duplicate",
+        ),
+        (
+            Directory(
+                files=(FileNode(b"a", EMPTY_DIGEST, 0),), symlinks=(SymlinkNode(b"a", b"x"),)
+            ),
+            "duplicate name b'a' across lists",
+        ),
+        (Directory(files=(FileNode(b"..", EMPTY_DIGEST, 0),)), "not allowed"),
+        (Directory(files=(FileNode(b".", EMPTY_DIGEST, 0),)), "not allowed"),
+        (Directory(files=(FileNode(b"a/b", EMPTY_DIGEST, 0),)), "contains '/'"),
+        (Directory(files=(FileNode(b"", EMPTY_DIGEST, 0),)), "name is empty"),
+        (Directory(files=(FileNode(b"a\0", EMPTY_DIGEST, 0),)), "NUL"),
+        (Directory(files=(FileNode(b"x" * 256, EMPTY_DIGEST, 0),)), "more than 255"),
+        (Directory(symlinks=(SymlinkNode(b"s", b""),)), "target is empty"),
+        (Directory(symlinks=(SymlinkNode(b"s", b"a\0b"),)), "target contains NUL"),
+        (Directory(symlinks=(SymlinkNode(b"s", b"t" * 4096),)), "more than 4095"),
+    ],
+)
+def test_invalid_directories_rejected(
+    directory_service: DirectoryService, directory: Directory, match: str
+) -> None:
+    _rejected(directory_service, [directory], match)
+
+
+def test_empty_stream_rejected(directory_service: DirectoryService) -> None:
+    with pytest.raises(InvalidArgumentError, match="no directories"):
+        directory_service.put_multiple_start().close()
+
+
+def test_repeated_put_is_idempotent(directory_service: DirectoryService) -> None:
+    root, leaves_first = _tree()
+    for _ in range(2):
+        putter = directory_service.put_multiple_start()
+        for directory in leaves_first:
+            putter.put(directory)
+        assert putter.close() == root.digest
+    assert len(list(directory_service.get_recursive(root.digest))) == 4
