@@ -1,0 +1,162 @@
+"""Named service instances built from configuration.
+
+A configuration has two sections, ``blobservices`` and ``directoryservices``,
+each mapping an instance name to a table with a ``type`` tag and that type's
+parameters. Parameters may refer to other instances by name (or give a URL
+shorthand inline), so layered stores such as a memory cache in front of a
+remote server are described, not coded. Each instance is built once, on first
+use, even when several threads ask for it at the same moment.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from builder.castore.blobs.service import BlobService
+from builder.castore.directories.service import DirectoryService
+from builder.errors import InvalidArgumentError
+
+Kind = Literal["blob", "directory"]
+SECTIONS: dict[Kind, str] = {"blob": "blobservices", "directory": "directoryservices"}
+
+
+class ConfigError(InvalidArgumentError):
+    """The store configuration is malformed or inconsistent."""
+
+
+class Params:
+    """One instance's parameters, consumed by its factory; leftovers are errors."""
+
+    def __init__(self, where: str, values: Mapping[str, Any], composition: Composition) -> None:
+        self.where = where
+        self._values = dict(values)
+        self._composition = composition
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self._values.pop(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.where}: '{key}' must be a string")
+        return value
+
+    def integer(self, key: str, default: int) -> int:
+        value = self._values.pop(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{self.where}: '{key}' must be an integer")
+        return value
+
+    def mapping(self, key: str) -> dict[str, str]:
+        value = self._values.pop(key, {})
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{self.where}: '{key}' must be a table of strings")
+        return value
+
+    def blob(self, key: str) -> BlobService:
+        return self._composition.blob_service(self.string(key))
+
+    def directory(self, key: str) -> DirectoryService:
+        return self._composition.directory_service(self.string(key))
+
+    def finish(self) -> None:
+        if self._values:
+            raise ConfigError(f"{self.where}: unknown parameter(s) {sorted(self._values)}")
+
+
+Factory = Callable[[Params], Any]
+
+
+class Registry:
+    """Type tags per kind; third parties add their own with ``register``."""
+
+    def __init__(self) -> None:
+        self._factories: dict[tuple[Kind, str], Factory] = {}
+
+    def register(self, kind: Kind, type_name: str, factory: Factory) -> None:
+        self._factories[(kind, type_name)] = factory
+
+    def factory(self, kind: Kind, type_name: str, where: str) -> Factory:
+        try:
+            return self._factories[(kind, type_name)]
+        except KeyError:
+            known = sorted(t for k, t in self._factories if k == kind)
+            raise ConfigError(
+                f"{where}: unknown {kind} service type {type_name!r} (known: {', '.join(known)})"
+            ) from None
+
+
+class Composition:
+    def __init__(self, config: Mapping[str, Any], registry: Registry | None = None) -> None:
+        from builder.castore.registry import DEFAULT_REGISTRY
+
+        unknown = set(config) - set(SECTIONS.values())
+        if unknown:
+            raise ConfigError(f"unknown configuration section(s) {sorted(unknown)}")
+        self._config = {kind: dict(config.get(section, {})) for kind, section in SECTIONS.items()}
+        self._registry = registry or DEFAULT_REGISTRY
+        self._built: dict[tuple[Kind, str], Any] = {}
+        self._building: list[tuple[Kind, str]] = []
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_file(cls, path: str | Path, registry: Registry | None = None) -> Composition:
+        path = Path(path)
+        text = path.read_bytes()
+        try:
+            config = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        return cls(config, registry)
+
+    def blob_service(self, name: str) -> BlobService:
+        return self._get("blob", name)
+
+    def directory_service(self, name: str) -> DirectoryService:
+        return self._get("directory", name)
+
+    def _get(self, kind: Kind, name: str) -> Any:
+        with self._lock:
+            key = (kind, name)
+            if key in self._built:
+                return self._built[key]
+            if key in self._building:
+                chain = " -> ".join(n for _, n in [*self._building, key])
+                raise ConfigError(f"{kind} service {name!r} refers to itself: {chain}")
+            spec = self._spec(kind, name)
+            self._building.append(key)
+            try:
+                where = f"{SECTIONS[kind]}.{name}"
+                params = Params(where, spec, self)
+                params.string("type")
+                service = self._registry.factory(kind, spec["type"], where)(params)
+                params.finish()
+            finally:
+                self._building.pop()
+            self._built[key] = service
+            return service
+
+    def _spec(self, kind: Kind, name: str) -> Mapping[str, Any]:
+        if "://" in name:
+            from builder.castore.store_url import service_config
+
+            return service_config(kind, name)
+        try:
+            spec = self._config[kind][name]
+        except KeyError:
+            raise ConfigError(
+                f"no {kind} service named {name!r} in [{SECTIONS[kind]}]"
+            ) from None
+        if not isinstance(spec, Mapping) or "type" not in spec:
+            raise ConfigError(f"{SECTIONS[kind]}.{name}: needs a 'type'")
+        return spec
+
+    def close(self) -> None:
+        with self._lock:
+            for service in self._built.values():
+                service.close()
+            self._built.clear()

@@ -1,0 +1,192 @@
+"""Building stores from configuration and URL shorthands."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.castore.blobs.combined import CombinedBlobService
+from builder.castore.blobs.fs import FsBlobService
+from builder.castore.blobs.memory import MemoryBlobService
+from builder.castore.blobs.service import put_bytes, read_all
+from builder.castore.composition import Composition, ConfigError, Params, Registry
+from builder.castore.directories.cache import CacheDirectoryService
+from builder.castore.directories.sqlite import SqliteDirectoryService
+from builder.castore.registry import DEFAULT_REGISTRY
+from builder.castore.store import DATA_DIR_ENV, Store
+from builder.castore.store_url import service_config
+
+
+def test_layered_config_from_toml(tmp_path: Path) -> None:
+    config = tmp_path / "store.toml"
+    config.write_text(
+        f"""
+[blobservices.root]
+type = "combined"
+near = "mem"
+far = "disk"
+
+[blobservices.mem]
+type = "memory"
+
+[blobservices.disk]
+type = "fs"
+path = "{tmp_path / "blobs"}"
+
+[directoryservices.root]
+type = "cache"
+near = "memory://"
+far = "sqlite://{tmp_path / "dirs.db"}"
+"""
+    )
+    store = Store.open(str(config))
+    assert isinstance(store.blobs, CombinedBlobService)
+    assert isinstance(store.blobs.near, MemoryBlobService)
+    assert isinstance(store.blobs.far, FsBlobService)
+    assert isinstance(store.directories, CacheDirectoryService)
+    assert isinstance(store.directories.far, SqliteDirectoryService)
+    digest = put_bytes(store.blobs, b"layered")
+    assert read_all(store.blobs.near, digest) == b"layered"
+    store.close()
+
+
+def test_json_config(tmp_path: Path) -> None:
+    config = tmp_path / "store.json"
+    config.write_text(
+        json.dumps(
+            {
+                "blobservices": {"root": {"type": "memory"}},
+                "directoryservices": {"root": {"type": "memory"}},
+            }
+        )
+    )
+    store = Store.open(str(config))
+    assert isinstance(store.blobs, MemoryBlobService)
+
+
+def test_shared_instance_built_once() -> None:
+    composition = Composition(
+        {
+            "blobservices": {
+                "a": {"type": "combined", "near": "shared", "far": "shared"},
+                "shared": {"type": "memory"},
+            }
+        }
+    )
+    combined = composition.blob_service("a")
+    assert combined.near is combined.far is composition.blob_service("shared")
+
+
+def test_concurrent_requests_build_once() -> None:
+    calls: list[int] = []
+
+    def slow(params: Params) -> MemoryBlobService:
+        calls.append(1)
+        time.sleep(0.05)
+        return MemoryBlobService()
+
+    registry = Registry()
+    registry.register("blob", "slow", slow)
+    composition = Composition({"blobservices": {"x": {"type": "slow"}}}, registry)
+    results: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(composition.blob_service("x")))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert all(r is results[0] for r in results)
+
+
+def test_recursion_rejected() -> None:
+    composition = Composition(
+        {
+            "blobservices": {
+                "a": {"type": "combined", "near": "b", "far": "memory://"},
+                "b": {"type": "combined", "near": "memory://", "far": "a"},
+            }
+        }
+    )
+    with pytest.raises(ConfigError, match="refers to itself: a -> b -> a"):
+        composition.blob_service("a")
+
+
+@pytest.mark.parametrize(
+    ("config", "name", "match"),
+    [
+        ({"blobservices": {}}, "nope", "no blob service named 'nope'"),
+        ({"blobservices": {"x": {"type": "tape"}}}, "x", "unknown blob service type 'tape'"),
+        ({"blobservices": {"x": {"path": "/tmp"}}}, "x", "needs a 'type'"),
+        (
+            {"blobservices": {"x": {"type": "memory", "colour": "red"}}},
+            "x",
+            r"unknown parameter\(s\) \['colour'\]",
+        ),
+        ({"blobservices": {"x": {"type": "fs", "path": 3}}}, "x", "'path' must be a string"),
+    ],
+)
+def test_config_errors_name_the_problem(config: dict, name: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Composition(config).blob_service(name)
+
+
+def test_unknown_section_rejected() -> None:
+    with pytest.raises(ConfigError, match="section"):
+        Composition({"blobs": {}})
+
+
+def test_third_party_type() -> None:
+    class Counting(MemoryBlobService):
+        pass
+
+    registry = Registry()
+    registry.register("blob", "counting", lambda params: Counting())
+    assert isinstance(
+        Composition({"blobservices": {"c": {"type": "counting"}}}, registry).blob_service("c"),
+        Counting,
+    )
+    assert DEFAULT_REGISTRY is not registry
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "expected"),
+    [
+        ("blob", "memory://", {"type": "memory"}),
+        ("blob", "fs:///var/b", {"type": "fs", "path": "/var/b"}),
+        ("directory", "sqlite:///var/d.db", {"type": "sqlite", "path": "/var/d.db"}),
+        ("blob", "objectstore+file:///srv/o", {"type": "objectstore", "url": "file:///srv/o"}),
+        (
+            "directory",
+            "objectstore+s3://bucket/prefix?region=eu",
+            {"type": "objectstore", "url": "s3://bucket/prefix?region=eu"},
+        ),
+        ("blob", "grpc+unix:///run/b.sock", {"type": "grpc", "url": "grpc+unix:///run/b.sock"}),
+        ("directory", "grpc+http://[::1]:8000", {"type": "grpc", "url": "grpc+http://[::1]:8000"}),
+    ],
+)
+def test_url_shorthands(kind: str, url: str, expected: dict) -> None:
+    assert service_config(kind, url) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "url"), [("blob", "sqlite:///x"), ("directory", "fs:///x"), ("blob", "fs://rel/x")]
+)
+def test_bad_url_shorthands(kind: str, url: str) -> None:
+    with pytest.raises(ConfigError):
+        service_config(kind, url)  # type: ignore[arg-type]
+
+
+def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+    store = Store.open()
+    digest = put_bytes(store.blobs, b"embedded")
+    store.close()
+    assert (tmp_path / "data" / "blobs" / digest.hex()[:2] / digest.hex()).is_file()
+    assert (tmp_path / "data" / "directories.sqlite").is_file()
