@@ -1,0 +1,5 @@
+"""``python -m builder``: the same entry point as the ``builder`` command."""
+
+from builder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""The ``builder`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from builder.castore.blobs.service import READ_CHUNK_SIZE
+from builder.castore.digest import Digest
+from builder.castore.nodes import DirectoryNode, FileNode, Node
+from builder.castore.store import DATA_DIR_ENV, Store
+from builder.castore.wire import node_to_proto
+from builder.errors import BuilderError, NotFoundError
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store.open(args.store, args.data_dir)
+
+
+def _node_json(node: Node) -> str:
+    return json.dumps(json_format.MessageToDict(node_to_proto(node)), sort_keys=True)
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, DirectoryNode):
+        return f"directory {node.digest} size={node.size}"
+    if isinstance(node, FileNode):
+        mode = " executable" if node.executable else ""
+        return f"file {node.digest} size={node.size}{mode}"
+    return f"symlink -> {os.fsdecode(node.target)}"
+
+
+def _resolve_digest(store: Store, text: str) -> Node:
+    """A digest names a directory if the directory service knows it, else a blob."""
+    digest = Digest.parse(text)
+    directory = store.directories.get(digest)
+    if directory is not None:
+        return directory.node(b"")
+    if store.blobs.has(digest):
+        reader = store.blobs.open_read(digest)
+        assert reader is not None
+        with reader:
+            size = reader.seek(0, os.SEEK_END)
+        return FileNode(b"", digest, size)
+    raise NotFoundError(f"{digest} is neither a stored directory nor a stored blob")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from builder.castore.fs.ingest import ingest_path
+
+    store = _store(args)
+    try:
+        for path in args.paths:
+            node = ingest_path(Path(path), store.blobs, store.directories)
+            if args.json:
+                print(_node_json(node))
+            else:
+                print(f"{path}\t{_describe(node)}")
+    finally:
+        store.close()
+
+
+def cmd_materialise(args: argparse.Namespace) -> None:
+    from builder.castore.fs.materialise import materialise_node
+
+    store = _store(args)
+    try:
+        node = _resolve_digest(store, args.digest)
+        if isinstance(node, FileNode) and args.executable:
+            node = FileNode(node.name, node.digest, node.size, True)
+        materialise_node(node, Path(args.dest), store.blobs, store.directories)
+    finally:
+        store.close()
+
+
+def cmd_cat(args: argparse.Namespace) -> None:
+    store = _store(args)
+    try:
+        digest = Digest.parse(args.digest)
+        reader = store.blobs.open_read(digest)
+        if reader is None:
+            raise NotFoundError(f"blob {digest} not found")
+        with reader:
+            shutil.copyfileobj(reader, sys.stdout.buffer, READ_CHUNK_SIZE)
+        sys.stdout.buffer.flush()
+    finally:
+        store.close()
+
+
+def cmd_nar(args: argparse.Namespace) -> None:
+    from builder.castore.fs.ingest import ingest_path
+    from builder.castore.fs.nar import nar_hash, nix_base32, write_nar
+
+    store = _store(args)
+    try:
+        target = Path(args.path_or_digest)
+        node: Node
+        if target.exists() or target.is_symlink():
+            node = ingest_path(target, store.blobs, store.directories)
+        else:
+            node = _resolve_digest(store, args.path_or_digest)
+        if args.hash:
+            digest, size = nar_hash(node, store.blobs, store.directories)
+            print(f"sha256:{nix_base32(digest)}\t{size}")
+        else:
+            write_nar(node, sys.stdout.buffer, store.blobs, store.directories)
+            sys.stdout.buffer.flush()
+    finally:
+        store.close()
+
+
+def cmd_castore_serve(args: argparse.Namespace) -> None:
+    from builder.server.castore_server import serve_castore
+
+    store = _store(args)
+    try:
+        serve_castore(store.blobs, store.directories, args.listen)
+    finally:
+        store.close()
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="CONFIG_OR_URL",
+        help="composition file (.toml/.json) or store URL (memory://, fs:///DIR, "
+        "objectstore+file:///DIR, grpc+unix:///SOCKET, grpc+http://HOST:PORT); "
+        "default: the embedded store in the data directory",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"embedded store directory (default: ${DATA_DIR_ENV} or $XDG_DATA_HOME/builder)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="builder", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    castore = commands.add_parser("castore", help="work with the content-addressed store")
+    sub = castore.add_subparsers(dest="castore_command", required=True)
+
+    p = sub.add_parser("import", help="ingest host paths and print their root nodes")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--json", action="store_true", help="print each node as protobuf JSON")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("materialise", help="write a stored directory or blob to DEST")
+    p.add_argument("digest")
+    p.add_argument("dest")
+    p.add_argument("--executable", action="store_true", help="mark a blob executable")
+    p.set_defaults(func=cmd_materialise)
+
+    p = sub.add_parser("cat", help="write a blob to standard output")
+    p.add_argument("digest")
+    p.set_defaults(func=cmd_cat)
+
+    p = sub.add_parser("nar", help="render a host path or stored digest as a NAR")
+    p.add_argument("path_or_digest")
+    p.add_argument("--hash", action="store_true", help="print the NAR's sha256 and size instead")
+    p.set_defaults(func=cmd_nar)
+
+    p = sub.add_parser("serve", help="serve the store over gRPC (Tvix and Snix families)")
+    p.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
+    )
+    p.set_defaults(func=cmd_castore_serve)
+
+    for subparser in sub.choices.values():
+        _store_options(subparser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BuilderError as exc:
+        print(f"builder: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    return 0
