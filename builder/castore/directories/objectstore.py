@@ -1,0 +1,68 @@
+"""Directories in an object store, one object per directory.
+
+Each directory lives at ``directories/<hex[:4]>/<hex>`` as its canonical
+encoding, the very bytes its digest is taken over, so a fetched object can be
+checked without trusting the store. A closure is written leaves first: a
+directory is visible only after every child it names, and a put that fails
+half-way leaves only complete sub-closures behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import obstore
+from google.protobuf.message import DecodeError
+from obstore.store import ObjectStore
+
+from builder.castore.digest import Digest
+from builder.castore.directories.closure import ValidatingPutter, walk_breadth_first
+from builder.castore.directory import Directory
+from builder.castore.objectstore_url import open_store, translate_errors
+from builder.castore.wire import decode_directory
+from builder.errors import BuilderError, IntegrityError
+
+
+def directory_key(digest: Digest) -> str:
+    hexdigest = digest.hex()
+    return f"directories/{hexdigest[:4]}/{hexdigest}"
+
+
+class ObjectStoreDirectoryService:
+    def __init__(self, url: str, options: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.store: ObjectStore = open_store(url, options)
+
+    def get(self, digest: Digest) -> Directory | None:
+        key = directory_key(digest)
+        with translate_errors(f"{self.url}: get {key}"):
+            try:
+                data = obstore.get(self.store, key).bytes().to_bytes()
+            except FileNotFoundError:
+                return None
+        if Digest.of(data) != digest:
+            raise IntegrityError(f"directory {digest}: stored bytes hash to another digest")
+        try:
+            return decode_directory(data)
+        except (BuilderError, DecodeError) as exc:
+            raise IntegrityError(f"directory {digest}: stored bytes do not decode: {exc}") from exc
+
+    def get_recursive(self, digest: Digest) -> Iterator[Directory]:
+        return walk_breadth_first(self.get, digest)
+
+    def put(self, directory: Directory) -> Digest:
+        putter = self.put_multiple_start()
+        putter.put(directory)
+        return putter.close()
+
+    def put_multiple_start(self) -> ValidatingPutter:
+        return ValidatingPutter(self.get, self._commit)
+
+    def _commit(self, directories: list[Directory]) -> None:
+        for directory in directories:
+            key = directory_key(directory.digest)
+            with translate_errors(f"{self.url}: put {key}"):
+                obstore.put(self.store, key, directory.encoded)
+
+    def close(self) -> None:
+        """obstore clients hold no resources that need releasing."""
