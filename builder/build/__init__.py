@@ -1,0 +1,1 @@
+"""The build service as plain Python: validation, scheduling, running, ingesting."""

@@ -1,0 +1,193 @@
+"""The build request model and every protocol rule it must satisfy.
+
+Requests from either family are converted into one frozen value and checked
+completely before anything runs, so the rest of the build service can rely on
+clean, sorted, non-escaping paths. Each error names the offending field.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.castore.nodes import Node, validate_root_node
+from builder.castore.wire import Family, node_from_proto, node_to_proto
+from builder.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class Constraints:
+    system: str
+    min_memory: int = 0
+    available_ro_paths: tuple[str, ...] = ()
+    network_access: bool = False
+    provide_bin_sh: bool = False
+
+
+@dataclass(frozen=True)
+class AdditionalFile:
+    path: str
+    contents: bytes
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    inputs: tuple[Node, ...]
+    command_args: tuple[str, ...]
+    working_dir: str
+    scratch_paths: tuple[str, ...]
+    inputs_dir: str
+    outputs: tuple[str, ...]
+    environment: tuple[tuple[str, bytes], ...]
+    constraints: Constraints
+    additional_files: tuple[AdditionalFile, ...] = ()
+    refscan_needles: tuple[str, ...] = field(default=())
+
+    def validate(self) -> None:
+        validate_request(self)
+
+
+def check_relative_path(path: str, where: str) -> None:
+    """Clean relative paths cannot name anything outside the build root."""
+    if not path:
+        raise InvalidArgumentError(f"{where}: path is empty")
+    if "\0" in path:
+        raise InvalidArgumentError(f"{where}: {path!r} contains NUL")
+    if path.startswith("/"):
+        raise InvalidArgumentError(f"{where}: {path!r} must be relative")
+    for component in path.split("/"):
+        if component in ("", ".", ".."):
+            shown = component or "empty"
+            raise InvalidArgumentError(f"{where}: {path!r} has a {shown!r} component")
+
+
+def _check_absolute_path(path: str, where: str) -> None:
+    if not path.startswith("/"):
+        raise InvalidArgumentError(f"{where}: {path!r} must be absolute")
+    if path != "/":
+        check_relative_path(path[1:], where)
+
+
+def _check_sorted(values: list[Any], where: str) -> None:
+    for previous, current in itertools.pairwise(values):
+        if current <= previous:
+            problem = "duplicate" if current == previous else "not sorted"
+            raise InvalidArgumentError(f"{where}: {current!r} after {previous!r}: {problem}")
+
+
+def is_inside(path: str, parent: str) -> bool:
+    return path.startswith(parent + "/")
+
+
+def validate_request(request: BuildRequest) -> None:
+    for i, node in enumerate(request.inputs):
+        where = f"inputs[{i}]"
+        if not node.name:
+            raise InvalidArgumentError(f"{where}: input node has no name")
+        validate_root_node(node, where)
+    _check_sorted([n.name for n in request.inputs], "inputs")
+
+    if not request.command_args:
+        raise InvalidArgumentError("command_args: empty, nothing to run")
+    if not request.command_args[0]:
+        raise InvalidArgumentError("command_args[0]: empty program name")
+    for i, arg in enumerate(request.command_args):
+        if "\0" in arg:
+            raise InvalidArgumentError(f"command_args[{i}]: contains NUL")
+
+    check_relative_path(request.working_dir, "working_dir")
+    check_relative_path(request.inputs_dir, "inputs_dir")
+    for i, path in enumerate(request.scratch_paths):
+        check_relative_path(path, f"scratch_paths[{i}]")
+    _check_sorted(list(request.scratch_paths), "scratch_paths")
+
+    for i, path in enumerate(request.outputs):
+        where = f"outputs[{i}]"
+        check_relative_path(path, where)
+        if not any(is_inside(path, s) for s in request.scratch_paths):
+            raise InvalidArgumentError(f"{where}: {path!r} is not inside any scratch path")
+    _check_sorted(list(request.outputs), "outputs")
+
+    for i, (key, value) in enumerate(request.environment):
+        where = f"environment_vars[{i}]"
+        if not key:
+            raise InvalidArgumentError(f"{where}.key: empty")
+        if "=" in key or "\0" in key:
+            raise InvalidArgumentError(f"{where}.key: {key!r} contains '=' or NUL")
+        if b"\0" in value:
+            raise InvalidArgumentError(f"{where}.value: contains NUL")
+    _check_sorted([k for k, _ in request.environment], "environment_vars")
+
+    constraints = request.constraints
+    if not constraints.system:
+        raise InvalidArgumentError("constraints.system: empty")
+    for i, path in enumerate(constraints.available_ro_paths):
+        _check_absolute_path(path, f"constraints.available_ro_paths[{i}]")
+    _check_sorted(list(constraints.available_ro_paths), "constraints.available_ro_paths")
+
+    for i, extra in enumerate(request.additional_files):
+        where = f"additional_files[{i}].path"
+        check_relative_path(extra.path, where)
+        if not any(is_inside(extra.path, s) for s in request.scratch_paths):
+            raise InvalidArgumentError(f"{where}: {extra.path!r} is not inside any scratch path")
+    paths = [f.path for f in request.additional_files]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise InvalidArgumentError(f"additional_files[{i}].path: duplicate {path!r}")
+
+    for i, needle in enumerate(request.refscan_needles):
+        if not needle:
+            raise InvalidArgumentError(f"refscan_needles[{i}]: empty")
+
+
+def request_from_proto(msg: Any) -> BuildRequest:
+    """Convert a BuildRequest of either family; call ``validate`` before use."""
+    c = msg.constraints
+    return BuildRequest(
+        inputs=tuple(node_from_proto(n, f"inputs[{i}]") for i, n in enumerate(msg.inputs)),
+        command_args=tuple(msg.command_args),
+        working_dir=msg.working_dir,
+        scratch_paths=tuple(msg.scratch_paths),
+        inputs_dir=msg.inputs_dir,
+        outputs=tuple(msg.outputs),
+        environment=tuple((e.key, e.value) for e in msg.environment_vars),
+        constraints=Constraints(
+            system=c.system,
+            min_memory=c.min_memory,
+            available_ro_paths=tuple(c.available_ro_paths),
+            network_access=c.network_access,
+            provide_bin_sh=c.provide_bin_sh,
+        ),
+        additional_files=tuple(AdditionalFile(f.path, f.contents) for f in msg.additional_files),
+        refscan_needles=tuple(msg.refscan_needles),
+    )
+
+
+def request_to_proto(request: BuildRequest, family: Family) -> Any:
+    from builder.proto.snix.build.protos import build_pb2 as snix_build
+    from builder.proto.tvix.build.protos import build_pb2 as tvix_build
+
+    module = tvix_build if family is Family.TVIX else snix_build
+    msg = module.BuildRequest
+    c = request.constraints
+    return msg(
+        inputs=[node_to_proto(n, family) for n in request.inputs],
+        command_args=request.command_args,
+        working_dir=request.working_dir,
+        scratch_paths=request.scratch_paths,
+        inputs_dir=request.inputs_dir,
+        outputs=request.outputs,
+        environment_vars=[msg.EnvVar(key=k, value=v) for k, v in request.environment],
+        constraints=msg.BuildConstraints(
+            system=c.system,
+            min_memory=c.min_memory,
+            available_ro_paths=c.available_ro_paths,
+            network_access=c.network_access,
+            provide_bin_sh=c.provide_bin_sh,
+        ),
+        additional_files=[
+            msg.AdditionalFile(path=f.path, contents=f.contents) for f in request.additional_files
+        ],
+        refscan_needles=request.refscan_needles,
+    )
