@@ -1,0 +1,224 @@
+"""A BlobService backed by a remote castore over gRPC (either family).
+
+Blobs are never held whole: reads pull one server message at a time and
+writes push bounded pieces through an ``Upload``, so memory stays flat however
+large a blob is.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import blake3
+import grpc
+
+from builder.castore.blobs.service import READ_CHUNK_SIZE, ChunkMeta
+from builder.castore.digest import Digest
+from builder.castore.grpc_channel import castore_rpc, error_from_rpc, open_channel, status_code_of
+from builder.castore.grpc_upload import Upload
+from builder.castore.wire import Family
+from builder.errors import IntegrityError, InvalidArgumentError
+
+# Upload messages are at most this large; with the upload's short queue a
+# writer never buffers more than a few MiB.
+PUT_CHUNK_SIZE = READ_CHUNK_SIZE
+
+
+class _BlobReader(io.RawIOBase):
+    """A lazily streamed blob that can seek.
+
+    ReadBlobRequest carries no offset, so a stream can only ever move forward:
+    seeking ahead skips streamed bytes, seeking back restarts the stream from
+    the beginning and skips to the target. Both cost transfer, not memory.
+    SEEK_END learns the size by reading to the end, since Stat does not report it.
+    """
+
+    def __init__(self, stub: Any, request: Any, call: Any, first: bytes | None) -> None:
+        super().__init__()
+        self._stub = stub
+        self._request = request
+        self._call = call
+        self._pending = memoryview(first or b"")
+        self._exhausted = first is None
+        self._position = 0
+        self._size: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def _pull(self) -> bool:
+        """Fetch the next non-empty message into ``_pending``; False at the end."""
+        while not self._exhausted:
+            try:
+                message = next(self._call)
+            except StopIteration:
+                self._exhausted = True
+                break
+            except grpc.RpcError as error:
+                raise error_from_rpc(error) from error
+            if message.data:
+                self._pending = memoryview(message.data)
+                return True
+        self._size = self._position if self._size is None else self._size
+        return False
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("read from a closed blob reader")
+        if not self._pending and not self._pull():
+            return 0
+        target = memoryview(buffer).cast("B")
+        count = min(len(target), len(self._pending))
+        target[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        self._position += count
+        return count
+
+    def readall(self) -> bytes:
+        parts = [bytes(self._pending)]
+        self._position += len(self._pending)
+        self._pending = memoryview(b"")
+        while self._pull():
+            parts.append(bytes(self._pending))
+            self._position += len(self._pending)
+            self._pending = memoryview(b"")
+        return b"".join(parts)
+
+    def _skip(self, count: int) -> None:
+        while count > 0 and (self._pending or self._pull()):
+            step = min(count, len(self._pending))
+            self._pending = self._pending[step:]
+            self._position += step
+            count -= step
+        self._position += count
+
+    def _restart(self) -> None:
+        self._call.cancel()
+        self._call = self._stub.Read(self._request)
+        self._pending = memoryview(b"")
+        self._exhausted = False
+        self._position = 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if self.closed:
+            raise ValueError("seek on a closed blob reader")
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._position + offset
+        elif whence == io.SEEK_END:
+            if self._size is None:
+                self._skip_to_end()
+            assert self._size is not None
+            target = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        if target < self._position:
+            self._restart()
+        self._skip(target - self._position)
+        return self._position
+
+    def _skip_to_end(self) -> None:
+        while self._pending or self._pull():
+            self._position += len(self._pending)
+            self._pending = memoryview(b"")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._call.cancel()
+        super().close()
+
+
+class _GrpcBlobWriter:
+    def __init__(self, stub: Any, message: Any) -> None:
+        self._upload = Upload(stub.Put)
+        self._message = message
+        self._hasher = blake3.blake3()
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._done:
+            raise InvalidArgumentError("blob writer already closed")
+        view = memoryview(data).cast("B")
+        self._hasher.update(view)
+        for start in range(0, len(view), PUT_CHUNK_SIZE):
+            self._upload.send(self._message(data=bytes(view[start : start + PUT_CHUNK_SIZE])))
+        return len(view)
+
+    def close(self) -> Digest:
+        if self._done:
+            raise InvalidArgumentError("blob writer already closed")
+        self._done = True
+        response = self._upload.finish()
+        local = Digest(self._hasher.digest())
+        if response.digest != local:
+            raise IntegrityError(
+                f"server stored the upload as {response.digest.hex()}, but the data sent "
+                f"hashes to {local}"
+            )
+        return local
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._upload.cancel()
+
+
+class GrpcBlobService:
+    def __init__(self, url: str, family: Family = Family.TVIX) -> None:
+        self.url = url
+        self._channel = open_channel(url)
+        rpc = castore_rpc(family)
+        self._messages = rpc.blobstore
+        self._stub = rpc.blobstore_grpc.BlobServiceStub(self._channel)
+
+    def _stat(self, digest: Digest, send_chunks: bool) -> Any | None:
+        request = self._messages.StatBlobRequest(digest=digest, send_chunks=send_chunks)
+        try:
+            return self._stub.Stat(request)
+        except grpc.RpcError as error:
+            if status_code_of(error) == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise error_from_rpc(error) from error
+
+    def has(self, digest: Digest) -> bool:
+        return self._stat(digest, send_chunks=False) is not None
+
+    def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
+        response = self._stat(digest, send_chunks=True)
+        if response is None:
+            return None
+        return [
+            ChunkMeta(Digest.from_field(c.digest, f"chunks[{i}].digest"), c.size)
+            for i, c in enumerate(response.chunks)
+        ]
+
+    def open_read(self, digest: Digest) -> io.BufferedReader | None:
+        """Start the stream at once, so an unknown digest is answered with None here."""
+        request = self._messages.ReadBlobRequest(digest=digest)
+        call = self._stub.Read(request)
+        try:
+            first: bytes | None = next(call).data
+        except StopIteration:
+            first = None
+        except grpc.RpcError as error:
+            if status_code_of(error) == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise error_from_rpc(error) from error
+        raw = _BlobReader(self._stub, request, call, first)
+        return io.BufferedReader(raw, buffer_size=READ_CHUNK_SIZE)
+
+    def open_write(self) -> _GrpcBlobWriter:
+        return _GrpcBlobWriter(self._stub, self._messages.BlobChunk)
+
+    def close(self) -> None:
+        self._channel.close()

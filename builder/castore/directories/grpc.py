@@ -1,0 +1,123 @@
+"""A DirectoryService backed by a remote castore over gRPC (either family).
+
+What comes back is checked, not trusted: a directory must hash to the digest
+it was asked for or referenced by, so a faulty or hostile server cannot slip
+foreign directories into a closure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from builder.castore.digest import Digest
+from builder.castore.directory import Directory
+from builder.castore.grpc_channel import castore_rpc, error_from_rpc, open_channel, status_code_of
+from builder.castore.grpc_upload import Upload
+from builder.castore.wire import Family, directory_from_proto, directory_to_proto
+from builder.errors import IntegrityError, InvalidArgumentError
+
+
+def _received(message: Any) -> Directory:
+    try:
+        return directory_from_proto(message)
+    except InvalidArgumentError as exc:
+        raise IntegrityError(f"server sent a malformed directory: {exc}") from exc
+
+
+class _GrpcDirectoryPutter:
+    """Streams the closure as it is put; the server stores it once ``close`` ends the stream."""
+
+    def __init__(self, stub: Any, family: Family) -> None:
+        self._upload = Upload(stub.Put)
+        self._family = family
+        self._last: Directory | None = None
+
+    def put(self, directory: Directory) -> None:
+        self._upload.send(directory_to_proto(directory, self._family))
+        self._last = directory
+
+    def close(self) -> Digest:
+        response = self._upload.finish()
+        root = Digest.from_field(response.root_digest, "root_digest")
+        if self._last is not None and root != self._last.digest:
+            raise IntegrityError(
+                f"server reported root {root}, but the last directory sent was {self._last.digest}"
+            )
+        return root
+
+    def abort(self) -> None:
+        """Abandon the stream so that nothing put so far is stored."""
+        self._upload.cancel()
+
+
+class GrpcDirectoryService:
+    def __init__(self, url: str, family: Family = Family.TVIX) -> None:
+        self.url = url
+        self._family = family
+        self._channel = open_channel(url)
+        rpc = castore_rpc(family)
+        self._messages = rpc.directory
+        self._stub = rpc.directory_grpc.DirectoryServiceStub(self._channel)
+
+    def get(self, digest: Digest) -> Directory | None:
+        call = self._stub.Get(self._messages.GetDirectoryRequest(digest=digest))
+        try:
+            message = next(call)
+        except StopIteration:
+            raise IntegrityError(f"server answered the request for {digest} with nothing") from None
+        except grpc.RpcError as error:
+            if status_code_of(error) == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise error_from_rpc(error) from error
+        finally:
+            call.cancel()
+        directory = _received(message)
+        if directory.digest != digest:
+            raise IntegrityError(f"asked for directory {digest}, received {directory.digest}")
+        return directory
+
+    def get_recursive(self, digest: Digest) -> Iterator[Directory]:
+        """Check as it streams that every directory was referenced and not yet seen.
+
+        That is what makes the closure trustworthy whatever order the server
+        picks among referenced directories; a server that ends the stream early
+        leaves referenced directories unseen, which is reported too.
+        """
+        call = self._stub.Get(self._messages.GetDirectoryRequest(digest=digest, recursive=True))
+        expected = {digest}
+        seen: set[Digest] = set()
+        try:
+            for message in call:
+                directory = _received(message)
+                if directory.digest not in expected:
+                    problem = "again" if directory.digest in seen else "without being referenced"
+                    raise IntegrityError(
+                        f"server sent directory {directory.digest} {problem} "
+                        f"in the closure of {digest}"
+                    )
+                expected.discard(directory.digest)
+                seen.add(directory.digest)
+                expected.update(c.digest for c in directory.directories if c.digest not in seen)
+                yield directory
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        finally:
+            call.cancel()
+        if expected:
+            raise IntegrityError(
+                f"closure of {digest} ended with {len(expected)} referenced directories missing"
+            )
+
+    def put(self, directory: Directory) -> Digest:
+        putter = self.put_multiple_start()
+        putter.put(directory)
+        return putter.close()
+
+    def put_multiple_start(self) -> _GrpcDirectoryPutter:
+        return _GrpcDirectoryPutter(self._stub, self._family)
+
+    def close(self) -> None:
+        self._channel.close()

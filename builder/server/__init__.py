@@ -1,0 +1,1 @@
+"""gRPC faces of the product: thin servicers, status mapping and server assembly."""

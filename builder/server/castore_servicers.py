@@ -1,0 +1,109 @@
+"""BlobService and DirectoryService servicers, written once for both families.
+
+Each servicer only converts messages and delegates to a castore service; the
+family decides nothing but which generated message classes are used, so one
+instance per family is registered on the same backing store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.digest import Digest
+from builder.castore.directories.service import DirectoryService
+from builder.castore.grpc_channel import castore_rpc
+from builder.castore.wire import Family, directory_from_proto, directory_to_proto
+from builder.errors import InvalidArgumentError, NotFoundError
+from builder.server.status import rpc_errors
+
+# Read streams at most this much per message: far below gRPC's 4 MiB default
+# limit, so any client accepts it, and large enough to keep per-message
+# overhead negligible.
+BLOB_CHUNK_SIZE = READ_CHUNK_SIZE
+
+
+class BlobServicer:
+    def __init__(self, blobs: BlobService, family: Family) -> None:
+        self._blobs = blobs
+        self._family = family
+        self._messages = castore_rpc(family).blobstore
+
+    def register(self, server: grpc.Server) -> str:
+        rpc = castore_rpc(self._family)
+        rpc.blobstore_grpc.add_BlobServiceServicer_to_server(self, server)
+        return rpc.blobstore.DESCRIPTOR.services_by_name["BlobService"].full_name
+
+    @rpc_errors
+    def Stat(self, request: Any, context: grpc.ServicerContext) -> Any:
+        digest = Digest.from_field(request.digest, "digest")
+        if not request.send_chunks:
+            if not self._blobs.has(digest):
+                raise NotFoundError(f"blob {digest} not found")
+            return self._messages.StatBlobResponse()
+        chunks = self._blobs.chunks(digest)
+        if chunks is None:
+            raise NotFoundError(f"blob {digest} not found")
+        meta = self._messages.StatBlobResponse.ChunkMeta
+        return self._messages.StatBlobResponse(
+            chunks=[meta(digest=chunk.digest, size=chunk.size) for chunk in chunks]
+        )
+
+    @rpc_errors
+    def Read(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        digest = Digest.from_field(request.digest, "digest")
+        reader = self._blobs.open_read(digest)
+        if reader is None:
+            raise NotFoundError(f"blob {digest} not found")
+        with reader:
+            while data := reader.read(BLOB_CHUNK_SIZE):
+                yield self._messages.BlobChunk(data=data)
+
+    @rpc_errors
+    def Put(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        writer = self._blobs.open_write()
+        try:
+            for chunk in request_iterator:
+                writer.write(chunk.data)
+        except BaseException:
+            writer.abort()
+            raise
+        return self._messages.PutBlobResponse(digest=writer.close())
+
+
+class DirectoryServicer:
+    def __init__(self, directories: DirectoryService, family: Family) -> None:
+        self._directories = directories
+        self._family = family
+        self._messages = castore_rpc(family).directory
+
+    def register(self, server: grpc.Server) -> str:
+        rpc = castore_rpc(self._family)
+        rpc.directory_grpc.add_DirectoryServiceServicer_to_server(self, server)
+        return rpc.directory.DESCRIPTOR.services_by_name["DirectoryService"].full_name
+
+    @rpc_errors
+    def Get(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        digest = Digest.from_field(request.digest, "digest")
+        if request.recursive:
+            for directory in self._directories.get_recursive(digest):
+                yield directory_to_proto(directory, self._family)
+            return
+        directory = self._directories.get(digest)
+        if directory is None:
+            raise NotFoundError(f"directory {digest} not found")
+        yield directory_to_proto(directory, self._family)
+
+    @rpc_errors
+    def Put(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        putter = self._directories.put_multiple_start()
+        for index, message in enumerate(request_iterator):
+            try:
+                directory = directory_from_proto(message)
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
+            putter.put(directory)
+        return self._messages.PutDirectoryResponse(root_digest=putter.close())
