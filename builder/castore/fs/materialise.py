@@ -1,0 +1,150 @@
+"""Writing a castore node back onto disk.
+
+Modes: by default directories are 0755 and files 0644, or 0755 when
+executable, so the result is an ordinary writable tree (a build's scratch
+input, say). With ``read_only=True`` files become 0444/0555 and directories
+0555 once filled, as for a shared cache entry nobody may alter. Ingest only
+reads the owner-execute bit back, so a round trip yields the same node either
+way.
+
+On failure the destination may be left partly written; the caller owns it and
+removes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import blake3
+
+from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.digest import Digest
+from builder.castore.directories.service import DirectoryService
+from builder.castore.directory import Directory
+from builder.castore.fs import closure_member, display_path, fetch_closure
+from builder.castore.nodes import DirectoryNode, FileNode, Node
+from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
+
+# Errors after which copy_file_range is given up for the plain sendfile path:
+# another filesystem, or a kernel or filesystem without support.
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+def materialise_node(
+    node: Node,
+    dest: Path,
+    blobs: BlobService,
+    directories: DirectoryService,
+    read_only: bool = False,
+) -> None:
+    """Create ``dest`` (which must not exist) holding ``node``; the node's own name is ignored."""
+    if os.path.lexists(dest):
+        raise FailedPreconditionError(f"cannot materialise onto {dest}: it already exists")
+    writer = _Writer(blobs, read_only)
+    if isinstance(node, DirectoryNode):
+        writer.tree(node, os.fsencode(dest), fetch_closure(node.digest, directories))
+    elif isinstance(node, FileNode):
+        writer.file(node, os.fsencode(dest))
+    else:
+        os.symlink(node.target, dest)
+
+
+class _Writer:
+    def __init__(self, blobs: BlobService, read_only: bool) -> None:
+        self._blobs = blobs
+        self._read_only = read_only
+        self._local_path = getattr(blobs, "local_path", None)
+
+    def tree(self, node: DirectoryNode, dest: bytes, closure: dict[Digest, Directory]) -> None:
+        # Explicit stack rather than recursion: depth is bounded only by PATH_MAX.
+        filled: list[bytes] = []
+        stack = [(node, dest)]
+        while stack:
+            current, path = stack.pop()
+            directory = closure_member(closure, current)
+            os.mkdir(path)
+            os.chmod(path, 0o755)
+            filled.append(path)
+            for file in directory.files:
+                self.file(file, os.path.join(path, file.name))
+            for link in directory.symlinks:
+                os.symlink(link.target, os.path.join(path, link.name))
+            stack.extend((child, os.path.join(path, child.name)) for child in directory.directories)
+        if self._read_only:
+            # Children first: a parent made read-only earlier would block them.
+            for path in reversed(filled):
+                os.chmod(path, 0o555)
+
+    def file(self, node: FileNode, dest: bytes) -> None:
+        mode = 0o755 if node.executable else 0o644
+        if self._read_only:
+            mode &= 0o555
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            if self._local_path is not None:
+                self._copy_local(node, fd, dest)
+            else:
+                self._copy_stream(node, fd, dest)
+        finally:
+            os.close(fd)
+
+    def _copy_local(self, node: FileNode, fd: int, dest: bytes) -> None:
+        assert self._local_path is not None
+        source: Path = self._local_path(node.digest)
+        try:
+            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"blob {node.digest} for {display_path(dest)} not found") from exc
+        try:
+            size = os.fstat(src).st_size
+            if size != node.size:
+                raise IntegrityError(
+                    f"blob {node.digest} for {display_path(dest)} has {size} bytes, "
+                    f"the node says {node.size}"
+                )
+            _copy_fd(src, fd, size)
+        finally:
+            os.close(src)
+
+    def _copy_stream(self, node: FileNode, fd: int, dest: bytes) -> None:
+        reader = self._blobs.open_read(node.digest)
+        if reader is None:
+            raise NotFoundError(f"blob {node.digest} for {display_path(dest)} not found")
+        hasher = blake3.blake3()
+        size = 0
+        with reader, open(fd, "wb", buffering=0, closefd=False) as out:
+            while chunk := reader.read(READ_CHUNK_SIZE):
+                hasher.update(chunk)
+                size += len(chunk)
+                if size > node.size:
+                    break
+                out.write(chunk)
+        if size != node.size or hasher.digest() != node.digest:
+            raise IntegrityError(
+                f"blob {node.digest} for {display_path(dest)} does not match its node "
+                f"({size} bytes read, {node.size} expected)"
+            )
+
+
+def _copy_fd(src: int, dst: int, size: int) -> None:
+    """Kernel-side copy; copy_file_range can share extents on filesystems that reflink."""
+    offset = 0
+    use_copy_range = True
+    while offset < size:
+        if use_copy_range:
+            try:
+                copied = os.copy_file_range(src, dst, size - offset, offset, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
+                use_copy_range = False
+                continue
+        else:
+            os.lseek(dst, offset, os.SEEK_SET)
+            copied = os.sendfile(dst, src, offset, size - offset)
+        if copied == 0:
+            raise IntegrityError(f"blob file shrank while copying it ({offset} of {size} bytes)")
+        offset += copied
