@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import obstore.store
 from obstore.exceptions import BaseError
@@ -63,7 +63,9 @@ def parse_objectstore_url(url: str) -> tuple[str, dict[str, str]]:
         options[key] = value
     if parts.fragment:
         raise InvalidArgumentError(f"object store address {url!r} has a fragment")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), options
+    # Cut the string rather than reassemble it: urlunsplit would turn
+    # "memory://" into "memory:".
+    return url.split("?", 1)[0], options
 
 
 def open_store(url: str, options: dict[str, str] | None = None) -> ObjectStore:
