@@ -188,6 +188,17 @@ def test_seek_inside_and_across_chunk_boundaries(service: ObjectStoreBlobService
             reader.seek(-1)
 
 
+def test_read_is_sized_by_what_remains(service: ObjectStoreBlobService) -> None:
+    data = os.urandom(1000)
+    reader = service.open_read(put_bytes(service, data))
+    assert reader is not None
+    with reader:
+        reader.seek(10)
+        assert reader.read(1 << 40) == data[10:]
+    with pytest.raises(InvalidArgumentError):
+        reader.read(1)
+
+
 def test_corrupted_chunk_is_detected_on_read(service: ObjectStoreBlobService) -> None:
     data = os.urandom(1024 * 1024)
     digest = put_bytes(service, data)
@@ -270,6 +281,23 @@ def test_directory_objects_are_canonical_and_verified(
         directories.get(leaf.digest)
     with pytest.raises(IntegrityError):
         list(directories.get_recursive(root.digest))
+
+
+def test_deep_and_wide_closure_is_stored_children_first(
+    directories: ObjectStoreDirectoryService,
+) -> None:
+    leaves = [Directory(files=(FileNode(b"f%d" % i, EMPTY_DIGEST, 0),)) for i in range(20)]
+    sent = list(leaves)
+    current = Directory.of([leaf.node(b"l%02d" % i) for i, leaf in enumerate(leaves)])
+    sent.append(current)
+    for depth in range(6):
+        current = Directory.of([current.node(b"d%d" % depth), leaves[depth].node(b"x")])
+        sent.append(current)
+    putter = directories.put_multiple_start()
+    for directory in sent:
+        putter.put(directory)
+    assert putter.close() == current.digest
+    assert {d.digest for d in directories.get_recursive(current.digest)} == {d.digest for d in sent}
 
 
 def test_blobs_and_directories_can_share_one_prefix(tmp_path: Path) -> None:

@@ -199,11 +199,11 @@ class _ChunkedReader(io.RawIOBase):
         return True
 
     def tell(self) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._check_open()
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._check_open()
         if whence == io.SEEK_SET:
             target = offset
         elif whence == io.SEEK_CUR:
@@ -218,7 +218,7 @@ class _ChunkedReader(io.RawIOBase):
         return target
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._check_open()
         out = memoryview(buffer).cast("B")
         filled = 0
         while filled < len(out) and self._pos < self._size:
@@ -232,7 +232,18 @@ class _ChunkedReader(io.RawIOBase):
             filled += len(piece)
         return filled
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Like RawIOBase.read, but sized to what is left, never to ``size`` alone."""
+        if size is None or size < 0:
+            return self.readall()
+        self._check_open()
+        buffer = bytearray(min(size, max(self._size - self._pos, 0)))
+        count = self.readinto(buffer)
+        del buffer[count:]
+        return bytes(buffer)
+
     def readall(self) -> bytes:
+        self._check_open()
         remaining = bytearray(max(self._size - self._pos, 0))
         count = self.readinto(remaining)
         del remaining[count:]
@@ -242,6 +253,10 @@ class _ChunkedReader(io.RawIOBase):
         self._current = memoryview(b"")
         self._current_index = -1
         super().close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InvalidArgumentError(f"reader of blob {self._digest} is closed")
 
     def _chunk(self, index: int) -> memoryview:
         if index != self._current_index:

@@ -10,6 +10,7 @@ half-way leaves only complete sub-closures behind.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import obstore
 from google.protobuf.message import DecodeError
@@ -22,6 +23,8 @@ from builder.castore.objectstore_url import open_store, translate_errors
 from builder.castore.wire import decode_directory
 from builder.errors import BuilderError, IntegrityError
 
+_PUT_THREADS = 8
+
 
 def directory_key(digest: Digest) -> str:
     hexdigest = digest.hex()
@@ -32,6 +35,7 @@ class ObjectStoreDirectoryService:
     def __init__(self, url: str, options: dict[str, str] | None = None) -> None:
         self.url = url
         self.store: ObjectStore = open_store(url, options)
+        self._executor = ThreadPoolExecutor(_PUT_THREADS, thread_name_prefix="directory-put")
 
     def get(self, digest: Digest) -> Directory | None:
         key = directory_key(digest)
@@ -59,10 +63,26 @@ class ObjectStoreDirectoryService:
         return ValidatingPutter(self.get, self._commit)
 
     def _commit(self, directories: list[Directory]) -> None:
+        """Write level by level, each level in parallel, leaves first.
+
+        A directory's level is one more than its deepest child in the batch,
+        so when a level starts every child of it is already stored.
+        """
+        levels: dict[Digest, int] = {}
+        batches: list[list[Directory]] = []
         for directory in directories:
-            key = directory_key(directory.digest)
-            with translate_errors(f"{self.url}: put {key}"):
-                obstore.put(self.store, key, directory.encoded)
+            level = 1 + max((levels.get(c.digest, -1) for c in directory.directories), default=-1)
+            levels[directory.digest] = level
+            if level == len(batches):
+                batches.append([])
+            batches[level].append(directory)
+        for batch in batches:
+            list(self._executor.map(self._put_one, batch))
+
+    def _put_one(self, directory: Directory) -> None:
+        key = directory_key(directory.digest)
+        with translate_errors(f"{self.url}: put {key}"):
+            obstore.put(self.store, key, directory.encoded)
 
     def close(self) -> None:
-        """obstore clients hold no resources that need releasing."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
