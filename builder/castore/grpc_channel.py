@@ -111,7 +111,7 @@ def open_channel(url: str) -> grpc.Channel:
     return grpc.insecure_channel(parse_endpoint(url).target, options=CHANNEL_OPTIONS)
 
 
-_ERROR_OF_CODE: dict[grpc.StatusCode, type[BuilderError]] = {
+ERROR_OF_CODE: dict[grpc.StatusCode, type[BuilderError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
@@ -131,7 +131,7 @@ def error_from_rpc(error: grpc.RpcError) -> BuilderError:
     """
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = error.details() if isinstance(error, grpc.Call) else str(error)
-    cls = _ERROR_OF_CODE.get(code, BuilderError)
+    cls = ERROR_OF_CODE.get(code, BuilderError)
     return cls(details or f"remote call failed with {code.name}")
 
 
