@@ -1,0 +1,413 @@
+"""The launcher process: a single-threaded fork server for sandboxes.
+
+Clients (such as a multi-threaded gRPC server) must never fork themselves, so
+they start this process once and send it specs over a socket. It has already
+imported everything a sandbox needs, forks one sandbox process per run, and
+multiplexes logs, timers and exits with one selector. It also owns cleanup: when
+its client disappears it kills every build and removes every cgroup and
+directory it made before exiting.
+"""
+
+import contextlib
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox import accounting, protocol
+from sandbox.cgroups import BuildCgroup, CgroupHost
+from sandbox.errors import SandboxError
+from sandbox.protocol import Kind
+from sandbox.result import CANCELLED, Limit, SandboxResult
+from sandbox.spawn import SpawnJob, run_sandbox_process
+from sandbox.spec import SandboxSpec
+
+_POLL_INTERVAL = 0.1
+_EXIT_GRACE = 2.0
+_READ_SIZE = 1 << 16
+
+
+@dataclass(frozen=True)
+class Settings:
+    uid_base: int
+    uid_count: int
+    use_cgroups: bool
+
+
+@dataclass
+class _Run:
+    run_id: int
+    spec: SandboxSpec
+    pid: int
+    log_fd: int
+    status_fd: int
+    cgroup: BuildCgroup | None
+    slot: int | None
+    started: float
+    last_output: float
+    init_pid: int | None = None
+    log: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+    stopped_by: str | None = None
+    reached: set[str] = field(default_factory=set)
+    status: dict[str, Any] = field(default_factory=dict)
+    status_buffer: bytes = b""
+    mountpoints: list[str] = field(default_factory=list)
+    rusage: resource.struct_rusage | None = None
+    reaped_at: float | None = None
+    wall_time: float = 0.0
+    next_poll: float = 0.0
+
+
+class ForkServer:
+    def __init__(self, sock: socket.socket, settings: Settings) -> None:
+        self.sock = sock
+        self.settings = settings
+        self.rootful = os.geteuid() == 0
+        self.pid = os.getpid()
+        self.cgroups = CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
+        self.staging = tempfile.mkdtemp(prefix="sandbox-root-")
+        os.chmod(self.staging, 0o755)
+        self.free_slots = list(range(settings.uid_count)) if self.rootful else []
+        self.runs: dict[int, _Run] = {}
+        self.by_fd: dict[int, _Run] = {}
+        self.by_pid: dict[int, _Run] = {}
+        self.selector = selectors.DefaultSelector()
+        self.reader = protocol.FrameReader()
+        self.closing = False
+
+    def serve(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(wake_r, selectors.EVENT_READ)
+        self.selector.register(self.sock, selectors.EVENT_READ)
+        try:
+            self._send(Kind.READY, 0, json.dumps(self._describe()).encode())
+            while not (self.closing and not self.runs):
+                for key, _ in self.selector.select(self._timeout()):
+                    if key.fileobj is self.sock:
+                        self._on_client()
+                    elif key.fd == wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(wake_r, 4096)
+                    else:
+                        self._on_pipe(key.fd)
+                self._reap()
+                self._tick()
+        finally:
+            for run in list(self.runs.values()):
+                self._kill(run, CANCELLED)
+            self.cgroups.close()
+            with contextlib.suppress(OSError):
+                os.rmdir(self.staging)
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "rootful": self.rootful,
+            "cgroups": sorted(self.cgroups.parents),
+            "cgroup_v2": self.cgroups.unified,
+        }
+
+    def _send(self, kind: Kind, run_id: int, payload: bytes = b"") -> None:
+        if self.closing:
+            return
+        try:
+            self.sock.sendall(protocol.pack(kind, run_id, payload))
+        except OSError:
+            self._start_closing()
+
+    def _start_closing(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.sock)
+        for run in self.runs.values():
+            self._kill(run, CANCELLED)
+
+    def _on_client(self) -> None:
+        try:
+            frames = protocol.receive(self.sock, self.reader)
+        except (SandboxError, OSError):
+            self._start_closing()
+            return
+        for kind, run_id, payload in frames:
+            if kind is Kind.RUN:
+                self._start(run_id, payload)
+            elif kind is Kind.CANCEL and run_id in self.runs:
+                self._kill(self.runs[run_id], CANCELLED)
+
+    def _start(self, run_id: int, payload: bytes) -> None:
+        try:
+            spec = SandboxSpec.from_json(payload)
+            spec.validate()
+            if self.rootful and not self.free_slots:
+                raise SandboxError("no free build uid in the configured range")
+            cgroup = self.cgroups.create()
+        except (SandboxError, OSError) as exc:
+            self._send(Kind.REJECTED, run_id, str(exc).encode())
+            return
+        if cgroup is not None:
+            cgroup.set_limits(spec.limits.memory, _with_margin(spec.limits.processes))
+        slot = self.free_slots.pop(0) if self.rootful else None
+        host_ids = None
+        if slot is not None:
+            host_id = self.settings.uid_base + slot
+            host_ids = (host_id, host_id)
+        log_r, log_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        job = SpawnJob(spec, self.staging, self.pid, log_w, status_w, cgroup, host_ids)
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.set_inheritable(log_w, True)
+            os.set_inheritable(status_w, True)
+            run_sandbox_process(job)
+        os.close(log_w)
+        os.close(status_w)
+        now = time.monotonic()
+        run = _Run(run_id, spec, pid, log_r, status_r, cgroup, slot, now, now)
+        self.runs[run_id] = run
+        self.by_pid[pid] = run
+        for fd in (log_r, status_r):
+            os.set_blocking(fd, False)
+            self.by_fd[fd] = run
+            self.selector.register(fd, selectors.EVENT_READ)
+
+    def _on_pipe(self, fd: int) -> None:
+        run = self.by_fd[fd]
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self._close_pipe(run, fd)
+            return
+        if fd == run.log_fd:
+            self._on_log(run, data)
+        else:
+            self._on_status(run, data)
+
+    def _close_pipe(self, run: _Run, fd: int) -> None:
+        self.selector.unregister(fd)
+        del self.by_fd[fd]
+        os.close(fd)
+        if fd == run.log_fd:
+            run.log_fd = -1
+        else:
+            run.status_fd = -1
+
+    def _on_log(self, run: _Run, data: bytes) -> None:
+        run.last_output = time.monotonic()
+        limit = run.spec.limits.log_bytes
+        if limit is not None and len(run.log) + len(data) > limit:
+            data = data[: max(0, limit - len(run.log))]
+            run.truncated = True
+            self._kill(run, Limit.LOG_BYTES)
+        if data:
+            run.log += data
+            self._send(Kind.LOG, run.run_id, data)
+
+    def _on_status(self, run: _Run, data: bytes) -> None:
+        *lines, run.status_buffer = (run.status_buffer + data).split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if "init_pid" in message:
+                run.init_pid = message["init_pid"]
+                if run.stopped_by is not None:
+                    self._kill(run, run.stopped_by)
+            elif "mountpoints" in message:
+                run.mountpoints = message["mountpoints"]
+            else:
+                run.status.update(message)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, _, rusage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.by_pid.pop(pid, None)
+            if run is not None:
+                run.rusage = rusage
+                run.reaped_at = time.monotonic()
+                run.wall_time = run.reaped_at - run.started
+
+    def _timeout(self) -> float | None:
+        deadlines = []
+        for run in self.runs.values():
+            limits = run.spec.limits
+            if run.reaped_at is not None:
+                deadlines.append(run.reaped_at + _EXIT_GRACE)
+                continue
+            if limits.wall_time is not None:
+                deadlines.append(run.started + limits.wall_time)
+            if limits.silence is not None:
+                deadlines.append(run.last_output + limits.silence)
+            if self._needs_polling(run):
+                deadlines.append(run.next_poll)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _needs_polling(self, run: _Run) -> bool:
+        limits = run.spec.limits
+        if limits.cpu_time is not None and run.cgroup is not None and run.cgroup.accounts_cpu:
+            return True
+        no_pids = run.cgroup is None or not run.cgroup.controls_pids
+        return limits.processes is not None and no_pids and run.init_pid is not None
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            limits = run.spec.limits
+            if run.reaped_at is None:
+                if limits.wall_time is not None and now - run.started >= limits.wall_time:
+                    self._kill(run, Limit.WALL_TIME)
+                if limits.silence is not None and now - run.last_output >= limits.silence:
+                    self._kill(run, Limit.SILENCE)
+                if self._needs_polling(run) and now >= run.next_poll:
+                    run.next_poll = now + _POLL_INTERVAL
+                    self._poll(run)
+            elif now - run.reaped_at >= _EXIT_GRACE:
+                for fd in (run.log_fd, run.status_fd):
+                    if fd >= 0:
+                        self._close_pipe(run, fd)
+            if run.reaped_at is not None and run.log_fd < 0 and run.status_fd < 0:
+                self._finish(run)
+
+    def _poll(self, run: _Run) -> None:
+        limits = run.spec.limits
+        if limits.cpu_time is not None and run.cgroup is not None:
+            used = run.cgroup.cpu_time()
+            if used is not None and used > limits.cpu_time:
+                self._kill(run, Limit.CPU_TIME)
+        if limits.processes is not None and run.init_pid is not None:
+            no_pids = run.cgroup is None or not run.cgroup.controls_pids
+            if no_pids and accounting.process_count(run.init_pid) >= limits.processes:
+                run.reached.add(Limit.PROCESSES)
+
+    def _kill(self, run: _Run, reason: str) -> None:
+        if run.stopped_by is None and run.reaped_at is None:
+            run.stopped_by = reason
+        if run.reaped_at is not None:
+            return
+        for pid in (run.init_pid, run.pid):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if run.cgroup is not None:
+            run.cgroup.kill()
+
+    def _finish(self, run: _Run) -> None:
+        del self.runs[run.run_id]
+        usage = accounting.usage(run.rusage, run.cgroup)
+        if run.cgroup is not None:
+            run.cgroup.kill()
+            run.cgroup.remove()
+        self._remove_mountpoints(run)
+        if run.slot is not None:
+            self.free_slots.append(run.slot)
+        result = self._result(run, usage)
+        self._send(Kind.RESULT, run.run_id, result.to_json().encode())
+
+    def _result(self, run: _Run, usage: accounting.Usage) -> SandboxResult:
+        limits = run.spec.limits
+        status = run.status
+        result = SandboxResult(
+            exit_code=status.get("exit_code"),
+            signal=status.get("signal"),
+            stopped_by=run.stopped_by,
+            wall_time=run.wall_time,
+            user_time=usage.user_time,
+            system_time=usage.system_time,
+            peak_memory=usage.peak_memory,
+            log=bytes(run.log),
+            log_truncated=run.truncated,
+            error=status.get("error"),
+        )
+        if result.exit_code is None and result.signal is None and run.stopped_by is not None:
+            result.signal = signal.SIGKILL
+        reached = set(run.reached)
+        if run.stopped_by is not None and run.stopped_by != CANCELLED:
+            reached.add(run.stopped_by)
+        memory_cgroup = run.cgroup is not None and run.cgroup.controls_memory
+        if limits.memory is not None:
+            if usage.cgroup.oom_killed:
+                reached.add(Limit.MEMORY)
+            elif not memory_cgroup and usage.peak_memory is not None:
+                if usage.peak_memory >= accounting.RLIMIT_MEMORY_REACHED * limits.memory:
+                    reached.add(Limit.MEMORY)
+        if usage.cgroup.pids_limited:
+            reached.add(Limit.PROCESSES)
+        if status.get("scratch_full"):
+            reached.add(Limit.SCRATCH_BYTES)
+        if result.signal in (signal.SIGXCPU, signal.SIGKILL) and limits.cpu_time is not None:
+            if usage.user_time + usage.system_time >= limits.cpu_time * 0.9:
+                reached.add(Limit.CPU_TIME)
+        if result.stopped_by is None and result.signal == signal.SIGKILL:
+            if Limit.MEMORY in reached:
+                result.stopped_by = Limit.MEMORY
+            elif Limit.CPU_TIME in reached:
+                result.stopped_by = Limit.CPU_TIME
+        if result.stopped_by is None and result.signal == signal.SIGXCPU:
+            result.stopped_by = Limit.CPU_TIME
+        result.limits_reached = sorted(reached)
+        result.unenforced_limits = self._unenforced(run)
+        return result
+
+    def _unenforced(self, run: _Run) -> list[str]:
+        limits = run.spec.limits
+        missing = []
+        if limits.memory is not None and (run.cgroup is None or not run.cgroup.controls_memory):
+            missing.append(Limit.MEMORY.value)
+        if limits.cpu_time is not None and (run.cgroup is None or not run.cgroup.accounts_cpu):
+            missing.append(Limit.CPU_TIME.value)
+        return missing
+
+    def _remove_mountpoints(self, run: _Run) -> None:
+        """Delete the empty mount targets the sandbox had to create in host scratch."""
+        if run.spec.limits.scratch_bytes is not None:
+            return
+        for path in reversed(run.mountpoints):
+            for scratch in run.spec.scratch:
+                if path.startswith(scratch.target + "/"):
+                    host = scratch.host + path[len(scratch.target) :]
+                    _remove_if_empty(host)
+
+
+def _with_margin(processes: int | None) -> int | None:
+    """The sandbox's own two processes (setup and PID 1) are in the group too."""
+    return None if processes is None else processes + 2
+
+
+def _remove_if_empty(path: str) -> None:
+    with contextlib.suppress(OSError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        elif os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
+            os.unlink(path)
+
+
+def main(argv: list[str]) -> None:
+    fd = int(argv[1])
+    settings = Settings(uid_base=int(argv[2]), uid_count=int(argv[3]), use_cgroups=argv[4] == "1")
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    ForkServer(sock, settings).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,252 @@
+"""The filesystem a build sees: a fresh tmpfs root populated with bind mounts.
+
+The root is assembled in a private mount namespace on a staging directory, then
+entered with pivot_root by the sandbox's init. Inputs become read-only, nosuid
+and nodev as whole trees (mount_setattr with AT_RECURSIVE), so a submount
+under an input cannot be used to sneak a writable or setuid path in.
+"""
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from sandbox import identity, syscalls
+from sandbox.spec import SandboxSpec
+from sandbox.syscalls import (
+    MNT_DETACH,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+)
+
+DEVICES = ("full", "null", "random", "tty", "urandom", "zero")
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+}
+NETWORK_ETC = ("resolv.conf", "services", "hosts")
+_STORE = ".scratch-store"
+
+
+@dataclass
+class RootLayout:
+    """What assembling the root left behind that someone must undo or read later.
+
+    ``mountpoints`` are sandbox paths created inside host-bound scratch dirs only
+    to serve as mount targets; the launcher removes them after the run so the
+    caller's scratch dir holds nothing the build did not write.
+    """
+
+    mountpoints: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Context:
+    root: str
+    owner: tuple[int, int] | None
+    scratch: list[str]
+    host_scratch: list[str]
+    layout: RootLayout
+
+
+@dataclass(frozen=True)
+class _Mount:
+    source: str
+    target: str
+    writable: bool
+    device_ok: bool = False
+
+
+def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> RootLayout:
+    """Populate ``root`` (an existing empty directory) as the build's ``/``.
+
+    ``owner`` is the host uid/gid the build runs as when the caller is root and
+    files must be handed over; rootless callers already own what they create.
+    """
+    layout = RootLayout()
+    syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    syscalls.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    _make_etc(root, spec)
+    _make_dev(root)
+    os.mkdir(_at(root, "/proc"), 0o555)
+    store = _make_store(root, spec, owner)
+    mounts = [
+        _Mount(store[i] if store else s.host, s.target, writable=True)
+        for i, s in enumerate(spec.scratch)
+    ]
+    mounts += [_Mount(b.host, b.target, writable=False) for b in spec.ro_binds]
+    mounts += [_Mount(p, p, writable=False, device_ok=True) for p in spec.ro_paths]
+    if spec.shell is not None:
+        mounts.append(_Mount(spec.shell, "/bin/sh", writable=False))
+    if store is None:
+        os.mkdir(_at(root, "/tmp"))
+        syscalls.mount("tmpfs", _at(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    else:
+        _bind(store[-1], _at(root, "/tmp"), writable=True, device_ok=False)
+    targets = [s.target for s in spec.scratch]
+    ctx = _Context(root, owner, targets, [] if store else targets, layout)
+    if owner is not None and store is None:
+        for scratch in spec.scratch:
+            os.chown(scratch.host, *owner)
+    for mount in sorted(mounts, key=lambda m: m.target.count("/")):
+        _mountpoint(ctx, mount)
+        _bind(mount.source, _at(root, mount.target), mount.writable, mount.device_ok)
+    for file in spec.files:
+        _write_file(ctx, file.target, file.contents, file.mode)
+    if not os.path.isdir(_at(root, spec.cwd)):
+        _makedirs(ctx, spec.cwd)
+    if store is not None:
+        syscalls.umount2(_at(root, "/" + _STORE), MNT_DETACH)
+        os.rmdir(_at(root, "/" + _STORE))
+    syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    return layout
+
+
+def enter_root(root: str) -> None:
+    """Mount a /proc for the new PID namespace and make ``root`` the only ``/``.
+
+    Must run in the sandbox's PID 1: procfs shows the PID namespace of the
+    process that mounts it. The root is first bound onto itself: a mount copied
+    from the launcher's namespace is locked, and pivot_root refuses locked mounts.
+    """
+    syscalls.mount(root, root, None, MS_BIND | MS_REC)
+    syscalls.mount("proc", _at(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chdir(root)
+    syscalls.pivot_root(".", ".")
+    syscalls.umount2(".", MNT_DETACH)
+    os.chdir("/")
+
+
+def _at(root: str, path: str) -> str:
+    return root + path
+
+
+def _make_etc(root: str, spec: SandboxSpec) -> None:
+    etc = _at(root, "/etc")
+    os.mkdir(etc)
+    _write(f"{etc}/passwd", identity.passwd(spec.uid, spec.gid).encode())
+    _write(f"{etc}/group", identity.group(spec.gid).encode())
+    if not spec.network:
+        _write(f"{etc}/hosts", identity.hosts().encode())
+        return
+    for name in NETWORK_ETC:
+        host = f"/etc/{name}"
+        if os.path.exists(host):
+            _write(f"{etc}/{name}", b"")
+            _bind(host, f"{etc}/{name}", writable=False, device_ok=False)
+
+
+def _make_dev(root: str) -> None:
+    dev = _at(root, "/dev")
+    os.mkdir(dev)
+    syscalls.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755")
+    for name in DEVICES:
+        _write(f"{dev}/{name}", b"")
+        syscalls.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+    os.mkdir(f"{dev}/pts")
+    syscalls.mount(
+        "devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620"
+    )
+    os.mkdir(f"{dev}/shm")
+    syscalls.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, f"{dev}/{name}")
+    syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+
+
+def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> list[str] | None:
+    """Back scratch dirs and /tmp with one size-capped tmpfs when a limit is set.
+
+    One filesystem for all of them makes the kernel enforce the total, and lets
+    the build's writes be charged to its memory cgroup like any tmpfs page.
+    """
+    limit = spec.limits.scratch_bytes
+    if limit is None:
+        return None
+    store = _at(root, "/" + _STORE)
+    os.mkdir(store)
+    syscalls.mount("tmpfs", store, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={limit}")
+    dirs = [f"{store}/{i}" for i in range(len(spec.scratch))]
+    for path in dirs:
+        os.mkdir(path, 0o755)
+        if owner is not None:
+            os.chown(path, *owner)
+    tmp = f"{store}/tmp"
+    os.mkdir(tmp)
+    os.chmod(tmp, 0o1777)
+    return [*dirs, tmp]
+
+
+def _mountpoint(ctx: _Context, mount: _Mount) -> None:
+    target = _at(ctx.root, mount.target)
+    _makedirs(ctx, os.path.dirname(mount.target))
+    if os.path.lexists(target):
+        return
+    if os.path.isdir(mount.source):
+        os.mkdir(target, 0o755)
+    else:
+        _write(target, b"")
+    _created(ctx, mount.target)
+
+
+def _makedirs(ctx: _Context, path: str) -> None:
+    current = ""
+    for part in path.strip("/").split("/"):
+        if not part:
+            continue
+        current += "/" + part
+        full = _at(ctx.root, current)
+        if not os.path.lexists(full):
+            os.mkdir(full, 0o755)
+            _created(ctx, current)
+
+
+def _created(ctx: _Context, path: str) -> None:
+    """Hand new entries in scratch to the build user and remember host leftovers."""
+    if ctx.owner is not None and any(path.startswith(s + "/") for s in ctx.scratch):
+        os.chown(_at(ctx.root, path), *ctx.owner, follow_symlinks=False)
+    if any(path.startswith(s + "/") for s in ctx.host_scratch):
+        ctx.layout.mountpoints.append(path)
+
+
+def _bind(source: str, target: str, writable: bool, device_ok: bool) -> None:
+    syscalls.mount(source, target, None, MS_BIND | MS_REC)
+    attrs = MOUNT_ATTR_NOSUID
+    if not writable:
+        attrs |= MOUNT_ATTR_RDONLY
+    if not (device_ok and _is_device(source)):
+        attrs |= MOUNT_ATTR_NODEV
+    syscalls.mount_setattr_recursive(target, attrs)
+
+
+def _is_device(path: str) -> bool:
+    mode = os.stat(path).st_mode
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def _write(path: str, contents: bytes, mode: int = 0o644) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, contents)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _write_file(ctx: _Context, target: str, contents: bytes, mode: int) -> None:
+    _makedirs(ctx, os.path.dirname(target))
+    path = _at(ctx.root, target)
+    _write(path, contents, mode)
+    if ctx.owner is not None:
+        os.chown(path, *ctx.owner, follow_symlinks=False)

@@ -1,0 +1,187 @@
+"""What to run and how to confine it, as plain data.
+
+The spec crosses a process boundary (client to launcher) and is written by hand
+for debugging, so it round-trips through JSON. Byte strings (environment values,
+file contents) travel as ``{"base64": ...}`` objects to stay lossless.
+"""
+
+import base64
+import json
+import posixpath
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from sandbox.errors import SpecError
+
+ByteLike = str | bytes
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host file or directory shown read-only, nosuid and nodev inside."""
+
+    host: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A writable directory whose contents the caller collects after the run.
+
+    ``host`` is a directory the caller owns; after the run it holds whatever the
+    build left at ``target``. Without a scratch byte limit it is bound directly;
+    with one, the build writes to a size-capped tmpfs that is copied back when the
+    command ends on its own.
+    """
+
+    target: str
+    host: str
+
+
+@dataclass(frozen=True)
+class File:
+    """A file placed in the sandbox before the command starts."""
+
+    target: str
+    contents: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource ceilings; ``None`` means unlimited.
+
+    Times are seconds, sizes bytes. ``silence`` is the longest stretch without
+    any output; ``scratch_bytes`` caps everything written to scratch and /tmp.
+    """
+
+    wall_time: float | None = None
+    silence: float | None = None
+    memory: int | None = None
+    processes: int | None = None
+    cpu_time: float | None = None
+    log_bytes: int | None = None
+    scratch_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything needed to run one command in isolation."""
+
+    argv: list[str]
+    env: dict[str, ByteLike] = field(default_factory=dict)
+    cwd: str = "/"
+    ro_binds: list[Bind] = field(default_factory=list)
+    scratch: list[Scratch] = field(default_factory=list)
+    files: list[File] = field(default_factory=list)
+    network: bool = False
+    uid: int = 1000
+    gid: int = 100
+    ro_paths: list[str] = field(default_factory=list)
+    shell: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    def validate(self) -> None:
+        """Reject specs that would be ambiguous or unsafe before any fork."""
+        if not self.argv:
+            raise SpecError("argv must not be empty")
+        if not 0 < self.uid < 65536 or not 0 < self.gid < 65536:
+            raise SpecError("uid and gid inside must be in 1..65535")
+        _absolute(self.cwd, "cwd")
+        targets: list[str] = []
+        for bind in self.ro_binds:
+            _absolute(bind.host, "bind host")
+            targets.append(_absolute(bind.target, "bind target"))
+        for path in self.ro_paths:
+            targets.append(_absolute(path, "ro path"))
+        if self.shell is not None:
+            _absolute(self.shell, "shell")
+            targets.append("/bin/sh")
+        scratch_targets = []
+        for scratch in self.scratch:
+            _absolute(scratch.host, "scratch host")
+            scratch_targets.append(_absolute(scratch.target, "scratch target"))
+        for file in self.files:
+            _absolute(file.target, "file target")
+        for a in scratch_targets:
+            for b in scratch_targets:
+                if a != b and _within(b, a):
+                    raise SpecError(f"scratch {b} is nested in scratch {a}")
+        reserved = ("/proc", "/dev", "/etc", "/tmp")
+        for target in targets + scratch_targets:
+            if target == "/" or any(target == r for r in reserved):
+                raise SpecError(f"{target} is provided by the sandbox itself")
+            if _within(target, "/proc"):
+                raise SpecError(f"{target} lies in /proc")
+        if len(set(targets + scratch_targets)) != len(targets) + len(scratch_targets):
+            raise SpecError("two mounts share a target")
+        for name in self.env:
+            if not name or "=" in name or "\0" in name:
+                raise SpecError(f"bad environment variable name {name!r}")
+        for limit in fields(self.limits):
+            value = getattr(self.limits, limit.name)
+            if value is not None and value <= 0:
+                raise SpecError(f"limit {limit.name} must be positive")
+
+    def to_json(self) -> str:
+        return json.dumps(_encode(asdict(self)), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "SandboxSpec":
+        try:
+            raw = _decode(json.loads(text))
+            return cls(
+                argv=[str(a) for a in raw["argv"]],
+                env=dict(raw.get("env", {})),
+                cwd=raw.get("cwd", "/"),
+                ro_binds=[Bind(**b) for b in raw.get("ro_binds", [])],
+                scratch=[Scratch(**s) for s in raw.get("scratch", [])],
+                files=[_file(f) for f in raw.get("files", [])],
+                network=bool(raw.get("network", False)),
+                uid=int(raw.get("uid", 1000)),
+                gid=int(raw.get("gid", 100)),
+                ro_paths=list(raw.get("ro_paths", [])),
+                shell=raw.get("shell"),
+                limits=Limits(**raw.get("limits", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"invalid spec: {exc}") from exc
+
+
+def _file(raw: dict[str, Any]) -> File:
+    contents = raw["contents"]
+    if isinstance(contents, str):
+        contents = contents.encode()
+    return File(target=raw["target"], contents=contents, mode=int(raw.get("mode", 0o644)))
+
+
+def _absolute(path: str, what: str) -> str:
+    if not path.startswith("/") or "\0" in path:
+        raise SpecError(f"{what} must be an absolute path: {path!r}")
+    if posixpath.normpath(path) != path and path != "/":
+        raise SpecError(f"{what} must be normalised (no '.', '..' or '//'): {path!r}")
+    return path
+
+
+def _within(path: str, parent: str) -> bool:
+    return path.startswith(parent.rstrip("/") + "/")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"base64"}:
+            return base64.b64decode(value["base64"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
