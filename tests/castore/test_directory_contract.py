@@ -144,3 +144,11 @@ def test_repeated_put_is_idempotent(directory_service: DirectoryService) -> None
             putter.put(directory)
         assert putter.close() == root.digest
     assert len(list(directory_service.get_recursive(root.digest))) == 4
+
+
+def test_empty_child_sent_in_same_stream(directory_service: DirectoryService) -> None:
+    putter = directory_service.put_multiple_start()
+    putter.put(EMPTY)
+    putter.put(WITH_EMPTY_CHILD)
+    assert putter.close() == WITH_EMPTY_CHILD.digest
+    assert directory_service.get(EMPTY.digest) == EMPTY

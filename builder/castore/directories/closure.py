@@ -54,7 +54,9 @@ class ClosureValidator:
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"directory #{index} ({directory.digest}): {exc}") from exc
         for child in directory.directories:
-            known = self._received.get(child.digest) or self._lookup(child.digest)
+            known = self._received.get(child.digest)
+            if known is None:
+                known = self._lookup(child.digest)
             if known is None:
                 raise InvalidArgumentError(
                     f"directory #{index} ({directory.digest}): child {child.name!r} refers to "
