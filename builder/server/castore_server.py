@@ -35,10 +35,15 @@ DEFAULT_MAX_WORKERS = 32
 DEFAULT_GRACE_SECONDS = 10.0
 
 
+# gRPC sets SO_REUSEPORT by default, which lets a second server bind a port
+# already in use and silently share its traffic; a busy port must be an error.
+SERVER_OPTIONS: list[tuple[str, int]] = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
+
 def new_grpc_server(max_workers: int = DEFAULT_MAX_WORKERS) -> grpc.Server:
     return grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
-        options=CHANNEL_OPTIONS,
+        options=SERVER_OPTIONS,
     )
 
 

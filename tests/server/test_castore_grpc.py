@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,12 @@ from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.blobs.objectstore import ObjectStoreBlobService
 from builder.castore.blobs.service import BlobService
+from builder.castore.digest import Digest
+from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.memory import MemoryDirectoryService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
+from builder.castore.directory import Directory as ModelDirectory
 from builder.castore.grpc_channel import (
     ERROR_OF_CODE,
     CastoreRpc,
@@ -38,10 +42,12 @@ from builder.castore.grpc_channel import (
     open_channel,
     parse_endpoint,
 )
-from builder.castore.wire import Family
+from builder.castore.nodes import FileNode, SymlinkNode
+from builder.castore.wire import Family, directory_to_proto
 from builder.errors import (
     BuildFailedError,
     FailedPreconditionError,
+    IntegrityError,
     InvalidArgumentError,
     UnavailableError,
 )
@@ -420,7 +426,7 @@ def test_client_reports_an_unreachable_server(tmp_path: Path) -> None:
     client = GrpcBlobService(f"grpc+unix://{tmp_path / 'nobody.sock'}")
     try:
         with pytest.raises(UnavailableError):
-            client.has(blake3.blake3(b"x").digest())  # type: ignore[arg-type]
+            client.has(Digest.of(b"x"))
     finally:
         client.close()
 
@@ -477,7 +483,7 @@ def test_stale_socket_is_replaced_and_other_files_are_kept(tmp_path: Path) -> No
     server, url = running(FsBlobService(tmp_path / "b"), MemoryDirectoryService(), f"grpc+unix://{path}")
     try:
         client = GrpcBlobService(url, Family.SNIX)
-        assert not client.has(blake3.blake3(b"x").digest())  # type: ignore[arg-type]
+        assert not client.has(Digest.of(b"x"))
         client.close()
     finally:
         server.stop(None).wait()
@@ -493,7 +499,108 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
     try:
         assert re.fullmatch(r"grpc\+http://\[::1\]:\d+", url)
         client = GrpcBlobService(url)
-        assert not client.has(blake3.blake3(b"x").digest())  # type: ignore[arg-type]
+        assert not client.has(Digest.of(b"x"))
         client.close()
     finally:
+        server.stop(None).wait()
+
+
+def test_busy_port_is_an_error() -> None:
+    first, url = running(MemoryBlobService(), MemoryDirectoryService(), "grpc+http://127.0.0.1:0")
+    try:
+        with pytest.raises(UnavailableError, match="cannot listen"):
+            create_castore_server(MemoryBlobService(), MemoryDirectoryService(), [url])
+    finally:
+        first.stop(None).wait()
+
+
+# --- clients check what a server sends --------------------------------------
+
+
+def _lying_server(
+    directory_stream: list[ModelDirectory], put_digest: bytes
+) -> tuple[grpc.Server, str]:
+    """A real server that answers Get with a fixed stream and Put with a fixed digest."""
+    rpc = castore_rpc(Family.TVIX)
+
+    def get(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        for directory in directory_stream:
+            yield directory_to_proto(directory)
+
+    def put(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        for _ in requests:
+            pass
+        return rpc.blobstore.PutBlobResponse(digest=put_digest)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tvix.castore.v1.DirectoryService",
+                {
+                    "Get": grpc.unary_stream_rpc_method_handler(
+                        get,
+                        request_deserializer=rpc.directory.GetDirectoryRequest.FromString,
+                        response_serializer=lambda m: m.SerializeToString(),
+                    )
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                "tvix.castore.v1.BlobService",
+                {
+                    "Put": grpc.stream_unary_rpc_method_handler(
+                        put,
+                        request_deserializer=rpc.blobstore.BlobChunk.FromString,
+                        response_serializer=lambda m: m.SerializeToString(),
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"grpc+http://127.0.0.1:{port}"
+
+
+KEEP = ModelDirectory.of([FileNode(b".keep", Digest(EMPTY_BLOB), 0)])
+PARENT = ModelDirectory.of([KEEP.node(b"k")])
+STRANGER = ModelDirectory.of([SymlinkNode(b"s", b"t")])
+
+
+@pytest.mark.parametrize(
+    ("stream", "recursive", "match"),
+    [
+        ([STRANGER], False, "asked for directory .*, received"),
+        ([STRANGER], True, "sent directory .* without being referenced"),
+        ([PARENT, KEEP, KEEP], True, "sent directory .* again"),
+        ([PARENT], True, "ended with 1 referenced directories missing"),
+        ([], False, "answered the request .* with nothing"),
+    ],
+)
+def test_directory_client_rejects_what_was_not_asked_for(
+    stream: list[ModelDirectory], recursive: bool, match: str
+) -> None:
+    server, url = _lying_server(stream, b"")
+    client = GrpcDirectoryService(url)
+    try:
+        with pytest.raises(IntegrityError, match=match):
+            if recursive:
+                list(client.get_recursive(PARENT.digest))
+            else:
+                client.get(PARENT.digest)
+    finally:
+        client.close()
+        server.stop(None).wait()
+
+
+def test_blob_client_rejects_a_wrong_digest_from_the_server() -> None:
+    server, url = _lying_server([], bytes(Digest.of(b"something else")))
+    client = GrpcBlobService(url)
+    try:
+        writer = client.open_write()
+        writer.write(b"Hello World!")
+        with pytest.raises(IntegrityError, match="server stored the upload as"):
+            writer.close()
+    finally:
+        client.close()
         server.stop(None).wait()

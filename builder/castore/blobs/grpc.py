@@ -66,7 +66,8 @@ class _BlobReader(io.RawIOBase):
             if message.data:
                 self._pending = memoryview(message.data)
                 return True
-        self._size = self._position if self._size is None else self._size
+        if self._size is None:
+            self._size = self._position
         return False
 
     def readinto(self, buffer: Any) -> int:
