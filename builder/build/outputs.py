@@ -1,0 +1,94 @@
+"""Collecting a finished build's outputs from its scratch directories.
+
+The scratch tree was written by an untrusted command, so nothing in it is
+followed: each output path is resolved component by component without
+following symlinks (a symlink planted as an intermediate directory would
+otherwise lead the host-side ingest anywhere on the host), the output itself
+is stored as whatever it is, and symlinks inside it are stored as symlinks.
+Storing into the castore is itself the canonicalisation: a node records only
+kind, contents, the executable bit and symlink targets, never owners,
+timestamps or setuid bits.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.build.refscan import NeedleScanner
+from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.directories.service import DirectoryService
+from builder.castore.fs.ingest import ingest_path
+from builder.castore.nodes import Node
+from builder.errors import BuildFailedError
+
+
+@dataclass(frozen=True)
+class CollectedOutput:
+    path: str
+    node: Node
+    needles: tuple[int, ...]
+
+
+def resolve_output(root: Path, relative: str) -> Path:
+    """The host path of an output, refusing symlinked intermediate directories."""
+    current = root
+    parts = relative.split("/")
+    for component in parts[:-1]:
+        current = current / component
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            raise BuildFailedError(f"output {relative!r} was not produced") from None
+        if not stat.S_ISDIR(mode):
+            raise BuildFailedError(
+                f"output {relative!r}: {component!r} on its way is not a directory"
+            )
+    target = current / parts[-1]
+    if not os.path.lexists(target):
+        raise BuildFailedError(f"output {relative!r} was not produced")
+    return target
+
+
+def scan_needles(path: Path, needles: tuple[str, ...]) -> tuple[int, ...]:
+    """Indexes of the needles found in file contents and symlink targets under path."""
+    if not needles:
+        return ()
+    scanner = NeedleScanner(needles)
+    _scan(os.fsencode(path), scanner)
+    return tuple(scanner.result())
+
+
+def _scan(path: bytes, scanner: NeedleScanner) -> None:
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        scanner.scan_whole(os.readlink(path))
+    elif stat.S_ISREG(mode):
+        scanner.reset_stream()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as file:
+            while chunk := file.read(READ_CHUNK_SIZE):
+                scanner.feed(chunk)
+        scanner.reset_stream()
+    elif stat.S_ISDIR(mode):
+        with os.scandir(path) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                _scan(entry.path, scanner)
+
+
+def collect_outputs(
+    root: Path,
+    outputs: tuple[str, ...],
+    needles: tuple[str, ...],
+    blobs: BlobService,
+    directories: DirectoryService,
+) -> list[CollectedOutput]:
+    """Ingest every output in request order; any missing one fails the whole build."""
+    located = [resolve_output(root, output) for output in outputs]
+    collected = []
+    for output, host_path in zip(outputs, located, strict=True):
+        node = ingest_path(host_path, blobs, directories)
+        collected.append(CollectedOutput(output, node, scan_needles(host_path, needles)))
+    return collected

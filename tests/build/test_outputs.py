@@ -1,0 +1,71 @@
+"""Output collection from a scratch tree written by an untrusted build."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from builder.build.outputs import collect_outputs, scan_needles
+from builder.castore.blobs.fs import FsBlobService
+from builder.castore.directories.sqlite import SqliteDirectoryService
+from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+from builder.errors import BuildFailedError
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[FsBlobService, SqliteDirectoryService]:
+    return FsBlobService(tmp_path / "blobs"), SqliteDirectoryService(tmp_path / "d.db")
+
+
+def test_outputs_in_request_order_with_needles(tmp_path: Path, store) -> None:
+    root = tmp_path / "root"
+    (root / "nix/store/aaa-out/bin").mkdir(parents=True)
+    (root / "nix/store/aaa-out/bin/tool").write_text("uses /nix/store/bbb-dep/lib")
+    (root / "nix/store/aaa-out/bin/tool").chmod(0o4755)
+    (root / "nix/store/zzz-doc").write_text("plain")
+    os.symlink("/nix/store/ccc-other", root / "nix/store/aaa-out/link")
+    collected = collect_outputs(
+        root, ("nix/store/aaa-out", "nix/store/zzz-doc"), ("bbb", "ccc", "zzz"), *store
+    )
+    assert [c.path for c in collected] == ["nix/store/aaa-out", "nix/store/zzz-doc"]
+    assert isinstance(collected[0].node, DirectoryNode)
+    assert collected[0].node.name == b"aaa-out"
+    assert collected[0].needles == (0, 1)
+    assert isinstance(collected[1].node, FileNode)
+    assert collected[1].needles == ()
+
+
+def test_missing_output_fails(tmp_path: Path, store) -> None:
+    (tmp_path / "build").mkdir()
+    with pytest.raises(BuildFailedError, match="'build/out' was not produced"):
+        collect_outputs(tmp_path, ("build/out",), (), *store)
+
+
+def test_symlink_output_is_stored_not_followed(tmp_path: Path, store) -> None:
+    (tmp_path / "build").mkdir()
+    os.symlink("/etc/passwd", tmp_path / "build/out")
+    (collected,) = collect_outputs(tmp_path, ("build/out",), ("passwd",), *store)
+    assert collected.node == SymlinkNode(b"out", b"/etc/passwd")
+    assert collected.needles == (0,)
+
+
+def test_symlinked_intermediate_directory_refused(tmp_path: Path, store) -> None:
+    (tmp_path / "build").mkdir()
+    os.symlink("/etc", tmp_path / "build/sub")
+    with pytest.raises(BuildFailedError, match="'sub' on its way is not a directory"):
+        collect_outputs(tmp_path, ("build/sub/passwd",), (), *store)
+
+
+def test_needle_across_read_boundary(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * ((1 << 20) - 3) + b"needle" + b"y" * 10)
+    assert scan_needles(big, ("needle", "absent")) == (0,)
+
+
+def test_needle_never_spans_two_files(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/a").write_bytes(b"nee")
+    (tmp_path / "d/b").write_bytes(b"dle")
+    assert scan_needles(tmp_path / "d", ("needle",)) == ()
