@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from builder.castore.directories.objectstore import ObjectStoreDirectoryService,
 from builder.castore.directory import Directory
 from builder.castore.nodes import FileNode
 from builder.castore.objectstore_url import open_store, parse_objectstore_url
-from builder.errors import IntegrityError, InvalidArgumentError
+from builder.errors import IntegrityError, InvalidArgumentError, UnavailableError
 from tests.castore.backends_objectstore import BLOB_BACKENDS, DIRECTORY_BACKENDS
 
 MIN_CHUNK = DEFAULT_AVG_CHUNK_SIZE // 2
@@ -121,6 +122,19 @@ def test_streaming_cuts_match_whole_buffer_cuts(piece: int) -> None:
     data = os.urandom(6 * 1024 * 1024 + 999)
     expected = _whole_cuts(data, DEFAULT_AVG_CHUNK_SIZE)
     assert _streamed_cuts(data, DEFAULT_AVG_CHUNK_SIZE, piece) == expected
+
+
+def test_chunker_buffer_stays_bounded_for_one_huge_write() -> None:
+    data = os.urandom(24 * 1024 * 1024)
+    chunker = StreamingChunker()
+    total = 0
+    for chunk in chunker.feed(data):
+        assert chunker.buffered < chunker.bound
+        total += len(chunk)
+    assert chunker.buffered < chunker.max_size
+    total += sum(len(chunk) for chunk in chunker.finish())
+    assert total == len(data)
+    assert chunker.buffered == 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -328,6 +342,45 @@ def test_parse_objectstore_url() -> None:
     for bad in ("no-scheme", "s3://b/p?region=a&region=b", "s3://b/p#frag"):
         with pytest.raises(InvalidArgumentError):
             parse_objectstore_url(bad)
+
+
+def test_average_chunk_size_is_bounded() -> None:
+    for size in (0, 511, (64 << 20) + 1):
+        with pytest.raises(InvalidArgumentError):
+            ObjectStoreBlobService("memory://", avg_chunk_size=size)
+
+
+def test_small_average_chunk_size_round_trips() -> None:
+    service = ObjectStoreBlobService("memory://", avg_chunk_size=1024)
+    data = os.urandom(100_000)
+    digest = put_bytes(service, data)
+    chunks = service.chunks(digest)
+    assert chunks
+    assert all(512 <= c.size <= 2048 for c in chunks[:-1])
+    assert read_all(service, digest) == data
+    service.close()
+
+
+def test_unreachable_store_is_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = {
+        "endpoint": f"http://127.0.0.1:{port}",
+        "region": "us-east-1",
+        "allow_http": "true",
+        "access_key_id": "x",
+        "secret_access_key": "y",
+        "connect_timeout": "1s",
+    }
+    blobs = ObjectStoreBlobService("s3://nowhere/p", options)
+    directories = ObjectStoreDirectoryService("s3://nowhere/p", options)
+    with pytest.raises(UnavailableError):
+        blobs.has(EMPTY_DIGEST)
+    with pytest.raises(UnavailableError):
+        directories.get(EMPTY_DIGEST)
+    blobs.close()
+    directories.close()
 
 
 def test_open_store_rejects_bad_addresses() -> None:

@@ -38,10 +38,23 @@ from builder.proto.tvix.castore.protos.rpc_blobstore_pb2 import StatBlobResponse
 
 DEFAULT_AVG_CHUNK_SIZE = 256 * 1024
 
+# fastcdc needs a maximum of at least 1 KiB; beyond 64 MiB chunks would no
+# longer fit a gRPC message or a writer's modest buffer.
+_MIN_AVG_CHUNK_SIZE = 512
+_MAX_AVG_CHUNK_SIZE = 64 << 20
+
 # Chunk uploads one writer may have in flight: enough to hide S3 latency,
 # few enough that a writer's memory stays a handful of chunks.
 _UPLOADS_IN_FLIGHT = 4
 _UPLOAD_THREADS = 8
+
+
+def _check_avg_chunk_size(avg_size: int) -> None:
+    if not _MIN_AVG_CHUNK_SIZE <= avg_size <= _MAX_AVG_CHUNK_SIZE:
+        raise InvalidArgumentError(
+            f"average chunk size {avg_size} is outside "
+            f"[{_MIN_AVG_CHUNK_SIZE}, {_MAX_AVG_CHUNK_SIZE}]"
+        )
 
 
 def chunk_key(digest: Digest) -> str:
@@ -65,11 +78,21 @@ class StreamingChunker:
     """
 
     def __init__(self, avg_size: int = DEFAULT_AVG_CHUNK_SIZE) -> None:
+        _check_avg_chunk_size(avg_size)
         self.avg_size = avg_size
         self.min_size = avg_size // 2
         self.max_size = avg_size * 2
         self._window = 4 * self.max_size
         self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back for a later cut: below ``window + max_size`` at any time."""
+        return len(self._buffer)
+
+    @property
+    def bound(self) -> int:
+        return self._window + self.max_size
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         """The chunks that became final with ``data``."""
@@ -296,6 +319,7 @@ class ObjectStoreBlobService:
         options: dict[str, str] | None = None,
         avg_chunk_size: int = DEFAULT_AVG_CHUNK_SIZE,
     ) -> None:
+        _check_avg_chunk_size(avg_chunk_size)
         self.url = url
         self.avg_chunk_size = avg_chunk_size
         self.store: ObjectStore = open_store(url, options)
