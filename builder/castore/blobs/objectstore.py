@@ -38,8 +38,8 @@ from builder.proto.tvix.castore.protos.rpc_blobstore_pb2 import StatBlobResponse
 
 DEFAULT_AVG_CHUNK_SIZE = 256 * 1024
 
-# fastcdc needs a maximum of at least 1 KiB; beyond 64 MiB chunks would no
-# longer fit a gRPC message or a writer's modest buffer.
+# fastcdc rejects a maximum below 1 KiB; above a 64 MiB average, the chunks
+# (up to twice that) every reader and writer holds would no longer be small.
 _MIN_AVG_CHUNK_SIZE = 512
 _MAX_AVG_CHUNK_SIZE = 64 << 20
 
