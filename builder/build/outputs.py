@@ -32,8 +32,8 @@ class CollectedOutput:
     needles: tuple[int, ...]
 
 
-def resolve_output(root: Path, relative: str) -> Path:
-    """The host path of an output, refusing symlinked intermediate directories."""
+def resolve_output(root: Path, relative: str, output: str) -> Path:
+    """The host path of an output below ``root``, refusing symlinked directories on the way."""
     current = root
     parts = relative.split("/")
     for component in parts[:-1]:
@@ -41,14 +41,14 @@ def resolve_output(root: Path, relative: str) -> Path:
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
-            raise BuildFailedError(f"output {relative!r} was not produced") from None
+            raise BuildFailedError(f"output {output!r} was not produced") from None
         if not stat.S_ISDIR(mode):
             raise BuildFailedError(
-                f"output {relative!r}: {component!r} on its way is not a directory"
+                f"output {output!r}: {component!r} on its way is not a directory"
             )
     target = current / parts[-1]
     if not os.path.lexists(target):
-        raise BuildFailedError(f"output {relative!r} was not produced")
+        raise BuildFailedError(f"output {output!r} was not produced")
     return target
 
 
@@ -79,16 +79,19 @@ def _scan(path: bytes, scanner: NeedleScanner) -> None:
 
 
 def collect_outputs(
-    root: Path,
-    outputs: tuple[str, ...],
+    locations: list[tuple[str, Path, str]],
     needles: tuple[str, ...],
     blobs: BlobService,
     directories: DirectoryService,
 ) -> list[CollectedOutput]:
-    """Ingest every output in request order; any missing one fails the whole build."""
-    located = [resolve_output(root, output) for output in outputs]
+    """Ingest every output in request order; any missing one fails the whole build.
+
+    ``locations`` holds, per output, its request path, the host directory
+    backing its scratch path, and its path relative to that directory.
+    """
+    located = [resolve_output(root, relative, output) for output, root, relative in locations]
     collected = []
-    for output, host_path in zip(outputs, located, strict=True):
+    for (output, _, _), host_path in zip(locations, located, strict=True):
         node = ingest_path(host_path, blobs, directories)
         collected.append(CollectedOutput(output, node, scan_needles(host_path, needles)))
     return collected

@@ -26,8 +26,11 @@ def test_outputs_in_request_order_with_needles(tmp_path: Path, store) -> None:
     (root / "nix/store/aaa-out/bin/tool").chmod(0o4755)
     (root / "nix/store/zzz-doc").write_text("plain")
     os.symlink("/nix/store/ccc-other", root / "nix/store/aaa-out/link")
+    store_dir = root / "nix/store"
     collected = collect_outputs(
-        root, ("nix/store/aaa-out", "nix/store/zzz-doc"), ("bbb", "ccc", "zzz"), *store
+        [("nix/store/aaa-out", store_dir, "aaa-out"), ("nix/store/zzz-doc", store_dir, "zzz-doc")],
+        ("bbb", "ccc", "zzz"),
+        *store,
     )
     assert [c.path for c in collected] == ["nix/store/aaa-out", "nix/store/zzz-doc"]
     assert isinstance(collected[0].node, DirectoryNode)
@@ -40,13 +43,15 @@ def test_outputs_in_request_order_with_needles(tmp_path: Path, store) -> None:
 def test_missing_output_fails(tmp_path: Path, store) -> None:
     (tmp_path / "build").mkdir()
     with pytest.raises(BuildFailedError, match="'build/out' was not produced"):
-        collect_outputs(tmp_path, ("build/out",), (), *store)
+        collect_outputs([("build/out", tmp_path / "build", "out")], (), *store)
 
 
 def test_symlink_output_is_stored_not_followed(tmp_path: Path, store) -> None:
     (tmp_path / "build").mkdir()
     os.symlink("/etc/passwd", tmp_path / "build/out")
-    (collected,) = collect_outputs(tmp_path, ("build/out",), ("passwd",), *store)
+    (collected,) = collect_outputs(
+        [("build/out", tmp_path / "build", "out")], ("passwd",), *store
+    )
     assert collected.node == SymlinkNode(b"out", b"/etc/passwd")
     assert collected.needles == (0,)
 
@@ -55,7 +60,7 @@ def test_symlinked_intermediate_directory_refused(tmp_path: Path, store) -> None
     (tmp_path / "build").mkdir()
     os.symlink("/etc", tmp_path / "build/sub")
     with pytest.raises(BuildFailedError, match="'sub' on its way is not a directory"):
-        collect_outputs(tmp_path, ("build/sub/passwd",), (), *store)
+        collect_outputs([("build/sub/passwd", tmp_path / "build", "sub/passwd")], (), *store)
 
 
 def test_needle_across_read_boundary(tmp_path: Path) -> None:

@@ -1,0 +1,60 @@
+"""Operator settings of the build service, with defaults for this machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+_SYSTEMS_BY_MACHINE = {
+    # A 64-bit x86 kernel runs i686 binaries too (IA-32 emulation is on in
+    # every distribution kernel we target).
+    "x86_64": ("x86_64-linux", "i686-linux"),
+    "aarch64": ("aarch64-linux",),
+    "riscv64": ("riscv64-linux",),
+}
+
+
+def default_systems() -> tuple[str, ...]:
+    machine = platform.machine()
+    return _SYSTEMS_BY_MACHINE.get(machine, (f"{machine}-linux",))
+
+
+def default_shell() -> str | None:
+    """Debian's busybox-static: one static binary that works in any root."""
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.isfile(candidate):
+            return candidate
+    return shutil.which("busybox")
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    """Ceilings applied to every build (None: unlimited)."""
+
+    wall_time: float | None = 4 * 3600.0
+    silence: float | None = None
+    memory: int | None = None
+    processes: int | None = 4096
+    log_bytes: int | None = 64 << 20
+    scratch_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    work_dir: Path
+    systems: tuple[str, ...] = field(default_factory=default_systems)
+    allowed_ro_paths: tuple[str, ...] = ()
+    shell: str | None = field(default_factory=default_shell)
+    limits: BuildLimits = field(default_factory=BuildLimits)
+    job_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    queue_length: int = 64
+    host_memory: int = field(default_factory=lambda: psutil.virtual_memory().total)
+    cache_max_bytes: int = 20 << 30
+    result_cache: bool = True
+    log_retention_seconds: float = 3600.0
+    build_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
