@@ -5,6 +5,10 @@ Servicers raise ``builder.errors`` exceptions like any other caller would; the
 so that no servicer ever touches ``context`` for error handling. Anything that
 is not a product error is a bug: it is logged here and the client only learns
 that something went wrong inside, never internal details.
+
+The reverse direction, used by the gRPC clients, is
+``builder.castore.grpc_channel.ERROR_OF_CODE``: the castore layer may not import
+this one, and a test keeps the two tables inverse.
 """
 
 from __future__ import annotations
