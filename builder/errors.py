@@ -42,3 +42,19 @@ class UnavailableError(BuilderError):
 
 class IntegrityError(BuilderError):
     """Stored or received data does not match the digest it was addressed by."""
+
+
+class CommandFailedError(BuildFailedError):
+    """The build command ran and ended badly; the fields say how."""
+
+    def __init__(
+        self,
+        message: str,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        limit: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.signal = signal
+        self.limit = limit
