@@ -1,0 +1,111 @@
+"""The build service: one entry point for every face the product has.
+
+The gRPC servicers of both families, the streaming RPC and the ``run`` command
+all call ``BuildService.build``; it validates, checks constraints and inputs,
+answers from the result cache where it can, waits for a job slot, runs, and
+records the result.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from builder.build.cancel import CancelToken
+from builder.build.config import BuildConfig
+from builder.build.constraints import check_constraints
+from builder.build.inputs import missing_inputs, require_inputs
+from builder.build.logs import LogStore
+from builder.build.matcache import MaterialisationCache
+from builder.build.outputs import CollectedOutput
+from builder.build.request import BuildRequest
+from builder.build.results import ResultCache
+from builder.build.runner import BuildRunner
+from builder.build.slots import JobSlots
+from builder.castore.blobs.service import BlobService
+from builder.castore.directories.service import DirectoryService
+from sandbox import Launcher
+
+
+@dataclass(frozen=True)
+class Started:
+    build_id: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class LogData:
+    data: bytes
+
+
+Event = Started | LogData
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    build_id: str
+    outputs: list[CollectedOutput]
+    cached: bool
+
+
+class BuildService:
+    def __init__(
+        self,
+        config: BuildConfig,
+        blobs: BlobService,
+        directories: DirectoryService,
+        launcher: Launcher,
+    ) -> None:
+        self.config = config
+        self.blobs = blobs
+        self.directories = directories
+        self.cache = MaterialisationCache(
+            config.work_dir / "cache", blobs, directories, config.cache_max_bytes
+        )
+        self._runner = BuildRunner(config, blobs, directories, launcher, self.cache)
+        self._slots = JobSlots(config.job_slots, config.queue_length)
+        self._results = ResultCache(config.work_dir / "results.sqlite")
+        self.logs = LogStore(config.log_retention_seconds)
+
+    def build(
+        self,
+        request: BuildRequest,
+        on_event: EventSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> BuildOutcome:
+        emit = on_event or (lambda event: None)
+        cancel = cancel or CancelToken()
+        request.validate()
+        check_constraints(request.constraints, self.config)
+        require_inputs(request.inputs, self.blobs, self.directories)
+        build_id = uuid.uuid4().hex
+
+        if self.config.result_cache:
+            recorded = self._results.lookup(request)
+            if recorded is not None and not missing_inputs(
+                tuple(o.node.renamed(b"o") for o in recorded), self.blobs, self.directories
+            ):
+                emit(Started(build_id, cached=True))
+                return BuildOutcome(build_id, recorded, cached=True)
+
+        log = self.logs.open(build_id)
+
+        def on_log(data: bytes) -> None:
+            log.append(data)
+            emit(LogData(data))
+
+        try:
+            with self._slots.slot(cancel):
+                emit(Started(build_id, cached=False))
+                outputs = self._runner.run(request, on_log, cancel, build_id)
+        finally:
+            log.finish()
+        if self.config.result_cache:
+            self._results.record(request, outputs)
+        return BuildOutcome(build_id, outputs, cached=False)
+
+    def close(self) -> None:
+        self._results.close()
+        self.cache.close()
