@@ -1,0 +1,163 @@
+"""BuildService servicers for both families and our streaming extension.
+
+All three only translate: a request message becomes a ``BuildRequest``, the
+call becomes ``BuildService.build`` with a cancel token that fires when the
+client hangs up, and the outcome becomes the family's response message.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from builder.build.cancel import CancelToken
+from builder.build.request import request_from_proto
+from builder.build.service import BuildOutcome, BuildService, LogData, Started
+from builder.castore.wire import Family, node_to_proto
+from builder.errors import BuilderError, CommandFailedError
+from builder.proto.builder.v1 import build_events_pb2 as events_pb2
+from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
+from builder.proto.snix.build.protos import build_pb2 as snix_build
+from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
+from builder.proto.tvix.build.protos import build_pb2 as tvix_build
+from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
+from builder.server.status import rpc_errors, status_of
+
+
+def tvix_response(request: Any, outcome: BuildOutcome) -> Any:
+    return tvix_build.Build(
+        build_request=request,
+        outputs=[node_to_proto(o.node, Family.TVIX) for o in outcome.outputs],
+        outputs_needles=[
+            tvix_build.Build.OutputNeedles(needles=o.needles) for o in outcome.outputs
+        ],
+    )
+
+
+def snix_response(outcome: BuildOutcome) -> Any:
+    return snix_build.BuildResponse(
+        outputs=[
+            snix_build.BuildResponse.Output(
+                output=node_to_proto(o.node, Family.SNIX), needles=o.needles
+            )
+            for o in outcome.outputs
+        ]
+    )
+
+
+def _cancel_on_hangup(context: grpc.ServicerContext) -> CancelToken:
+    cancel = CancelToken()
+    context.add_callback(cancel.cancel)
+    return cancel
+
+
+class TvixBuildServicer(tvix_rpc.BuildServiceServicer):
+    def __init__(self, service: BuildService) -> None:
+        self._service = service
+
+    @rpc_errors
+    def DoBuild(self, request: Any, context: grpc.ServicerContext) -> Any:
+        outcome = self._service.build(
+            request_from_proto(request), cancel=_cancel_on_hangup(context)
+        )
+        return tvix_response(request, outcome)
+
+
+class SnixBuildServicer(snix_rpc.BuildServiceServicer):
+    def __init__(self, service: BuildService) -> None:
+        self._service = service
+
+    @rpc_errors
+    def DoBuild(self, request: Any, context: grpc.ServicerContext) -> Any:
+        outcome = self._service.build(
+            request_from_proto(request), cancel=_cancel_on_hangup(context)
+        )
+        return snix_response(outcome)
+
+
+_DONE = object()
+
+
+def _log_chunk(data: bytes) -> Any:
+    # The sandbox gives the command one pipe for stdout and stderr, as Nix
+    # does, so their interleaving is kept and the stream cannot be told apart.
+    return events_pb2.LogChunk(stream=events_pb2.LogChunk.STREAM_UNSPECIFIED, data=data)
+
+
+class BuildEventsServicer(events_grpc.BuildEventsServicer):
+    def __init__(self, service: BuildService) -> None:
+        self._service = service
+
+    @rpc_errors
+    def StreamBuild(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """Run the build on its own thread and relay its events as they happen."""
+        build_request = request_from_proto(request)
+        cancel = _cancel_on_hangup(context)
+        events: queue.Queue[object] = queue.Queue()
+
+        def on_event(event: Started | LogData) -> None:
+            if isinstance(event, Started):
+                events.put(
+                    events_pb2.BuildEvent(
+                        started=events_pb2.Started(build_id=event.build_id, cached=event.cached)
+                    )
+                )
+            else:
+                events.put(events_pb2.BuildEvent(log=_log_chunk(event.data)))
+
+        def run() -> None:
+            try:
+                outcome = self._service.build(build_request, on_event, cancel)
+                events.put(
+                    events_pb2.BuildEvent(
+                        completed=events_pb2.Completed(response=snix_response(outcome))
+                    )
+                )
+            except CommandFailedError as error:
+                events.put(
+                    events_pb2.BuildEvent(
+                        failed=events_pb2.Failed(
+                            message=str(error),
+                            exit_code=-1 if error.exit_code is None else error.exit_code,
+                            signal=error.signal or 0,
+                            limit=error.limit or "",
+                        )
+                    )
+                )
+            except BaseException as error:  # handed to the streaming thread below
+                events.put(error)
+            finally:
+                events.put(_DONE)
+
+        worker = threading.Thread(target=run, name="stream-build", daemon=True)
+        worker.start()
+        while (item := events.get()) is not _DONE:
+            if isinstance(item, BuilderError):
+                raise item
+            if isinstance(item, BaseException):
+                code, message = status_of(item)
+                context.abort(code, message)
+            yield item
+        worker.join()
+
+    @rpc_errors
+    def GetLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        log = self._service.logs.get(request.build_id)
+        for data in log.follow(stop=lambda: not context.is_active()):
+            yield _log_chunk(data)
+
+
+def add_build_services(server: grpc.Server, service: BuildService) -> list[str]:
+    """Register both families' BuildService and BuildEvents; return their full names."""
+    tvix_rpc.add_BuildServiceServicer_to_server(TvixBuildServicer(service), server)
+    snix_rpc.add_BuildServiceServicer_to_server(SnixBuildServicer(service), server)
+    events_grpc.add_BuildEventsServicer_to_server(BuildEventsServicer(service), server)
+    return [
+        "tvix.build.v1.BuildService",
+        "snix.build.v1.BuildService",
+        "builder.v1.BuildEvents",
+    ]
