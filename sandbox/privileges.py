@@ -23,15 +23,10 @@ _FORWARDED = (
 )
 
 
-def drop_bounding_set() -> None:
+def drop_capabilities() -> None:
+    """Empty the bounding and ambient sets, so nothing executed later regains any."""
     prctl.capbset.limit()
-
-
-def drop_all_capabilities() -> None:
     syscalls.clear_ambient_capabilities()
-    prctl.cap_inheritable.limit()
-    prctl.cap_effective.limit()
-    prctl.cap_permitted.limit()
 
 
 def forbid_privilege_gain() -> None:
@@ -48,26 +43,28 @@ def hide_from_build() -> None:
     prctl.set_dumpable(False)
 
 
+def allow_id_mapping() -> None:
+    """setuid made us non-dumpable, which hides /proc/self/uid_map from us."""
+    prctl.set_dumpable(True)
+
+
 def die_with_parent() -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
 
 
-def set_rlimits(
-    cpu_time: float | None, processes: int | None, memory: int | None
-) -> None:
-    """Kernel limits per process; ``processes`` and ``memory`` only when no cgroup.
+def set_rlimits(cpu_time: float | None, processes: int | None) -> None:
+    """Per-process kernel limits, set on PID 1 so the command inherits them.
 
-    RLIMIT_NPROC counts processes of the build's uid in its own user namespace,
-    so it caps the whole build; RLIMIT_AS only caps each process.
+    ``processes`` is only passed when there is no pids cgroup: RLIMIT_NPROC
+    counts the processes of the build's uid inside its own user namespace, so it
+    caps the whole build (PID 1 included, hence the extra one).
     """
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if cpu_time is not None:
         seconds = max(1, int(cpu_time + 0.999))
         resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     if processes is not None:
-        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
-    if memory is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes + 1, processes + 1))
 
 
 def forwarded_signals() -> tuple[signal.Signals, ...]:
