@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -10,15 +11,20 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
 from builder.castore.nodes import DirectoryNode, FileNode, Node
-from builder.castore.store import DATA_DIR_ENV, Store
+from builder.castore.store import DATA_DIR_ENV, Store, default_data_dir
 from builder.castore.wire import node_to_proto
-from builder.errors import BuilderError, NotFoundError
+from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
+
+if TYPE_CHECKING:
+    from builder.build.service import BuildService
+    from sandbox import Launcher
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -127,6 +133,121 @@ def cmd_castore_serve(args: argparse.Namespace) -> None:
         store.close()
 
 
+def _build_service(args: argparse.Namespace, store: Store, launcher: Launcher) -> BuildService:
+    from builder.build.config import BuildConfig, BuildLimits
+    from builder.build.service import BuildService
+
+    data_dir = args.data_dir or default_data_dir()
+    defaults = BuildConfig(work_dir=args.work_dir or data_dir / "build")
+    config = BuildConfig(
+        work_dir=defaults.work_dir,
+        systems=tuple(args.system) or defaults.systems,
+        allowed_ro_paths=tuple(args.allow_ro_path),
+        shell=args.shell or defaults.shell,
+        limits=BuildLimits(wall_time=args.timeout, memory=args.memory_limit),
+        job_slots=args.jobs or defaults.job_slots,
+        queue_length=args.queue,
+        result_cache=not args.no_result_cache,
+        cache_max_bytes=args.cache_max_bytes,
+    )
+    return BuildService(config, store.blobs, store.directories, launcher)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from builder.server.app import TlsConfig, serve
+    from sandbox import Launcher
+
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise InvalidArgumentError("--tls-cert and --tls-key go together")
+        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+    token = None
+    if args.token_file:
+        token = args.token_file.read_text().strip()
+    launcher = Launcher().start()
+    store = _store(args)
+    builds = _build_service(args, store, launcher)
+    try:
+        serve(store, builds, args.listen, tls, token)
+    finally:
+        builds.close()
+        store.close()
+        launcher.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from builder.build.request import request_from_proto
+    from builder.build.request_file import load_request_message
+    from builder.build.service import LogData
+    from builder.castore.fs.ingest import ingest_path
+    from builder.castore.fs.materialise import materialise_node
+    from builder.server.build_servicers import snix_response
+    from sandbox import Launcher
+
+    message = load_request_message(Path(args.request))
+    launcher = Launcher().start()
+    store = _store(args)
+    builds = _build_service(args, store, launcher)
+    try:
+        request = request_from_proto(message)
+        imported = []
+        for spec in args.imports:
+            name, sep, path = spec.partition("=")
+            if not sep or not name:
+                raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
+            node = ingest_path(Path(path), store.blobs, store.directories, os.fsencode(name))
+            print(f"imported {path} as {name}: {_describe(node)}", file=sys.stderr)
+            imported.append(node)
+        if imported:
+            replaced = {n.name for n in imported}
+            inputs = [n for n in request.inputs if n.name not in replaced] + imported
+            ordered = tuple(sorted(inputs, key=lambda n: n.name))
+            request = dataclasses.replace(request, inputs=ordered)
+
+        def on_event(event: object) -> None:
+            if isinstance(event, LogData):
+                sys.stderr.buffer.write(event.data)
+                sys.stderr.buffer.flush()
+            else:
+                print(f"builder: {event}", file=sys.stderr)
+
+        outcome = builds.build(request, on_event)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for output in outcome.outputs:
+                dest = args.out / os.fsdecode(output.node.name)
+                materialise_node(output.node, dest, store.blobs, store.directories, read_only=True)
+        response = json_format.MessageToDict(snix_response(outcome))
+        print(json.dumps(response, indent=2, sort_keys=True))
+    finally:
+        builds.close()
+        store.close()
+        launcher.stop()
+
+
+def _build_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work-dir", type=Path, help="sandboxes and materialisation cache")
+    parser.add_argument(
+        "--system", action="append", default=[], help="supported system (repeatable)"
+    )
+    parser.add_argument(
+        "--allow-ro-path",
+        action="append",
+        default=[],
+        help="host path builds may ask for in available_ro_paths (repeatable)",
+    )
+    parser.add_argument("--shell", help="static shell provided as /bin/sh (default: busybox)")
+    parser.add_argument("--jobs", type=int, help="job slots (default: number of cores)")
+    parser.add_argument("--queue", type=int, default=64, help="builds waiting for a slot")
+    parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="wall time per build")
+    parser.add_argument("--memory-limit", type=int, help="memory per build, bytes")
+    parser.add_argument("--no-result-cache", action="store_true")
+    parser.add_argument(
+        "--cache-max-bytes", type=int, default=20 << 30, help="materialisation cache bound"
+    )
+
+
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
@@ -180,6 +301,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     for subparser in sub.choices.values():
         _store_options(subparser)
+
+    p = commands.add_parser("serve", help="serve builds and the store over gRPC")
+    p.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
+    )
+    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM) for TCP listeners")
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
+    p.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    p.set_defaults(func=cmd_serve)
+    _store_options(p)
+    _build_options(p)
+
+    p = commands.add_parser("run", help="execute one BuildRequest from a file")
+    p.add_argument("request", help="request as .json, .txtpb or .pb (either family)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="ingest a host path as input NAME first (repeatable)",
+    )
+    p.add_argument("--out", type=Path, help="materialise the outputs into this directory")
+    p.set_defaults(func=cmd_run)
+    _store_options(p)
+    _build_options(p)
     return parser
 
 

@@ -31,14 +31,23 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def bind(server: grpc.Server, url: str) -> str:
-    """Bind one address and return it with the port actually chosen (for port 0)."""
+def bind(
+    server: grpc.Server, url: str, credentials: grpc.ServerCredentials | None = None
+) -> str:
+    """Bind one address and return it with the port actually chosen (for port 0).
+
+    With ``credentials``, TCP addresses are served over TLS; unix sockets stay
+    plain, their file permissions being what guards them.
+    """
     endpoint: Endpoint = parse_endpoint(url)
     if endpoint.unix_path is not None:
         Path(endpoint.unix_path).parent.mkdir(parents=True, exist_ok=True)
         remove_stale_socket(endpoint.unix_path)
     try:
-        port = server.add_insecure_port(endpoint.target)
+        if credentials is not None and endpoint.unix_path is None:
+            port = server.add_secure_port(endpoint.target, credentials)
+        else:
+            port = server.add_insecure_port(endpoint.target)
     except RuntimeError as exc:
         raise UnavailableError(f"cannot listen on {url}: {exc}") from exc
     if port == 0 and endpoint.unix_path is None:
@@ -49,5 +58,7 @@ def bind(server: grpc.Server, url: str) -> str:
     return f"grpc+http://{host}:{port}"
 
 
-def bind_all(server: grpc.Server, urls: list[str]) -> list[str]:
-    return [bind(server, url) for url in urls]
+def bind_all(
+    server: grpc.Server, urls: list[str], credentials: grpc.ServerCredentials | None = None
+) -> list[str]:
+    return [bind(server, url, credentials) for url in urls]
