@@ -1,11 +1,16 @@
 """Turning kernel bookkeeping into the figures a result reports.
 
-CPU times come from the rusage of the sandbox process, which includes every
-descendant PID 1 reaped. Peak memory comes from the build's cgroup when there
-is one; without it, the largest single process (ru_maxrss) is the best the
-kernel can tell, and the report says so through ``unenforced_limits``.
+CPU times come from the rusage PID 1 collected for every process it reaped,
+which leaves out the sandbox's own setup; when PID 1 was killed before it could
+report, the launcher's rusage of PID 1 (setup included) stands in. Peak memory
+comes from the build's cgroup. Without a memory cgroup the launcher samples the
+build's processes instead (ru_maxrss cannot serve: a process started with
+vfork inherits the high-water mark of its parent's address space), so the
+figure is a lower bound and the memory limit is only per process (RLIMIT_AS);
+the result lists it in ``unenforced_limits``.
 """
 
+import contextlib
 import resource
 import signal
 from dataclasses import dataclass
@@ -29,22 +34,45 @@ class Usage:
     cgroup: CgroupStats
 
 
-def usage(rusage: resource.struct_rusage | None, cgroup: BuildCgroup | None) -> Usage:
+@dataclass
+class TreeSample:
+    """One look at the build's processes, for builds without a cgroup."""
+
+    processes: int
+    rss: int
+
+
+def usage(
+    reported: dict[str, float] | None,
+    rusage: resource.struct_rusage | None,
+    cgroup: BuildCgroup | None,
+    sampled_peak: int,
+) -> Usage:
     stats = cgroup.stats() if cgroup is not None else CgroupStats()
-    user = rusage.ru_utime if rusage else 0.0
-    system = rusage.ru_stime if rusage else 0.0
-    peak = stats.peak_memory
-    if peak is None and rusage is not None:
-        peak = rusage.ru_maxrss * 1024
+    if reported is not None:
+        user, system = reported["user"], reported["system"]
+    elif rusage is not None:
+        user, system = rusage.ru_utime, rusage.ru_stime
+    else:
+        user, system = 0.0, 0.0
+    peak = stats.peak_memory if stats.peak_memory is not None else sampled_peak
     return Usage(user, system, peak, stats)
 
 
-def process_count(init_pid: int) -> int:
-    """Processes in the build, for reporting a process cap hit without a cgroup."""
+def sample_tree(init_pid: int) -> TreeSample:
+    """Count PID 1 and its descendants and sum the descendants' resident memory.
+
+    PID 1 is the sandbox's own Python process; its memory is not the build's.
+    """
     try:
-        return 1 + len(psutil.Process(init_pid).children(recursive=True))
+        children = psutil.Process(init_pid).children(recursive=True)
     except psutil.Error:
-        return 0
+        return TreeSample(0, 0)
+    rss = 0
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            rss += child.memory_info().rss
+    return TreeSample(1 + len(children), rss)
 
 
 def limits_reached(limits: Limits, used: Usage, sig: int | None, memory_cgroup: bool) -> set[str]:

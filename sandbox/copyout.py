@@ -59,7 +59,7 @@ def _copy_file(src_fd: int, dest_fd: int, name: str, mode: int) -> None:
         writer = os.open(name, flags, 0o600, dir_fd=dest_fd)
         try:
             while True:
-                sent = os.copy_file_range(reader, writer, _CHUNK)
+                sent = os.sendfile(writer, reader, None, _CHUNK)
                 if sent == 0:
                     break
             os.fchmod(writer, mode)

@@ -66,6 +66,7 @@ class _Run:
     reaped_at: float | None = None
     wall_time: float = 0.0
     next_poll: float = 0.0
+    sampled_peak: int = 0
 
 
 class ForkServer:
@@ -163,16 +164,25 @@ class ForkServer:
         if cgroup is not None:
             cgroup.set_limits(spec.limits.memory, _with_margin(spec.limits.processes))
         slot = self.free_slots.pop(0) if self.rootful else None
-        host_ids = None
+        host_ids = (os.geteuid(), os.getegid())
         if slot is not None:
-            host_id = self.settings.uid_base + slot
-            host_ids = (host_id, host_id)
+            host_ids = (self.settings.uid_base + slot, self.settings.uid_base + slot)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         no_pids = cgroup is None or not cgroup.controls_pids
         no_memory = cgroup is None or not cgroup.controls_memory
-        job = InitJob(spec, self.staging, log_w, status_w, go_r, host_ids, no_pids, no_memory)
+        job = InitJob(
+            spec=spec,
+            root=self.staging,
+            log_fd=log_w,
+            status_fd=status_w,
+            go_fd=go_r,
+            host_ids=host_ids,
+            rootful=self.rootful,
+            rlimit_processes=no_pids,
+            rlimit_memory=no_memory,
+        )
         gc.freeze()
         try:
             pid = syscalls.clone(clone_flags(self.rootful))
@@ -291,8 +301,7 @@ class ForkServer:
         limits = run.spec.limits
         if limits.cpu_time is not None and run.cgroup is not None and run.cgroup.accounts_cpu:
             return True
-        no_pids = run.cgroup is None or not run.cgroup.controls_pids
-        return limits.processes is not None and no_pids
+        return run.cgroup is None or not (run.cgroup.controls_pids and run.cgroup.controls_memory)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -319,9 +328,10 @@ class ForkServer:
             used = run.cgroup.cpu_time()
             if used is not None and used > limits.cpu_time:
                 self._kill(run, Limit.CPU_TIME)
-        if limits.processes is not None:
-            no_pids = run.cgroup is None or not run.cgroup.controls_pids
-            if no_pids and accounting.process_count(run.pid) >= limits.processes:
+        if run.cgroup is None or not (run.cgroup.controls_pids and run.cgroup.controls_memory):
+            sample = accounting.sample_tree(run.pid)
+            run.sampled_peak = max(run.sampled_peak, sample.rss)
+            if limits.processes is not None and sample.processes > limits.processes:
                 run.reached.add(Limit.PROCESSES)
 
     def _kill(self, run: _Run, reason: str) -> None:
@@ -337,7 +347,7 @@ class ForkServer:
     def _finish(self, run: _Run) -> None:
         del self.runs[run.run_id]
         os.close(run.lifeline_fd)
-        usage = accounting.usage(run.rusage, run.cgroup)
+        usage = accounting.usage(run.status.get("rusage"), run.rusage, run.cgroup, run.sampled_peak)
         if run.cgroup is not None:
             run.cgroup.kill()
             run.cgroup.remove()

@@ -15,6 +15,7 @@ outlive the build.
 import contextlib
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -34,8 +35,10 @@ class InitJob:
     status_fd: int
     go_fd: int
     """Readable once the launcher has put us in our cgroup; EOF if it died."""
-    host_ids: tuple[int, int] | None
-    """Host uid and gid to become (root launcher); ``None`` when rootless."""
+    host_ids: tuple[int, int]
+    """Host uid and gid the build runs as."""
+    rootful: bool
+    """The launcher is root: switch to ``host_ids`` and create the user namespace."""
     rlimit_processes: bool
     rlimit_memory: bool
 
@@ -73,8 +76,8 @@ def run_init(job: InitJob) -> NoReturn:
 
 def _prepare(job: InitJob) -> list[int]:
     spec = job.spec
-    if job.host_ids is not None:
-        uid, gid = job.host_ids
+    uid, gid = job.host_ids
+    if job.rootful:
         syscalls.unshare(CLONE_NEWNS)
         layout = mounts.build_root(job.root, spec, owner=job.host_ids)
         copy_out = _open_copy_out(spec, job.host_ids)
@@ -87,7 +90,7 @@ def _prepare(job: InitJob) -> list[int]:
         syscalls.unshare(namespaces.flags(spec.network) & ~CLONE_NEWPID)
         namespaces.map_ids(spec.uid, uid, spec.gid, gid)
     else:
-        namespaces.map_ids(spec.uid, os.geteuid(), spec.gid, os.getegid())
+        namespaces.map_ids(spec.uid, uid, spec.gid, gid)
         syscalls.unshare(namespaces.flags(spec.network) & ~(CLONE_NEWPID | CLONE_NEWUSER))
         layout = mounts.build_root(job.root, spec, owner=None)
         copy_out = _open_copy_out(spec, None)
@@ -153,6 +156,8 @@ def _supervise(job: InitJob) -> dict[str, Any]:
     else:
         status = {"exit_code": os.WEXITSTATUS(wait_status)}
     _kill_leftovers()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    status["rusage"] = {"user": children.ru_utime, "system": children.ru_stime}
     if job.spec.limits.scratch_bytes is not None:
         status["scratch_full"] = _scratch_full()
     return status

@@ -91,8 +91,8 @@ def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> R
     mounts += [_Mount(p, p, writable=False, device_ok=True) for p in spec.ro_paths]
     if spec.shell is not None:
         mounts.append(_Mount(spec.shell, "/bin/sh", writable=False))
+    os.mkdir(_at(root, "/tmp"))
     if store is None:
-        os.mkdir(_at(root, "/tmp"))
         syscalls.mount("tmpfs", _at(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     else:
         _bind(store[-1], _at(root, "/tmp"), writable=True, device_ok=False)
