@@ -1,0 +1,278 @@
+"""DoBuild end to end over a real unix socket, with clients of both families."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from builder.build.config import BuildConfig, BuildLimits
+from builder.build.request import BuildRequest, Constraints, request_to_proto
+from builder.build.service import BuildService
+from builder.castore.blobs.fs import FsBlobService
+from builder.castore.composition import Composition
+from builder.castore.digest import Digest
+from builder.castore.directories.sqlite import SqliteDirectoryService
+from builder.castore.fs.ingest import ingest_path
+from builder.castore.nodes import DirectoryNode, FileNode
+from builder.castore.store import Store
+from builder.castore.wire import Family
+from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
+from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
+from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
+from builder.server.app import create_server
+from sandbox import Launcher
+
+
+@dataclass
+class Served:
+    channel: grpc.Channel
+    store: Store
+    service: BuildService
+    work: Path
+
+    def tvix(self) -> tvix_rpc.BuildServiceStub:
+        return tvix_rpc.BuildServiceStub(self.channel)
+
+    def snix(self) -> snix_rpc.BuildServiceStub:
+        return snix_rpc.BuildServiceStub(self.channel)
+
+    def events(self) -> events_grpc.BuildEventsStub:
+        return events_grpc.BuildEventsStub(self.channel)
+
+
+@pytest.fixture(scope="module")
+def launcher() -> Iterator[Launcher]:
+    with Launcher() as started:
+        yield started
+
+
+def _serve(tmp_path: Path, launcher: Launcher, **config: object) -> Iterator[Served]:
+    blobs, directories = FsBlobService(tmp_path / "blobs"), SqliteDirectoryService(tmp_path / "d")
+    store = Store(blobs, directories, Composition({}))
+    work = tmp_path / "work"
+    service = BuildService(BuildConfig(work_dir=work, **config), blobs, directories, launcher)
+    socket = tmp_path / "builder.sock"
+    bound = create_server(store, service, [f"grpc+unix://{socket}"])
+    bound.server.start()
+    channel = grpc.insecure_channel(f"unix:{socket}")
+    try:
+        yield Served(channel, store, service, work)
+    finally:
+        channel.close()
+        bound.server.stop(5).wait()
+        service.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path, launcher: Launcher) -> Iterator[Served]:
+    yield from _serve(tmp_path, launcher)
+
+
+def _request(
+    script: str, inputs: tuple = (), outputs: tuple = ("nix/store/out",), **kw: object
+) -> BuildRequest:
+    return BuildRequest(
+        inputs=inputs,
+        command_args=("/bin/sh", "-c", script),
+        working_dir="build",
+        scratch_paths=("build", "nix/store"),
+        inputs_dir="nix/store",
+        outputs=outputs,
+        environment=(("PATH", b"/bin"),),
+        constraints=kw.pop("constraints", Constraints(system="x86_64-linux", provide_bin_sh=True)),
+        **kw,
+    )
+
+
+def _input(served: Served, tmp_path: Path, name: str = "aaa-src") -> DirectoryNode:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "msg").write_text("hello from aaa-src\n")
+    node = ingest_path(src, served.store.blobs, served.store.directories, name.encode())
+    assert isinstance(node, DirectoryNode)
+    return node
+
+
+def test_tvix_build_with_input_and_needles(served: Served, tmp_path: Path) -> None:
+    src = _input(served, tmp_path)
+    request = _request(
+        "mkdir /nix/store/out && cp /nix/store/aaa-src/msg /nix/store/out/copy && "
+        "ln -s /nix/store/aaa-src /nix/store/out/link && echo done > /nix/store/other",
+        inputs=(src,),
+        outputs=("nix/store/other", "nix/store/out"),
+        refscan_needles=("aaa-src", "absent", "done"),
+    )
+    msg = request_to_proto(request, Family.TVIX)
+    response = served.tvix().DoBuild(msg, timeout=60)
+    assert response.build_request == msg
+    assert [n.WhichOneof("node") for n in response.outputs] == ["file", "directory"]
+    assert response.outputs[0].file.name == b"other"
+    assert response.outputs[1].directory.name == b"out"
+    assert [list(n.needles) for n in response.outputs_needles] == [[2], [0]]
+    tree = served.store.directories.get(Digest(response.outputs[1].directory.digest))
+    assert tree is not None
+    assert {n.name for n in tree.entries()} == {b"copy", b"link"}
+
+
+def test_snix_build(served: Served) -> None:
+    response = served.snix().DoBuild(
+        request_to_proto(_request("echo hi > /nix/store/out"), Family.SNIX), timeout=60
+    )
+    (output,) = response.outputs
+    assert output.output.file.name == b"out"
+    assert output.output.file.size == 3
+
+
+def test_invalid_request_names_field(served: Served) -> None:
+    msg = request_to_proto(_request("true", outputs=("elsewhere/out",)), Family.SNIX)
+    with pytest.raises(grpc.RpcError) as info:
+        served.snix().DoBuild(msg, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "outputs[0]" in info.value.details()
+
+
+def test_missing_inputs_named(served: Served) -> None:
+    ghost = FileNode(b"ghost", Digest.of(b"never stored"), 12)
+    with pytest.raises(grpc.RpcError) as info:
+        served.tvix().DoBuild(
+            request_to_proto(_request("true", inputs=(ghost,)), Family.TVIX), timeout=30
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert str(ghost.digest) in info.value.details()
+
+
+def test_unsupported_system(served: Served) -> None:
+    request = _request("true", constraints=Constraints(system="mips-plan9"))
+    with pytest.raises(grpc.RpcError) as info:
+        served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "constraints.system" in info.value.details()
+
+
+def test_failed_build_reports_exit_code_and_log(served: Served) -> None:
+    request = _request("echo first line; echo 'something broke' >&2; exit 3")
+    with pytest.raises(grpc.RpcError) as info:
+        served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "exited with code 3" in info.value.details()
+    assert "something broke" in info.value.details()
+
+
+def test_missing_output_is_a_failure(served: Served) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        served.snix().DoBuild(request_to_proto(_request("true"), Family.SNIX), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "'nix/store/out' was not produced" in info.value.details()
+
+
+def test_stream_events_and_result_cache(served: Served) -> None:
+    msg = request_to_proto(_request("echo progress; echo x > /nix/store/out"), Family.SNIX)
+    events = list(served.events().StreamBuild(msg, timeout=60))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "completed"
+    assert not events[0].started.cached
+    assert b"progress" in b"".join(e.log.data for e in events if e.HasField("log"))
+    again = list(served.events().StreamBuild(msg, timeout=60))
+    assert again[0].started.cached
+    assert again[-1].completed.response == events[-1].completed.response
+
+
+def test_stream_reports_failure_details(served: Served) -> None:
+    msg = request_to_proto(_request("exit 7"), Family.SNIX)
+    events = list(served.events().StreamBuild(msg, timeout=60))
+    assert events[-1].failed.exit_code == 7
+    assert "exited with code 7" in events[-1].failed.message
+
+
+def test_concurrent_builds_share_inputs(served: Served, tmp_path: Path) -> None:
+    src = _input(served, tmp_path)
+    results: list[bytes] = []
+
+    def build(i: int) -> None:
+        request = _request(f"cat /nix/store/aaa-src/msg > /nix/store/out; echo {i}", inputs=(src,))
+        response = served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
+        results.append(response.outputs[0].output.file.digest)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6
+    assert len(set(results)) == 1
+    stats = served.service.cache.stats()
+    assert stats.fills == 1
+    assert stats.trees == 1
+    assert stats.in_use == 0
+
+
+def _sleepers(host_pattern: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if host_pattern.encode() in cmdline:
+                found.append(int(pid))
+    return found
+
+
+def test_client_cancel_kills_build(served: Served) -> None:
+    marker = "sleep 4171"
+    msg = request_to_proto(_request(f"{marker}; echo x > /nix/store/out"), Family.SNIX)
+    future = served.snix().DoBuild.future(msg, timeout=60)
+    deadline = time.monotonic() + 20
+    while not _sleepers(marker):
+        assert time.monotonic() < deadline, "build never started"
+        time.sleep(0.05)
+    future.cancel()
+    cancelled_at = time.monotonic()
+    while _sleepers(marker):
+        assert time.monotonic() - cancelled_at < 1.0, "build outlived its client"
+        time.sleep(0.02)
+    assert not list(served.work.joinpath("builds").iterdir())
+
+
+def test_queue_overflow(tmp_path: Path, launcher: Launcher) -> None:
+    gen = _serve(tmp_path, launcher, job_slots=1, queue_length=1)
+    served = next(gen)
+    try:
+        slow = request_to_proto(_request("sleep 3; echo x > /nix/store/out"), Family.SNIX)
+        running = served.snix().DoBuild.future(slow, timeout=60)
+        time.sleep(0.5)
+        queued = served.snix().DoBuild.future(
+            request_to_proto(_request("echo y > /nix/store/out"), Family.SNIX), timeout=60
+        )
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as info:
+            served.snix().DoBuild(
+                request_to_proto(_request("echo z > /nix/store/out"), Family.SNIX), timeout=60
+            )
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert running.result().outputs
+        assert queued.result().outputs
+    finally:
+        next(gen, None)
+
+
+def test_limits_reported(tmp_path: Path, launcher: Launcher) -> None:
+    gen = _serve(tmp_path, launcher, limits=BuildLimits(wall_time=1.0))
+    served = next(gen)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            served.snix().DoBuild(
+                request_to_proto(_request("sleep 30"), Family.SNIX), timeout=60
+            )
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "wall_time" in info.value.details()
+    finally:
+        next(gen, None)
