@@ -179,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from builder.build.request import request_from_proto
     from builder.build.request_file import load_request_message
-    from builder.build.service import LogData
+    from builder.build.service import LogData, Started
     from builder.castore.fs.ingest import ingest_path
     from builder.castore.fs.materialise import materialise_node
     from builder.server.build_servicers import snix_response
@@ -205,12 +205,13 @@ def cmd_run(args: argparse.Namespace) -> None:
             ordered = tuple(sorted(inputs, key=lambda n: n.name))
             request = dataclasses.replace(request, inputs=ordered)
 
-        def on_event(event: object) -> None:
+        def on_event(event: LogData | Started) -> None:
             if isinstance(event, LogData):
                 sys.stderr.buffer.write(event.data)
                 sys.stderr.buffer.flush()
-            else:
-                print(f"builder: {event}", file=sys.stderr)
+            elif isinstance(event, Started):
+                how = "answered from the result cache" if event.cached else "started"
+                print(f"builder: build {event.build_id} {how}", file=sys.stderr)
 
         outcome = builds.build(request, on_event)
         if args.out:

@@ -1,0 +1,109 @@
+"""``builder run``: the examples executed from their files on the embedded store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def run(*args: str, data: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "builder", "run", *args],
+        env={**os.environ, "BUILDER_DATA_DIR": str(data)},
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_hello_builds_and_runs(tmp_path: Path) -> None:
+    result = run(str(EXAMPLES / "hello.json"), "--out", str(tmp_path / "out"), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert b"Hello, world!" in result.stderr
+    response = json.loads(result.stdout)
+    assert "directory" in response["outputs"][0]["output"]
+    hello = tmp_path / "out" / "00000000000000000000000000000000-hello" / "bin" / "hello"
+    assert os.access(hello, os.X_OK)
+    assert oct(hello.stat().st_mode & 0o777) == oct(0o555)
+
+    again = run(str(EXAMPLES / "hello.json"), data=tmp_path)
+    assert b"answered from the result cache" in again.stderr
+    assert json.loads(again.stdout) == response
+
+
+def test_multi_output_text_format_with_needles(tmp_path: Path) -> None:
+    result = run(str(EXAMPLES / "multi-output.txtpb"), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    outputs = json.loads(result.stdout)["outputs"]
+    assert len(outputs) == 2
+    assert outputs[0].get("needles") is None
+    assert outputs[1]["needles"] == ["0"]
+
+
+def test_additional_files_and_needles(tmp_path: Path) -> None:
+    result = run(
+        str(EXAMPLES / "additional-files.json"), "--out", str(tmp_path / "o"), data=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    (output,) = json.loads(result.stdout)["outputs"]
+    assert output["needles"] == ["0"]
+    text = (tmp_path / "o" / "cccccccccccccccccccccccccccccccc-text").read_text()
+    assert text.startswith("passed as a file\n")
+
+
+def test_import_host_path_as_input(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "msg").write_text("from the host\n")
+    request = tmp_path / "req.json"
+    request.write_text(
+        json.dumps(
+            {
+                "commandArgs": ["/bin/sh", "-c", "cat /nix/store/src/msg > /nix/store/out"],
+                "workingDir": "build",
+                "scratchPaths": ["build", "nix/store"],
+                "inputsDir": "nix/store",
+                "outputs": ["nix/store/out"],
+                "constraints": {"system": "x86_64-linux", "provideBinSh": True},
+            }
+        )
+    )
+    out = str(tmp_path / "o")
+    result = run(str(request), "--import", f"src={src}", "--out", out, data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "out").read_text() == "from the host\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "req.json"),
+        ('{"commandArgs": ["true"], "workingDir": "/abs"}', "working_dir"),
+    ],
+)
+def test_bad_request_files(tmp_path: Path, body: str, message: str) -> None:
+    request = tmp_path / "req.json"
+    request.write_text(body)
+    result = run(str(request), data=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr.decode()
+
+
+def test_failed_build_exits_non_zero(tmp_path: Path) -> None:
+    request = tmp_path / "req.txtpb"
+    request.write_text(
+        'command_args: "/bin/sh" command_args: "-c" command_args: "echo oops; exit 4" '
+        'working_dir: "build" scratch_paths: "build" inputs_dir: "build/in" outputs: "build/x" '
+        'constraints { system: "x86_64-linux" provide_bin_sh: true }'
+    )
+    result = run(str(request), data=tmp_path)
+    assert result.returncode == 1
+    assert "exited with code 4" in result.stderr.decode()
