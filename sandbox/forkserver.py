@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import accounting, protocol, syscalls
+from sandbox import accounting, netns, protocol, syscalls
 from sandbox.cgroups import BuildCgroup, CgroupHost
 from sandbox.errors import SandboxError
 from sandbox.init import InitJob, clone_flags, run_init
@@ -75,6 +75,7 @@ class ForkServer:
         self.settings = settings
         self.rootful = os.geteuid() == 0
         self.pid = os.getpid()
+        self.loopback_request = netns.encode_in_child()
         self.cgroups = (
             CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
         )
@@ -182,6 +183,7 @@ class ForkServer:
             rootful=self.rootful,
             rlimit_processes=no_pids,
             rlimit_memory=no_memory,
+            loopback_request=self.loopback_request,
         )
         gc.freeze()
         try:

@@ -41,6 +41,7 @@ class InitJob:
     """The launcher is root: switch to ``host_ids`` and create the user namespace."""
     rlimit_processes: bool
     rlimit_memory: bool
+    loopback_request: bytes
 
 
 def clone_flags(rootful: bool) -> int:
@@ -99,7 +100,7 @@ def _prepare(job: InitJob) -> list[int]:
     socket.sethostname(identity.HOSTNAME)
     syscalls.setdomainname(identity.DOMAINNAME)
     if not spec.network:
-        netns.bring_up_loopback()
+        netns.bring_up_loopback(job.loopback_request)
     namespaces.forbid_new_namespaces()
     os.chdir(spec.cwd)
     os.umask(0o022)
