@@ -115,12 +115,12 @@ class CacheBlobs:
 
     def __init__(self, root: Path, tmp_dir: Path, service: BlobService) -> None:
         self._dirs = {False: root / PLAIN_DIR, True: root / EXEC_DIR}
+        self._prefixes = {k: os.fsencode(v) + b"/" for k, v in self._dirs.items()}
         self._tmp_dir = tmp_dir
         self._service = service
-        self._local_path = getattr(service, "local_path", None)
-        # The store's root is two levels above any blob path (shard, then file).
+        self._local_path = _store_locator(service)
         self._linkable = self._local_path is not None and _same_device(
-            Path(self._local_path(Digest(bytes(32)))).parent.parent, root
+            os.path.dirname(self._local_path(_PROBE)), root
         )
         self._lock = threading.Lock()
         self._present: dict[BlobKey, PlacedBlob] = {}
@@ -128,12 +128,17 @@ class CacheBlobs:
         self._placing: dict[BlobKey, Future[PlacedBlob]] = {}
         self._pins: Counter[BlobKey] = Counter()
         self.bytes = 0
+        # All shards up front, so that placing a blob never needs a mkdir.
         for directory in self._dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
+            existing = set(os.listdir(directory))
+            for shard in range(256):
+                if f"{shard:02x}" not in existing:
+                    os.mkdir(directory / f"{shard:02x}")
 
     def path(self, key: BlobKey) -> bytes:
-        hexdigest = key[0].hex()
-        return os.fsencode(self._dirs[key[1]] / hexdigest[:2] / hexdigest)
+        hexdigest = key[0].hex().encode()
+        return self._prefixes[key[1]] + hexdigest[:2] + b"/" + hexdigest
 
     def __len__(self) -> int:
         return len(self._present)
@@ -275,10 +280,9 @@ class CacheBlobs:
 
     def _place(self, digest: Digest, size: int, executable: bool) -> PlacedBlob:
         final = self.path((digest, executable))
-        os.makedirs(os.path.dirname(final), exist_ok=True)
         if self._local_path is None:
             return self._stream(digest, size, executable, final)
-        source = os.fsencode(self._local_path(digest))
+        source = self._local_path(digest)
         if self._linkable and not executable:
             linked = self._link(digest, size, source, final)
             if linked is not None:
@@ -390,7 +394,29 @@ def _copy_and_hash(src: int, dst: int, size: int) -> tuple[int, bytes]:
     return os.fstat(dst).st_size, hash_fd(dst, size)
 
 
-def _same_device(a: Path, b: Path) -> bool:
+_PROBE = Digest(bytes(range(32)))
+
+
+def _store_locator(service: BlobService) -> Callable[[Digest], bytes] | None:
+    """Where a blob service keeps a blob as a local file, if it does.
+
+    ``local_path`` builds a pathlib path per call, which at tens of thousands
+    of blobs costs more than linking them; when its answer has the usual
+    shard/file shape, the same path is formatted directly instead.
+    """
+    local_path: Callable[[Digest], Path] | None = getattr(service, "local_path", None)
+    if local_path is None:
+        return None
+    probe = os.fsencode(local_path(_PROBE))
+    hexdigest = _PROBE.hex().encode()
+    suffix = b"/" + hexdigest[:2] + b"/" + hexdigest
+    if probe.endswith(suffix):
+        root = probe[: -len(suffix)] + b"/"
+        return lambda digest: root + (h := digest.hex().encode())[:2] + b"/" + h
+    return lambda digest: os.fsencode(local_path(digest))
+
+
+def _same_device(a: str | bytes | Path, b: str | bytes | Path) -> bool:
     try:
         return os.stat(a).st_dev == os.stat(b).st_dev
     except FileNotFoundError:
