@@ -119,8 +119,9 @@ class CacheBlobs:
         self._tmp_dir = tmp_dir
         self._service = service
         self._local_path = _store_locator(service)
+        # The store's root is two levels above any blob file (shard, then name).
         self._linkable = self._local_path is not None and _same_device(
-            os.path.dirname(self._local_path(_PROBE)), root
+            os.path.dirname(os.path.dirname(self._local_path(_PROBE))), root
         )
         self._lock = threading.Lock()
         self._present: dict[BlobKey, PlacedBlob] = {}
