@@ -65,7 +65,7 @@ class BuildCgroup:
             _write(self.dirs["pids"] / "pids.max", processes)
 
     def attach(self, pid: int) -> None:
-        """Move ``pid`` in before it forks, so every descendant is born inside."""
+        """Move ``pid`` (0: the caller) in before it forks, so every descendant is born inside."""
         for path in set(self.dirs.values()):
             _write(path / "cgroup.procs", pid)
 

@@ -25,7 +25,7 @@ from typing import Any
 from sandbox import accounting, netns, protocol, syscalls
 from sandbox.cgroups import BuildCgroup, CgroupHost
 from sandbox.errors import SandboxError
-from sandbox.init import InitJob, clone_flags, run_init
+from sandbox.init import InitSetup, clone_flags, run_init, send_spec
 from sandbox.protocol import Kind
 from sandbox.result import CANCELLED, Limit, SandboxResult
 from sandbox.spec import SandboxSpec
@@ -40,6 +40,19 @@ class Settings:
     uid_base: int
     uid_count: int
     use_cgroups: bool
+    spares: int
+
+
+@dataclass
+class _Spare:
+    """A PID 1 cloned ahead of demand, blocked until it is sent a spec."""
+
+    pid: int
+    log_fd: int
+    status_fd: int
+    job_fd: int
+    cgroup: BuildCgroup | None
+    slot: int | None
 
 
 @dataclass
@@ -50,7 +63,7 @@ class _Run:
     log_fd: int
     status_fd: int
     lifeline_fd: int
-    """Write end of the go pipe, held open so PID 1 can tell we are alive."""
+    """Write end of the job pipe, held open so PID 1 can tell we are alive."""
     cgroup: BuildCgroup | None
     slot: int | None
     started: float
@@ -88,6 +101,7 @@ class ForkServer:
         self.selector = selectors.DefaultSelector()
         self.reader = protocol.FrameReader()
         self.closing = False
+        self.spares: list[_Spare] = []
 
     def serve(self) -> None:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -96,6 +110,7 @@ class ForkServer:
         self.selector.register(wake_r, selectors.EVENT_READ)
         self.selector.register(self.sock, selectors.EVENT_READ)
         try:
+            self._refill()
             self._send(Kind.READY, 0, json.dumps(self._describe()).encode())
             while not (self.closing and not self.runs):
                 for key, _ in self.selector.select(self._timeout()):
@@ -111,6 +126,8 @@ class ForkServer:
         finally:
             for run in list(self.runs.values()):
                 self._kill(run, CANCELLED)
+            for spare in self.spares:
+                self._discard(spare)
             self.cgroups.close()
             with contextlib.suppress(OSError):
                 os.rmdir(self.staging)
@@ -135,6 +152,9 @@ class ForkServer:
         if self.closing:
             return
         self.closing = True
+        for spare in self.spares:
+            self._discard(spare)
+        self.spares.clear()
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(self.sock)
         for run in self.runs.values():
@@ -156,74 +176,111 @@ class ForkServer:
         try:
             spec = SandboxSpec.from_json(payload)
             spec.validate()
-            if self.rootful and not self.free_slots:
-                raise SandboxError("no free build uid in the configured range")
-            cgroup = self.cgroups.create()
+            spare = self._take_spare()
+            try:
+                self._dispatch(spare, spec)
+            except OSError:
+                self._discard(spare)
+                spare = self._make_spare()
+                self._dispatch(spare, spec)
         except (SandboxError, OSError) as exc:
             self._send(Kind.REJECTED, run_id, str(exc).encode())
             return
-        if cgroup is not None:
-            cgroup.set_limits(spec.limits.memory, _with_margin(spec.limits.processes))
+        now = time.monotonic()
+        run = _Run(
+            run_id,
+            spec,
+            spare.pid,
+            spare.log_fd,
+            spare.status_fd,
+            spare.job_fd,
+            spare.cgroup,
+            spare.slot,
+            now,
+            now,
+        )
+        self.runs[run_id] = run
+        self.by_pid[run.pid] = run
+        for fd in (run.log_fd, run.status_fd):
+            os.set_blocking(fd, False)
+            self.by_fd[fd] = run
+            self.selector.register(fd, selectors.EVENT_READ)
+        self._refill()
+
+    def _dispatch(self, spare: _Spare, spec: SandboxSpec) -> None:
+        if spare.cgroup is not None:
+            spare.cgroup.set_limits(spec.limits.memory, _with_margin(spec.limits.processes))
+        send_spec(spare.job_fd, spec)
+
+    def _take_spare(self) -> _Spare:
+        return self.spares.pop(0) if self.spares else self._make_spare()
+
+    def _refill(self) -> None:
+        """Clone the next PIDs 1 now, so that runs do not wait for them.
+
+        Keeping more than one gives each spare time to join its cgroup (which
+        can take an RCU grace period) before a spec reaches it.
+        """
+        while len(self.spares) < self.settings.spares and not self.closing:
+            try:
+                self.spares.append(self._make_spare())
+            except (SandboxError, OSError):
+                return
+
+    def _make_spare(self) -> _Spare:
+        if self.rootful and not self.free_slots:
+            raise SandboxError("no free build uid in the configured range")
+        cgroup = self.cgroups.create()
         slot = self.free_slots.pop(0) if self.rootful else None
         host_ids = (os.geteuid(), os.getegid())
         if slot is not None:
             host_ids = (self.settings.uid_base + slot, self.settings.uid_base + slot)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        no_pids = cgroup is None or not cgroup.controls_pids
-        no_memory = cgroup is None or not cgroup.controls_memory
-        job = InitJob(
-            spec=spec,
+        job_r, job_w = os.pipe2(os.O_CLOEXEC)
+        setup = InitSetup(
             root=self.staging,
             log_fd=log_w,
             status_fd=status_w,
-            go_fd=go_r,
+            job_fd=job_r,
+            cgroup=cgroup,
             host_ids=host_ids,
             rootful=self.rootful,
-            rlimit_processes=no_pids,
-            rlimit_memory=no_memory,
+            rlimit_processes=cgroup is None or not cgroup.controls_pids,
+            rlimit_memory=cgroup is None or not cgroup.controls_memory,
             loopback_request=self.loopback_request,
         )
         gc.freeze()
         try:
             pid = syscalls.clone(clone_flags(self.rootful))
-        except SandboxError as exc:
-            for fd in (log_r, log_w, status_r, status_w, go_r, go_w):
+        except SandboxError:
+            for fd in (log_r, log_w, status_r, status_w, job_r, job_w):
                 os.close(fd)
-            self._abandon(run_id, cgroup, slot, exc)
-            return
+            self._release(cgroup, slot)
+            raise
         if pid == 0:
             gc.disable()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            run_init(job)
-        for fd in (go_r, log_w, status_w):
+            run_init(setup)
+        for fd in (job_r, log_w, status_w):
             os.close(fd)
-        now = time.monotonic()
-        run = _Run(run_id, spec, pid, log_r, status_r, go_w, cgroup, slot, now, now)
-        self.runs[run_id] = run
-        self.by_pid[pid] = run
-        for fd in (log_r, status_r):
-            os.set_blocking(fd, False)
-            self.by_fd[fd] = run
-            self.selector.register(fd, selectors.EVENT_READ)
-        try:
-            if cgroup is not None:
-                cgroup.attach(pid)
-            os.write(go_w, b"1")
-        except OSError as exc:
-            run.status["error"] = f"cannot place the build in its cgroup: {exc}"
-            self._kill(run, CANCELLED)
+        return _Spare(pid, log_r, status_r, job_w, cgroup, slot)
 
-    def _abandon(
-        self, run_id: int, cgroup: BuildCgroup | None, slot: int | None, exc: Exception
-    ) -> None:
+    def _discard(self, spare: _Spare) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(spare.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spare.pid, 0)
+        for fd in (spare.log_fd, spare.status_fd, spare.job_fd):
+            os.close(fd)
+        self._release(spare.cgroup, spare.slot)
+
+    def _release(self, cgroup: BuildCgroup | None, slot: int | None) -> None:
         if cgroup is not None:
             cgroup.remove()
         if slot is not None:
             self.free_slots.append(slot)
-        self._send(Kind.REJECTED, run_id, f"cannot start sandbox: {exc}".encode())
 
     def _on_pipe(self, fd: int) -> None:
         run = self.by_fd[fd]
@@ -358,6 +415,7 @@ class ForkServer:
             self.free_slots.append(run.slot)
         result = self._result(run, usage)
         self._send(Kind.RESULT, run.run_id, result.to_json().encode())
+        self._refill()
 
     def _result(self, run: _Run, usage: accounting.Usage) -> SandboxResult:
         limits = run.spec.limits
@@ -424,7 +482,12 @@ def _remove_if_empty(path: str) -> None:
 
 def main(argv: list[str]) -> None:
     fd = int(argv[1])
-    settings = Settings(uid_base=int(argv[2]), uid_count=int(argv[3]), use_cgroups=argv[4] == "1")
+    settings = Settings(
+        uid_base=int(argv[2]),
+        uid_count=int(argv[3]),
+        use_cgroups=argv[4] == "1",
+        spares=int(argv[5]),
+    )
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
     ForkServer(sock, settings).serve()

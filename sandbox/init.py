@@ -23,18 +23,27 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from sandbox import command, copyout, identity, mounts, namespaces, netns, privileges, syscalls
+from sandbox.cgroups import BuildCgroup
 from sandbox.spec import SandboxSpec
 from sandbox.syscalls import CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER
 
 
 @dataclass(frozen=True)
-class InitJob:
-    spec: SandboxSpec
+class InitSetup:
+    """What PID 1 knows from birth; the spec itself arrives later on ``job_fd``.
+
+    The launcher clones PID 1 ahead of demand, so the clone and the first
+    copy-on-write faults are paid while it waits rather than while a client does.
+    """
+
     root: str
     log_fd: int
     status_fd: int
-    go_fd: int
-    """Readable once the launcher has put us in our cgroup; EOF if it died."""
+    job_fd: int
+    """Delivers one length-prefixed spec, then stays open: EOF means the launcher died."""
+    cgroup: BuildCgroup | None
+    """Joined by PID 1 itself: moving a process between cgroups can wait for an RCU
+    grace period, and the launcher's single thread must not."""
     host_ids: tuple[int, int]
     """Host uid and gid the build runs as."""
     rootful: bool
@@ -54,17 +63,40 @@ def report(status_fd: int, message: dict[str, Any]) -> None:
     os.write(status_fd, json.dumps(message).encode() + b"\n")
 
 
-def run_init(job: InitJob) -> NoReturn:
+def send_spec(job_fd: int, spec: SandboxSpec) -> None:
+    payload = spec.to_json().encode()
+    data = len(payload).to_bytes(4, "big") + payload
+    while data:
+        data = data[os.write(job_fd, data) :]
+
+
+def _receive_spec(job_fd: int) -> SandboxSpec:
+    size = int.from_bytes(_read_exactly(job_fd, 4), "big")
+    return SandboxSpec.from_json(_read_exactly(job_fd, size))
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            os._exit(1)
+        data += chunk
+    return data
+
+
+def run_init(job: InitSetup) -> NoReturn:
     try:
         os.setsid()
-        privileges.close_fds_except(job.log_fd, job.status_fd, job.go_fd)
+        privileges.close_fds_except(job.log_fd, job.status_fd, job.job_fd)
         privileges.die_with_parent()
-        if os.read(job.go_fd, 1) != b"1":
-            os._exit(1)
-        copy_out = _prepare(job)
-        status = _supervise(job)
+        if job.cgroup is not None:
+            job.cgroup.attach(0)
+        spec = _receive_spec(job.job_fd)
+        copy_out = _prepare(job, spec)
+        status = _supervise(job, spec)
         if copy_out and "exit_code" in status:
-            for scratch, fd in zip(job.spec.scratch, copy_out, strict=True):
+            for scratch, fd in zip(spec.scratch, copy_out, strict=True):
                 copyout.copy_tree(scratch.target, fd)
         report(job.status_fd, status)
         os._exit(0)
@@ -75,8 +107,7 @@ def run_init(job: InitJob) -> NoReturn:
             os._exit(1)
 
 
-def _prepare(job: InitJob) -> list[int]:
-    spec = job.spec
+def _prepare(job: InitSetup, spec: SandboxSpec) -> list[int]:
     uid, gid = job.host_ids
     if job.rootful:
         syscalls.unshare(CLONE_NEWNS)
@@ -87,7 +118,7 @@ def _prepare(job: InitJob) -> list[int]:
         os.setresuid(uid, uid, uid)
         privileges.allow_id_mapping()
         privileges.die_with_parent()
-        _check_launcher(job.go_fd)
+        _check_launcher(job.job_fd)
         syscalls.unshare(namespaces.flags(spec.network) & ~CLONE_NEWPID)
         namespaces.map_ids(spec.uid, uid, spec.gid, gid)
     else:
@@ -113,9 +144,9 @@ def _prepare(job: InitJob) -> list[int]:
     return copy_out
 
 
-def _check_launcher(go_fd: int) -> None:
+def _check_launcher(job_fd: int) -> None:
     """The parent-death signal was reset by setuid; make sure we did not miss it."""
-    readable, _, _ = select.select([go_fd], [], [], 0)
+    readable, _, _ = select.select([job_fd], [], [], 0)
     if readable:
         os._exit(1)
 
@@ -133,7 +164,7 @@ def _open_copy_out(spec: SandboxSpec, owner: tuple[int, int] | None) -> list[int
     return fds
 
 
-def _supervise(job: InitJob) -> dict[str, Any]:
+def _supervise(job: InitSetup, spec: SandboxSpec) -> dict[str, Any]:
     child = 0
 
     def forward(signum: int, _frame: object) -> None:
@@ -143,7 +174,7 @@ def _supervise(job: InitJob) -> dict[str, Any]:
     for sig in privileges.forwarded_signals():
         signal.signal(sig, forward)
     try:
-        child = command.spawn_command(job.spec, job.log_fd, job.rlimit_memory)
+        child = command.spawn_command(spec, job.log_fd, job.rlimit_memory)
     except command.ExecError as exc:
         return {"exit_code": command.EXEC_FAILED, "error": str(exc)}
     finally:
@@ -159,7 +190,7 @@ def _supervise(job: InitJob) -> dict[str, Any]:
     _kill_leftovers()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     status["rusage"] = {"user": children.ru_utime, "system": children.ru_stime}
-    if job.spec.limits.scratch_bytes is not None:
+    if spec.limits.scratch_bytes is not None:
         status["scratch_full"] = _scratch_full()
     return status
 

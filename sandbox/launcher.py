@@ -38,7 +38,8 @@ class LauncherConfig:
     out one per concurrent build when the launcher runs as root. ``python`` and
     ``python_path`` choose the interpreter and extra import paths for the
     launcher; ``user``/``group`` make a root caller start it as an ordinary user
-    (rootless mode).
+    (rootless mode). ``spares`` PIDs 1 are cloned ahead of demand; each holds a
+    uid from the range and an empty cgroup while it waits.
     """
 
     uid_base: int = 2_000_000_000
@@ -49,6 +50,7 @@ class LauncherConfig:
     user: int | None = None
     group: int | None = None
     start_timeout: float = 30.0
+    spares: int = 2
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Launcher:
             str(cfg.uid_base),
             str(cfg.uid_count),
             "1" if cfg.use_cgroups else "0",
+            str(cfg.spares),
         ]
         extra: dict[str, Any] = {}
         if cfg.user is not None:
