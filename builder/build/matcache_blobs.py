@@ -15,7 +15,9 @@ other bytes under a digest.
 The cheapest route is taken per blob: a hardlink of the store's immutable
 file for the plain variant of an ``FsBlobService`` blob on the same
 filesystem (no data written at all), a kernel copy for the executable variant
-or another filesystem, and a stream through ``open_read`` otherwise.
+or another filesystem, and a stream through ``open_read`` otherwise. Sharing
+the store's inode relies on its contract that stored files never change; the
+cache verifies that inode once, when it first links it.
 
 A blob is removable once nothing links it but the cache (and the store, when
 the inode is the store's), i.e. its link count is back at the count it had
@@ -153,6 +155,9 @@ class CacheBlobs:
         unlinked = []
         for executable, directory in self._dirs.items():
             for shard in os.scandir(directory):
+                if not shard.is_dir(follow_symlinks=False):
+                    os.unlink(shard.path)
+                    continue
                 for entry in os.scandir(shard.path):
                     try:
                         key = (Digest(bytes.fromhex(entry.name)), executable)
@@ -274,7 +279,8 @@ class CacheBlobs:
                 if links:
                     os.unlink(path)
                 del self._present[key]
-                self._by_inode.pop(placed.inode, None)
+                if self._by_inode.get(placed.inode) == key:
+                    del self._by_inode[placed.inode]
                 self.bytes -= placed.size
                 freed += placed.size
         return freed

@@ -17,7 +17,7 @@ from builder.castore.digest import Digest
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member
 from builder.castore.nodes import DirectoryNode, FileNode
-from builder.errors import IntegrityError
+from builder.errors import IntegrityError, InvalidArgumentError
 
 # What a materialised directory costs beyond the blobs it links: one block.
 DIRECTORY_BLOCK = 4096
@@ -38,7 +38,7 @@ class TreePlan:
 
 
 def plan_tree(node: DirectoryNode, closure: dict[Digest, Directory]) -> TreePlan:
-    """Lay out every occurrence of every directory, checking sizes against the closure.
+    """Lay out every occurrence of every directory, checking each against the closure rules.
 
     A directory that occurs twice is materialised twice: its two places are
     different paths, even though they share one Directory.
@@ -46,9 +46,18 @@ def plan_tree(node: DirectoryNode, closure: dict[Digest, Directory]) -> TreePlan
     plan = TreePlan()
     sizes: dict[Digest, int] = {}
     keys: dict[BlobKey, None] = {}
+    validated: set[Digest] = set()
     stack = [(b"", closure_member(closure, node))]
     while stack:
         relative, directory = stack.pop()
+        if directory.digest not in validated:
+            # Names become paths: one like ``..`` from a careless backend must
+            # never reach the filesystem.
+            try:
+                directory.validate()
+            except InvalidArgumentError as exc:
+                raise IntegrityError(f"directory {directory.digest} is invalid: {exc}") from exc
+            validated.add(directory.digest)
         for file in directory.files:
             known = sizes.setdefault(file.digest, file.size)
             if known != file.size:

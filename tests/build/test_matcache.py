@@ -422,3 +422,26 @@ def test_link_limit_falls_back_to_a_copy(store: Store, monkeypatch: pytest.Monke
         assert stat.S_IMODE(copy.stat().st_mode) == 0o444
         assert copy.stat().st_nlink == 1
     cache.close()
+
+
+class OneDirectory:
+    """A directory backend that returns whatever it was given, unvalidated."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    def get(self, digest: Digest) -> Directory | None:
+        return self.directory if digest == self.directory.digest else None
+
+    def get_recursive(self, digest: Digest) -> Iterator[Directory]:
+        return iter([self.directory])
+
+
+def test_a_name_that_would_escape_the_tree_is_refused(store: Store) -> None:
+    digest = put_bytes(store.blobs, b"escape")
+    evil = Directory.of([FileNode(b"..", digest, 6)])
+    cache = MaterialisationCache(store.tmp / "cache", store.blobs, OneDirectory(evil), GIB)  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError, match="invalid"):
+        cache.acquire(evil.node(b"inputs"))
+    assert_nothing_left(store)
+    cache.close()
