@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from builder.castore.digest import Digest
-from builder.castore.directories.closure import ValidatingPutter
+from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.errors import NotFoundError
 
 
-class CacheDirectoryService:
+class CacheDirectoryService(ClosureCommitting):
     def __init__(self, near: DirectoryService, far: DirectoryService) -> None:
         self.near = near
         self.far = far
@@ -39,14 +39,6 @@ class CacheDirectoryService:
         if self.get(digest) is None:
             raise NotFoundError(f"directory {digest} not found")
         return self.near.get_recursive(digest)
-
-    def put(self, directory: Directory) -> Digest:
-        putter = self.put_multiple_start()
-        putter.put(directory)
-        return putter.close()
-
-    def put_multiple_start(self) -> ValidatingPutter:
-        return ValidatingPutter(self.get, self._commit)
 
     def _commit(self, directories: list[Directory]) -> None:
         for service in (self.far, self.near):

@@ -111,3 +111,29 @@ class ValidatingPutter:
         root, directories = self._validator.finish()
         self._commit(directories)
         return root
+
+
+class ClosureCommitting:
+    """The put and traversal half of a DirectoryService, shared by every local backend.
+
+    A backend supplies ``get`` and an atomic ``_commit`` of a validated,
+    leaves-first closure; single puts and streamed puts then go through the
+    same validation, so no backend can accept what another would refuse.
+    """
+
+    def get(self, digest: Digest) -> Directory | None:
+        raise NotImplementedError
+
+    def _commit(self, directories: list[Directory]) -> None:
+        raise NotImplementedError
+
+    def get_recursive(self, digest: Digest) -> Iterator[Directory]:
+        return walk_breadth_first(self.get, digest)
+
+    def put(self, directory: Directory) -> Digest:
+        putter = self.put_multiple_start()
+        putter.put(directory)
+        return putter.close()
+
+    def put_multiple_start(self) -> ValidatingPutter:
+        return ValidatingPutter(self.get, self._commit)

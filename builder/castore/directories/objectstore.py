@@ -9,7 +9,6 @@ half-way leaves only complete sub-closures behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import obstore
@@ -17,7 +16,7 @@ from google.protobuf.message import DecodeError
 from obstore.store import ObjectStore
 
 from builder.castore.digest import Digest
-from builder.castore.directories.closure import ValidatingPutter, walk_breadth_first
+from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directory import Directory
 from builder.castore.objectstore_url import open_store, translate_errors
 from builder.castore.wire import decode_directory
@@ -31,7 +30,7 @@ def directory_key(digest: Digest) -> str:
     return f"directories/{hexdigest[:4]}/{hexdigest}"
 
 
-class ObjectStoreDirectoryService:
+class ObjectStoreDirectoryService(ClosureCommitting):
     def __init__(self, url: str, options: dict[str, str] | None = None) -> None:
         self.url = url
         self.store: ObjectStore = open_store(url, options)
@@ -50,17 +49,6 @@ class ObjectStoreDirectoryService:
             return decode_directory(data)
         except (BuilderError, DecodeError) as exc:
             raise IntegrityError(f"directory {digest}: stored bytes do not decode: {exc}") from exc
-
-    def get_recursive(self, digest: Digest) -> Iterator[Directory]:
-        return walk_breadth_first(self.get, digest)
-
-    def put(self, directory: Directory) -> Digest:
-        putter = self.put_multiple_start()
-        putter.put(directory)
-        return putter.close()
-
-    def put_multiple_start(self) -> ValidatingPutter:
-        return ValidatingPutter(self.get, self._commit)
 
     def _commit(self, directories: list[Directory]) -> None:
         """Write level by level, each level in parallel, leaves first.

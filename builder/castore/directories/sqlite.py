@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from builder.castore.digest import Digest
-from builder.castore.directories.closure import ValidatingPutter, walk_breadth_first
+from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directory import Directory
 from builder.castore.wire import decode_directory
 
@@ -25,7 +24,7 @@ CREATE TABLE IF NOT EXISTS directories (
 """
 
 
-class SqliteDirectoryService:
+class SqliteDirectoryService(ClosureCommitting):
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
         if self._path != ":memory:":
@@ -59,17 +58,6 @@ class SqliteDirectoryService:
             "SELECT data FROM directories WHERE digest = ?", (bytes(digest),)
         ).fetchone()
         return None if row is None else decode_directory(row[0])
-
-    def get_recursive(self, digest: Digest) -> Iterator[Directory]:
-        return walk_breadth_first(self.get, digest)
-
-    def put(self, directory: Directory) -> Digest:
-        putter = self.put_multiple_start()
-        putter.put(directory)
-        return putter.close()
-
-    def put_multiple_start(self) -> ValidatingPutter:
-        return ValidatingPutter(self.get, self._commit)
 
     def _commit(self, directories: list[Directory]) -> None:
         conn = self._connection()
