@@ -75,9 +75,9 @@ from builder.errors import FailedPreconditionError, IntegrityError, NotFoundErro
 TREES_DIR = "trees"
 TMP_DIR = "tmp"
 
-# Fills place and link blobs on a few threads: linking, copying and hashing
-# release the GIL, and batching keeps the pool's per-task cost below the
-# per-file cost.
+# Fills place and link blobs on a few threads: the links, reads and copies are
+# system calls that release the GIL, and batching keeps the pool's per-task
+# cost below the per-file cost.
 _DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
 _BATCH = 64
 
@@ -87,6 +87,9 @@ EntryKey = Digest | BlobKey
 
 @dataclass(slots=True)
 class _Entry:
+    """An evictable unit; ``size`` is the node size it answers to, ``charge`` its
+    bytes beyond the blobs (which the blob half accounts for itself)."""
+
     key: EntryKey
     path: Path
     size: int
