@@ -443,6 +443,8 @@ class ForkServer:
             reached.add(run.stopped_by)
         if result.stopped_by is None:
             result.stopped_by = accounting.fatal_limit(reached, result.signal)
+            if result.stopped_by is not None:
+                reached.add(result.stopped_by)
         result.limits_reached = sorted(reached)
         result.unenforced_limits = self._unenforced(run)
         return result

@@ -166,10 +166,14 @@ def _open_copy_out(spec: SandboxSpec, owner: tuple[int, int] | None) -> list[int
 
 def _supervise(job: InitSetup, spec: SandboxSpec) -> dict[str, Any]:
     child = 0
+    early: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        # A signal can arrive before spawn_command's return value is stored.
         if child:
             os.kill(child, signum)
+        else:
+            early.append(signum)
 
     for sig in privileges.forwarded_signals():
         signal.signal(sig, forward)
@@ -179,6 +183,8 @@ def _supervise(job: InitSetup, spec: SandboxSpec) -> dict[str, Any]:
         return {"exit_code": command.EXEC_FAILED, "error": str(exc)}
     finally:
         os.close(job.log_fd)
+    for signum in early:
+        os.kill(child, signum)
     while True:
         pid, wait_status, _ = os.wait4(-1, 0)
         if pid == child:

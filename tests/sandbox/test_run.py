@@ -1,0 +1,189 @@
+"""Running commands: results, logs, limits, scratch contents, cancellation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox import CANCELLED, File, Launcher, Limit, Limits, Scratch, SpecError
+
+from .conftest import Sandboxes
+
+
+def test_exit_code_and_log(sandbox: Sandboxes) -> None:
+    result = sandbox.run("echo out; echo err >&2; exit 7")
+    assert result.exit_code == 7
+    assert result.signal is None
+    assert result.stopped_by is None
+    assert result.log == b"out\nerr\n"
+    assert result.wall_time > 0
+
+
+def test_killed_by_signal(sandbox: Sandboxes) -> None:
+    result = sandbox.run("kill -SEGV $$")
+    assert result.exit_code is None
+    assert result.signal == signal.SIGSEGV
+
+
+def test_exec_failure_is_reported(sandbox: Sandboxes) -> None:
+    spec = sandbox.spec("")
+    spec = type(spec)(argv=["/bin/does-not-exist"], ro_binds=spec.ro_binds)
+    result = sandbox.launcher.run(spec)
+    assert result.exit_code == 127
+    assert result.error is not None and "does-not-exist" in result.error
+
+
+def test_environment_passes_bytes_through(sandbox: Sandboxes) -> None:
+    result = sandbox.run('printf %s "$RAW" | od -An -tx1', env={"RAW": b"\xff\xfeok"})
+    assert result.log.split() == [b"ff", b"fe", b"6f", b"6b"]
+
+
+def test_environment_is_exactly_the_spec(sandbox: Sandboxes) -> None:
+    result = sandbox.run("env | sort", env={"ONLY": "this"})
+    names = {line.split(b"=")[0] for line in result.log.splitlines()}
+    assert names <= {b"ONLY", b"PATH", b"PWD", b"SHLVL"}
+
+
+def test_log_callback_streams_chunks(sandbox: Sandboxes) -> None:
+    chunks: list[bytes] = []
+    first_chunk_at: list[float] = []
+
+    def on_log(chunk: bytes) -> None:
+        first_chunk_at.append(time.monotonic())
+        chunks.append(chunk)
+
+    started = time.monotonic()
+    handle = sandbox.launcher.submit(sandbox.spec("echo early; sleep 1; echo late"), on_log)
+    result = handle.wait(30)
+    assert b"".join(chunks) == result.log == b"early\nlate\n"
+    assert first_chunk_at[0] - started < 0.9, "the first line arrived only at the end"
+
+
+def test_scratch_contents_survive_the_run(sandbox: Sandboxes) -> None:
+    host, fields = sandbox.with_build_dir()
+    result = sandbox.run("mkdir out && echo built > out/file && ln -s file out/link", **fields)
+    assert result.ok, result
+    assert (host / "out" / "file").read_text() == "built\n"
+    assert os.readlink(host / "out" / "link") == "file"
+
+
+def test_limited_scratch_is_copied_back(sandbox: Sandboxes) -> None:
+    host, fields = sandbox.with_build_dir()
+    script = "mkdir -p out/d && echo built > out/d/file && chmod 000 out/d/file && echo t > /tmp/t"
+    result = sandbox.run(script, limits=Limits(scratch_bytes=1 << 20), **fields)
+    assert result.ok, result
+    assert (host / "out" / "d" / "file").stat().st_mode & 0o777 == 0
+    os.chmod(host / "out" / "d" / "file", 0o644)
+    assert (host / "out" / "d" / "file").read_text() == "built\n"
+    assert not (host / "t").exists()
+
+
+def test_files_are_written_before_start(sandbox: Sandboxes) -> None:
+    host, fields = sandbox.with_build_dir()
+    files = [File("/build/.attr-1", b"payload\n", 0o600), File("/etc/extra", b"x", 0o644)]
+    result = sandbox.run(
+        "cat /build/.attr-1; stat -c %a /build/.attr-1; cat /etc/extra", files=files, **fields
+    )
+    assert result.log == b"payload\n600\nx"
+    assert (host / ".attr-1").read_bytes() == b"payload\n"
+
+
+def test_mountpoints_for_inputs_do_not_litter_scratch(sandbox: Sandboxes, tools: Path) -> None:
+    store = sandbox.directory("store")
+    fields = {"scratch": [Scratch("/nix/store", str(store))], "cwd": "/nix/store"}
+    from sandbox import Bind
+
+    result = sandbox.run(
+        "ls /nix/store/input/busybox && touch /nix/store/output",
+        ro_binds=[Bind(str(tools), "/nix/store/input")],
+        **fields,
+    )
+    assert result.ok, result
+    assert sorted(p.name for p in store.iterdir()) == ["output"]
+
+
+def test_wall_time_limit(sandbox: Sandboxes) -> None:
+    started = time.monotonic()
+    result = sandbox.run("sleep 30", limits=Limits(wall_time=1))
+    assert result.stopped_by == Limit.WALL_TIME
+    assert Limit.WALL_TIME in result.limits_reached
+    assert result.signal == signal.SIGKILL
+    assert time.monotonic() - started < 10
+
+
+def test_silence_limit(sandbox: Sandboxes) -> None:
+    result = sandbox.run("echo hi; sleep 30", limits=Limits(silence=1, wall_time=20))
+    assert result.stopped_by == Limit.SILENCE
+    assert result.log == b"hi\n"
+
+
+def test_cpu_time_limit(sandbox: Sandboxes) -> None:
+    result = sandbox.run("while :; do :; done", limits=Limits(cpu_time=1, wall_time=30))
+    assert result.stopped_by == Limit.CPU_TIME
+    assert Limit.CPU_TIME in result.limits_reached
+    assert result.user_time + result.system_time >= 0.5
+
+
+def test_cancel_from_another_thread(sandbox: Sandboxes) -> None:
+    handle = sandbox.launcher.submit(sandbox.spec("echo go; sleep 60"))
+    timer = threading.Timer(0.5, handle.cancel)
+    timer.start()
+    result = handle.wait(30)
+    assert result.stopped_by == CANCELLED
+    assert result.log == b"go\n"
+
+
+def test_concurrent_runs_from_threads(sandbox: Sandboxes) -> None:
+    results: dict[int, bytes] = {}
+
+    def worker(n: int) -> None:
+        results[n] = sandbox.run(f"echo {n}; id -u").log
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {n: f"{n}\n1000\n".encode() for n in range(8)}
+
+
+def test_init_forwards_sigterm_and_reaps(sandbox: Sandboxes) -> None:
+    script = "trap 'echo got-term; exit 3' TERM; kill -TERM 1; sleep 5 & wait"
+    result = sandbox.run(script, limits=Limits(wall_time=20))
+    assert b"got-term" in result.log
+    assert result.exit_code == 3
+
+
+def test_invalid_spec_is_refused_before_running(sandbox: Sandboxes) -> None:
+    with pytest.raises(SpecError):
+        sandbox.launcher.submit(sandbox.spec("true", cwd="relative"))
+
+
+def test_cli_runs_a_spec_file(sandbox: Sandboxes, tmp_path: Path) -> None:
+    if not sandbox.rootful:
+        pytest.skip("the CLI starts its own launcher as the calling user; covered rootful")
+    spec = sandbox.spec("echo from-cli; exit 4")
+    path = tmp_path / "spec.json"
+    path.write_text(spec.to_json())
+    done = subprocess.run(
+        [sys.executable, "-m", "sandbox", "--quiet", str(path)],
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert done.returncode == 1
+    result = json.loads(done.stdout)
+    assert result["exit_code"] == 4
+    assert result["log"] == "from-cli\n"
+
+
+def test_launcher_reports_mode() -> None:
+    with Launcher() as launcher:
+        assert launcher.info is not None
+        assert launcher.info.rootful == (os.geteuid() == 0)
