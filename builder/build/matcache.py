@@ -351,13 +351,23 @@ class MaterialisationCache:
             self._tree_bytes -= victim.charge
             self._evictions += 1
             doomed = None
+            swept_all = False
             if isinstance(victim.key, Digest):
                 # Renamed away while no acquire can look, so a refill never
                 # meets the old tree under its name.
-                os.chmod(victim.path, 0o755)
                 doomed = tempfile.mkdtemp(dir=self._tmp_dir, prefix="evict-")
-                os.rename(victim.path, doomed)
-        if doomed is not None:
+                try:
+                    os.chmod(victim.path, 0o755)
+                    os.rename(victim.path, doomed)
+                except FileNotFoundError:
+                    # Removed behind the cache's back: which blobs it linked
+                    # is unknown, so every blob is checked once.
+                    os.rmdir(doomed)
+                    doomed = None
+                    swept_all = True
+        if swept_all:
+            self._blobs.sweep(keys=self._blobs.keys())
+        elif doomed is not None:
             self._blobs.sweep(inodes=remove_tree(os.fsencode(doomed)))
         elif isinstance(victim.key, tuple):
             self._blobs.unpin([victim.key])

@@ -146,6 +146,10 @@ class CacheBlobs:
     def __len__(self) -> int:
         return len(self._present)
 
+    def keys(self) -> list[BlobKey]:
+        with self._lock:
+            return list(self._present)
+
     def scan(self) -> list[BlobKey]:
         """Adopt the blobs a previous run left and return those no tree links any more.
 

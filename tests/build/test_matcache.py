@@ -17,6 +17,7 @@ import pytest
 
 from builder.build import matcache_blobs
 from builder.build.matcache import MaterialisationCache
+from builder.build.matcache_tree import remove_tree
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.service import BlobService, ChunkMeta, put_bytes
 from builder.castore.digest import Digest
@@ -444,4 +445,18 @@ def test_a_name_that_would_escape_the_tree_is_refused(store: Store) -> None:
     with pytest.raises(IntegrityError, match="invalid"):
         cache.acquire(evil.node(b"inputs"))
     assert_nothing_left(store)
+    cache.close()
+
+
+def test_a_tree_removed_behind_the_cache_is_dropped_quietly(store: Store) -> None:
+    first = store.ingest(write_tree(store.tmp / "first", 20, "first", size=10_000))
+    second = store.ingest(write_tree(store.tmp / "second", 20, "second", size=10_000))
+    cache = store.cache(max_bytes=tree_bytes(20, 10_000) + 1000)
+    with cache.acquire(first) as acquired:
+        assert acquired.host_path is not None
+        gone = acquired.host_path
+    remove_tree(os.fsencode(gone))
+    cache.acquire(second).release()
+    assert cache.stats().trees == 1
+    assert os.listdir(store.tmp / "cache" / "tmp") == []
     cache.close()
