@@ -24,6 +24,9 @@ from sandbox.spec import Limits
 #: Without a memory cgroup a process stopped by RLIMIT_AS peaks a little below
 #: the limit; this fraction of it counts as having reached the limit.
 RLIMIT_MEMORY_REACHED = 0.8
+#: Without a pids cgroup the process count is sampled; processes come and go
+#: while a build hammers RLIMIT_NPROC, so a sample this close counts as a hit.
+PROCESSES_REACHED = 0.9
 
 
 @dataclass

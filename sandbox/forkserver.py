@@ -390,7 +390,8 @@ class ForkServer:
         if run.cgroup is None or not (run.cgroup.controls_pids and run.cgroup.controls_memory):
             sample = accounting.sample_tree(run.pid)
             run.sampled_peak = max(run.sampled_peak, sample.rss)
-            if limits.processes is not None and sample.processes > limits.processes:
+            near = accounting.PROCESSES_REACHED * limits.processes if limits.processes else 0
+            if limits.processes is not None and sample.processes - 1 >= near:
                 run.reached.add(Limit.PROCESSES)
 
     def _kill(self, run: _Run, reason: str) -> None:

@@ -77,6 +77,27 @@ int main(int argc, char **argv) {
         pause();
         return 0;
     }
+    if (!strcmp(cmd, "forkhold")) {
+        /* Fork children that stay alive, and keep trying once refused. */
+        long made = 0;
+        int refused = 0;
+        for (;;) {
+            pid_t pid = fork();
+            if (pid == 0) {
+                pause();
+                _exit(0);
+            }
+            if (pid > 0) {
+                made++;
+            } else if (!refused) {
+                printf("fork refused after %ld: %s\n", made, strerrorname_np(errno));
+                fflush(stdout);
+                refused = 1;
+            } else {
+                usleep(10000);
+            }
+        }
+    }
     if (!strcmp(cmd, "mknod"))
         return verdict(mknod("/tmp/disk", S_IFBLK | 0600, makedev(8, 0)), "mknod");
     if (!strcmp(cmd, "sethostname")) return verdict(sethostname("evil", 4), "sethostname");
