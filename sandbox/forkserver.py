@@ -236,6 +236,9 @@ class ForkServer:
         if slot is not None:
             host_ids = (self.settings.uid_base + slot, self.settings.uid_base + slot)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
+        # Builds reopen their output through /dev/stdout, which checks the
+        # pipe's owner and mode like a file's.
+        os.fchown(log_w, *host_ids)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         job_r, job_w = os.pipe2(os.O_CLOEXEC)
         setup = InitSetup(

@@ -33,7 +33,7 @@ DEV_LINKS = {
     "stdin": "/proc/self/fd/0",
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
-    "ptmx": "pts/ptmx",
+    "ptmx": "/dev/pts/ptmx",
 }
 NETWORK_ETC = ("resolv.conf", "services", "hosts")
 _STORE = ".scratch-store"
@@ -111,6 +111,9 @@ def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> R
     if store is not None:
         syscalls.umount2(_at(root, "/" + _STORE), MNT_DETACH)
         os.rmdir(_at(root, "/" + _STORE))
+    # Read-only only now: devices such as /dev/kvm may have been added to /dev.
+    dev = _at(root, "/dev")
+    syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     # procfs shows the PID namespace of the process mounting it: ours.
     syscalls.mount("proc", _at(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -168,7 +171,6 @@ def _make_dev(root: str) -> None:
     syscalls.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for name, target in DEV_LINKS.items():
         os.symlink(target, f"{dev}/{name}")
-    syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
 
 
 def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> list[str] | None:

@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import CANCELLED, File, Launcher, Limit, Limits, Scratch, SpecError
+from sandbox import (
+    CANCELLED,
+    Bind,
+    File,
+    Launcher,
+    Limit,
+    Limits,
+    SandboxSpec,
+    Scratch,
+    SpecError,
+)
 
 from .conftest import Sandboxes
 
@@ -97,8 +107,6 @@ def test_files_are_written_before_start(sandbox: Sandboxes) -> None:
 def test_mountpoints_for_inputs_do_not_litter_scratch(sandbox: Sandboxes, tools: Path) -> None:
     store = sandbox.directory("store")
     fields = {"scratch": [Scratch("/nix/store", str(store))], "cwd": "/nix/store"}
-    from sandbox import Bind
-
     result = sandbox.run(
         "ls /nix/store/input/busybox && touch /nix/store/output",
         ro_binds=[Bind(str(tools), "/nix/store/input")],
@@ -165,10 +173,11 @@ def test_invalid_spec_is_refused_before_running(sandbox: Sandboxes) -> None:
         sandbox.launcher.submit(sandbox.spec("true", cwd="relative"))
 
 
-def test_cli_runs_a_spec_file(sandbox: Sandboxes, tmp_path: Path) -> None:
-    if not sandbox.rootful:
-        pytest.skip("the CLI starts its own launcher as the calling user; covered rootful")
-    spec = sandbox.spec("echo from-cli; exit 4")
+def test_cli_runs_a_spec_file(tools: Path, tmp_path: Path) -> None:
+    """The CLI starts its own launcher as the calling user (rootful in CI)."""
+    spec = SandboxSpec(
+        argv=["/bin/sh", "-c", "echo from-cli; exit 4"], ro_binds=[Bind(str(tools), "/bin")]
+    )
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json())
     done = subprocess.run(
@@ -177,10 +186,16 @@ def test_cli_runs_a_spec_file(sandbox: Sandboxes, tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[2],
         timeout=120,
     )
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert result["exit_code"] == 4
     assert result["log"] == "from-cli\n"
+
+
+def test_output_can_be_reopened_through_dev(sandbox: Sandboxes) -> None:
+    result = sandbox.run("echo out > /dev/stdout; echo err > /dev/stderr; echo fd > /dev/fd/1")
+    assert result.ok, result
+    assert result.log == b"out\nerr\nfd\n"
 
 
 def test_launcher_reports_mode() -> None:
