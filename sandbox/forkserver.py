@@ -138,6 +138,8 @@ class ForkServer:
             "rootful": self.rootful,
             "cgroups": sorted(self.cgroups.parents),
             "cgroup_v2": self.cgroups.unified,
+            "cgroup_parents": sorted({str(p) for p in self.cgroups.parents.values()}),
+            "root_dir": self.staging,
         }
 
     def _send(self, kind: Kind, run_id: int, payload: bytes = b"") -> None:

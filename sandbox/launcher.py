@@ -55,10 +55,15 @@ class LauncherConfig:
 
 @dataclass
 class LauncherInfo:
+    """What the launcher found at start-up; the paths let operators (and tests)
+    check that nothing is left behind."""
+
     pid: int
     rootful: bool
     cgroups: list[str]
     cgroup_v2: bool
+    cgroup_parents: list[str]
+    root_dir: str
 
 
 class RunHandle:

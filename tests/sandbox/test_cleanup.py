@@ -1,0 +1,141 @@
+"""Nothing of a build survives it: processes, mounts, cgroups, directories.
+
+Checked after success, failure, timeout and cancellation, and when the process
+controlling the launcher is SIGKILLed in the middle of a build.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sandbox import Bind, Launcher, Limits, SandboxSpec
+
+from .conftest import ROOTLESS_UID, Sandboxes, _rootless_python
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if marker in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+    return found
+
+
+def build_cgroups(launcher: Launcher) -> set[str]:
+    """Names of the launcher's build groups (one directory per v1 hierarchy)."""
+    assert launcher.info is not None
+    return {p.name for parent in launcher.info.cgroup_parents for p in Path(parent).glob("build-*")}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+SCENARIOS = {
+    "success": ("setsid sleep 1001.5 & echo done", Limits()),
+    "failure": ("setsid sleep 1001.5 & exit 3", Limits()),
+    "timeout": ("setsid sleep 1001.5 & sleep 1001.5", Limits(wall_time=0.5)),
+    "cancel": ("setsid sleep 1001.5 & sleep 1001.5", Limits()),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_nothing_survives_a_run(sandbox: Sandboxes, scenario: str) -> None:
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    spares = len(build_cgroups(sandbox.launcher))
+    script, limits = SCENARIOS[scenario]
+    _, fields = sandbox.with_build_dir()
+    handle = sandbox.launcher.submit(sandbox.spec(script, limits=limits, **fields))
+    if scenario == "cancel":
+        time.sleep(0.3)
+        handle.cancel()
+    result = handle.wait(30)
+    if scenario == "cancel":
+        assert result.stopped_by == "cancelled"
+    assert marked("sleep 1001.5") == []
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+    assert len(build_cgroups(sandbox.launcher)) == spares
+    if sandbox.rootful:
+        assert spares == sandbox.launcher.config.spares
+
+
+CLIENT = """
+import sys, time
+from sandbox import Bind, Launcher, LauncherConfig, SandboxSpec
+config = LauncherConfig(**eval(sys.argv[1]))
+launcher = Launcher(config).start()
+print(launcher.info.pid, launcher.info.root_dir, *launcher.info.cgroup_parents, flush=True)
+sleep = "sleep " + sys.argv[3]
+spec = SandboxSpec(
+    argv=["/bin/sh", "-c", f"setsid {sleep} & echo started; {sleep}"],
+    ro_binds=[Bind(sys.argv[2], "/bin")],
+)
+launcher.submit(spec, on_log=lambda chunk: print(chunk.decode(), end="", flush=True))
+time.sleep(600)
+"""
+
+
+def client_config(mode: str) -> dict:
+    if mode == "rootful":
+        return {}
+    python, path = _rootless_python(ROOTLESS_UID)
+    return {"python": python, "python_path": path, "user": ROOTLESS_UID, "group": ROOTLESS_UID}
+
+
+@pytest.mark.parametrize("mode", ["rootful", "rootless"])
+def test_sigkilled_controller_leaves_nothing(mode: str, tools: Path) -> None:
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, repr(client_config(mode)), str(tools), "1002.5"],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+    )
+    assert client.stdout is not None
+    pid, root_dir, *cgroup_parents = client.stdout.readline().split()
+    assert client.stdout.readline() == "started\n"
+    assert len(marked("sleep 1002.5")) == 2
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    assert wait_until(lambda: not psutil.pid_exists(int(pid))), "launcher outlived its client"
+    assert wait_until(lambda: marked("sleep 1002.5") == [])
+    assert not Path(root_dir).exists()
+    for parent in cgroup_parents:
+        assert not Path(parent).exists()
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+
+
+def test_builds_die_with_a_sigkilled_launcher(tools: Path) -> None:
+    launcher = Launcher().start()
+    assert launcher.info is not None
+    parents = launcher.info.cgroup_parents
+    try:
+        spec = SandboxSpec(
+            argv=["/bin/sh", "-c", "setsid sleep 1003.5 & sleep 1003.5"],
+            ro_binds=[Bind(str(tools), "/bin")],
+        )
+        launcher.submit(spec)
+        assert wait_until(lambda: len(marked("sleep 1003.5")) == 2)
+        os.kill(launcher.info.pid, signal.SIGKILL)
+        assert wait_until(lambda: marked("sleep 1003.5") == [])
+    finally:
+        launcher.stop()
+    if os.geteuid() == 0:
+        with Launcher():
+            assert not any(Path(parent).exists() for parent in parents), "stale groups stay"
