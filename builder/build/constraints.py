@@ -6,7 +6,7 @@ import os
 
 from builder.build.config import BuildConfig
 from builder.build.request import Constraints
-from builder.errors import FailedPreconditionError, InvalidArgumentError
+from builder.errors import FailedPreconditionError
 
 
 def check_constraints(constraints: Constraints, config: BuildConfig) -> None:
@@ -23,7 +23,7 @@ def check_constraints(constraints: Constraints, config: BuildConfig) -> None:
         )
     for i, path in enumerate(constraints.available_ro_paths):
         if path not in config.allowed_ro_paths:
-            raise InvalidArgumentError(
+            raise FailedPreconditionError(
                 f"constraints.available_ro_paths[{i}]: {path!r} is not on the operator's "
                 "allow-list"
             )
