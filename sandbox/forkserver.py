@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sandbox import accounting, netns, protocol, syscalls
@@ -33,6 +34,7 @@ from sandbox.spec import SandboxSpec
 _POLL_INTERVAL = 0.1
 _EXIT_GRACE = 2.0
 _READ_SIZE = 1 << 16
+_ROOT_PREFIX = "sandbox-root-"
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class ForkServer:
         self.cgroups = (
             CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
         )
-        self.staging = tempfile.mkdtemp(prefix="sandbox-root-")
+        _sweep_stale_roots()
+        self.staging = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{self.pid}-")
         os.chmod(self.staging, 0o755)
         self.free_slots = list(range(settings.uid_count)) if self.rootful else []
         self.runs: dict[int, _Run] = {}
@@ -473,6 +476,19 @@ class ForkServer:
                 if path.startswith(scratch.target + "/"):
                     host = scratch.host + path[len(scratch.target) :]
                     _remove_if_empty(host)
+
+
+def _sweep_stale_roots() -> None:
+    """Remove root mount points left by launchers that were SIGKILLed.
+
+    They are empty on the host: every mount on them lived in a sandbox's own
+    mount namespace.
+    """
+    for path in Path(tempfile.gettempdir()).glob(f"{_ROOT_PREFIX}*-*"):
+        pid = path.name[len(_ROOT_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def _with_margin(processes: int | None) -> int | None:

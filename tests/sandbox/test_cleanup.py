@@ -125,6 +125,7 @@ def test_builds_die_with_a_sigkilled_launcher(tools: Path) -> None:
     launcher = Launcher().start()
     assert launcher.info is not None
     parents = launcher.info.cgroup_parents
+    root_dir = Path(launcher.info.root_dir)
     try:
         spec = SandboxSpec(
             argv=["/bin/sh", "-c", "setsid sleep 1003.5 & sleep 1003.5"],
@@ -136,6 +137,6 @@ def test_builds_die_with_a_sigkilled_launcher(tools: Path) -> None:
         assert wait_until(lambda: marked("sleep 1003.5") == [])
     finally:
         launcher.stop()
-    if os.geteuid() == 0:
-        with Launcher():
-            assert not any(Path(parent).exists() for parent in parents), "stale groups stay"
+    with Launcher():
+        assert not any(Path(parent).exists() for parent in parents), "stale groups stay"
+        assert not root_dir.exists()
