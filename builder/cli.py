@@ -177,11 +177,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from builder.build.outputs import export_outputs
     from builder.build.request import request_from_proto
     from builder.build.request_file import load_request_message
     from builder.build.service import LogData, Started
     from builder.castore.fs.ingest import ingest_path
-    from builder.castore.fs.materialise import materialise_node
     from builder.server.build_servicers import snix_response
     from sandbox import Launcher
 
@@ -215,10 +215,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         outcome = builds.build(request, on_event)
         if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            for output in outcome.outputs:
-                dest = args.out / os.fsdecode(output.node.name)
-                materialise_node(output.node, dest, store.blobs, store.directories, read_only=True)
+            export_outputs(outcome.outputs, args.out, store.blobs, store.directories)
         response = json_format.MessageToDict(snix_response(outcome))
         print(json.dumps(response, indent=2, sort_keys=True))
     finally:

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.build.refscan import NeedleScanner
+from builder.build.removal import remove_tree
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.ingest import ingest_path
+from builder.castore.fs.materialise import materialise_node
 from builder.castore.nodes import Node
 from builder.errors import BuildFailedError
 
@@ -95,3 +97,33 @@ def collect_outputs(
         node = ingest_path(host_path, blobs, directories)
         collected.append(CollectedOutput(output, node, scan_needles(host_path, needles)))
     return collected
+
+
+def export_outputs(
+    outputs: list[CollectedOutput],
+    out_dir: Path,
+    blobs: BlobService,
+    directories: DirectoryService,
+) -> list[Path]:
+    """Write outputs read-only into ``out_dir``, replacing earlier copies of the same name.
+
+    Each output is written beside its final name and renamed into place, so a
+    reader sees either the old or the new tree, never a half-written one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for output in outputs:
+        name = os.fsdecode(output.node.name) or os.path.basename(output.path)
+        dest = out_dir / name
+        staging = out_dir / f".{name}.tmp-{os.getpid()}"
+        remove_tree(staging)
+        materialise_node(output.node, staging, blobs, directories, read_only=True)
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            old = out_dir / f".{name}.old-{os.getpid()}"
+            os.rename(dest, old)
+            os.rename(staging, dest)
+            remove_tree(old)
+        else:
+            os.replace(staging, dest)
+        written.append(dest)
+    return written

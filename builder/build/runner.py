@@ -9,8 +9,6 @@ removed whatever happens.
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -20,6 +18,7 @@ from builder.build.cancel import CancelToken
 from builder.build.config import BuildConfig
 from builder.build.matcache import MaterialisationCache
 from builder.build.outputs import CollectedOutput, collect_outputs
+from builder.build.removal import remove_tree
 from builder.build.request import BuildRequest, is_inside
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
@@ -163,18 +162,3 @@ def _failure(result: SandboxResult) -> CommandFailedError:
     tail = "\n".join(lines)
     message = f"build failed: {how}" + (f"; last log lines:\n{tail}" if tail else "")
     return CommandFailedError(message, result.exit_code, result.signal, result.stopped_by)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a work directory even where the build left read-only directories."""
-
-    def make_writable(function: object, failed: str, exc_info: object) -> None:
-        os.chmod(os.path.dirname(failed), stat.S_IRWXU)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, stat.S_IRWXU)
-            shutil.rmtree(failed, onerror=make_writable)
-        else:
-            os.unlink(failed)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=make_writable)

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.outputs import collect_outputs, scan_needles
+from builder.build.outputs import (
+    CollectedOutput,
+    collect_outputs,
+    export_outputs,
+    scan_needles,
+)
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
+from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from builder.errors import BuildFailedError
 
@@ -74,3 +80,21 @@ def test_needle_never_spans_two_files(tmp_path: Path) -> None:
     (tmp_path / "d/a").write_bytes(b"nee")
     (tmp_path / "d/b").write_bytes(b"dle")
     assert scan_needles(tmp_path / "d", ("needle",)) == ()
+
+
+def test_export_replaces_earlier_copy_read_only(tmp_path: Path, store) -> None:
+    blobs, directories = store
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("v1")
+    first = CollectedOutput("build/out", ingest_path(src, blobs, directories, b"out"), ())
+    (src / "sub" / "f").write_text("v2")
+    second = CollectedOutput("build/out", ingest_path(src, blobs, directories, b"out"), ())
+    out = tmp_path / "exported"
+    export_outputs([first], out, blobs, directories)
+    assert (out / "out" / "sub" / "f").read_text() == "v1"
+    export_outputs([second], out, blobs, directories)
+    assert (out / "out" / "sub" / "f").read_text() == "v2"
+    assert sorted(p.name for p in out.iterdir()) == ["out"]
+    assert (out / "out" / "sub" / "f").stat().st_mode & 0o777 == 0o444
+    assert (out / "out" / "sub").stat().st_mode & 0o777 == 0o555
