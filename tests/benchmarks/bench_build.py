@@ -1,0 +1,403 @@
+"""A trivial build end to end, against Nix and bubblewrap doing the same work.
+
+What a client of the build protocol waits for is the whole round trip: gRPC
+over a unix socket, request validation, the input taken from the
+materialisation cache, the sandbox, and the output stored. So ``builder serve``
+runs as its own process, the client is the bare generated Snix stub, and the
+figures are compared with what the same command costs as a sandboxed
+``nix-store --realise`` and under a bare ``bwrap``:
+
+1. latency (p50/p90) of a trivial DoBuild with its input already warm, the
+   three contenders interleaved run by run so background load hits them alike;
+   the result cache is off and every request differs anyway, and the latency
+   of a result-cache hit is printed as an extra line;
+2. builds per second with 8 concurrent clients, against 8 concurrent
+   ``nix-store --realise`` processes.
+
+Cold and warm materialisation are measured by bench_matcache.py. Needs root
+(for Nix without a daemon), bwrap, nix-bin and busybox.
+
+    .venv/bin/python tests/benchmarks/bench_build.py [--runs N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+# Measure the checkout this script lives in, whatever is installed in the venv.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from builder.build.config import default_systems
+from builder.castore.blobs.grpc import GrpcBlobService
+from builder.castore.directories.grpc import GrpcDirectoryService
+from builder.castore.fs.ingest import ingest_path
+from builder.castore.wire import Family, node_to_proto
+from builder.proto.snix.build.protos import build_pb2 as snix_build
+from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
+
+REPO = Path(__file__).resolve().parents[2]
+BUSYBOX = "/bin/busybox"
+WARMUP = 5
+CLIENTS = 8
+SCRIPT = 'echo x > "$out"'
+INPUT_NAME = "0" * 32 + "-bench-input"
+OUTPUT_NAME = "1" * 32 + "-bench-out"
+NIX_CONFIG = "build-users-group =\nsubstituters =\nsandbox = true\n"
+DERIVATIONS = """
+{ tag, count }:
+let bb = builtins.path { path = ./bb; name = "bench-busybox"; };
+in builtins.genList (i: derivation {
+  name = "bench-build";
+  system = builtins.currentSystem;
+  builder = "${bb}/busybox";
+  args = [ "sh" "-c" "echo x > $out" ];
+  inherit tag;
+  iteration = toString i;
+}) count
+"""
+
+
+class Server:
+    """``builder serve`` in its own process, on a unix socket in ``root``."""
+
+    def __init__(self, root: Path, *options: str) -> None:
+        root.mkdir()
+        self.url = f"grpc+unix://{root / 'builder.sock'}"
+        self._log = root / "server.log"
+        with open(self._log, "wb") as log:
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "builder",
+                    "serve",
+                    "--listen",
+                    self.url,
+                    "--data-dir",
+                    str(root / "data"),
+                    *options,
+                ],
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+            )
+        self.channel = grpc.insecure_channel(f"unix:{root / 'builder.sock'}")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self._log.read_text()}")
+            try:
+                grpc.channel_ready_future(self.channel).result(timeout=0.2)
+                return
+            except grpc.FutureTimeoutError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server not ready after {timeout} s") from None
+
+    def stop(self) -> None:
+        """SIGTERM lets the server stop its launcher; SIGKILL only if it hangs."""
+        self.channel.close()
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+@contextmanager
+def served(root: Path, *options: str) -> Iterator[Server]:
+    server = Server(root, *options)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def ingest_input(server: Server, source: Path) -> Any:
+    """Store the input through the server's own castore services, as a client would."""
+    blobs = GrpcBlobService(server.url, Family.SNIX)
+    directories = GrpcDirectoryService(server.url, Family.SNIX)
+    try:
+        node = ingest_path(source, blobs, directories, INPUT_NAME.encode())
+    finally:
+        blobs.close()
+        directories.close()
+    return node_to_proto(node, Family.SNIX)
+
+
+def build_request(input_entry: Any, iteration: str) -> Any:
+    """The trivial build in Nix's layout; ``iteration`` makes each request distinct."""
+    message = snix_build.BuildRequest
+    env = {
+        "BENCH_ITERATION": iteration,
+        "PATH": "/path-not-set",
+        "out": f"/nix/store/{OUTPUT_NAME}",
+    }
+    return message(
+        inputs=[input_entry],
+        command_args=["/bin/sh", "-c", SCRIPT],
+        working_dir="build",
+        scratch_paths=["build", "nix/store"],
+        inputs_dir="nix/store",
+        outputs=[f"nix/store/{OUTPUT_NAME}"],
+        environment_vars=[
+            message.EnvVar(key=key, value=value.encode()) for key, value in sorted(env.items())
+        ],
+        constraints=message.BuildConstraints(system=default_systems()[0], provide_bin_sh=True),
+    )
+
+
+def do_build(stub: Any, request: Any) -> None:
+    response = stub.DoBuild(request, timeout=60)
+    (output,) = response.outputs
+    assert output.output.file.size == 2, response
+
+
+def instantiate(workdir: Path, count: int) -> list[str]:
+    """All derivations up front, one per realisation, so only realising is timed."""
+    (workdir / "bb").mkdir()
+    shutil.copy(BUSYBOX, workdir / "bb" / "busybox")
+    (workdir / "drvs.nix").write_text(DERIVATIONS)
+    tag = f"{os.getpid()}-{time.time_ns()}"
+    out = subprocess.run(
+        [
+            "nix-instantiate",
+            str(workdir / "drvs.nix"),
+            "--argstr",
+            "tag",
+            tag,
+            "--arg",
+            "count",
+            str(count),
+        ],
+        env=nix_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.split()
+
+
+def nix_env() -> dict[str, str]:
+    return {**os.environ, "NIX_CONFIG": NIX_CONFIG}
+
+
+class NixRealiser:
+    """Realises one fresh derivation per call, remembering what it adds to /nix/store."""
+
+    def __init__(self, drvs: list[str]) -> None:
+        self.drvs = drvs
+        self._next = iter(drvs)
+        self._lock = threading.Lock()
+        self._outputs: list[str] = []
+        self._env = nix_env()
+
+    def take(self) -> str | None:
+        with self._lock:
+            return next(self._next, None)
+
+    def realise(self, drv: str) -> None:
+        out = subprocess.run(
+            ["nix-store", "--realise", drv],
+            env=self._env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        with self._lock:
+            self._outputs.extend(out.stdout.split())
+
+    def __call__(self) -> None:
+        drv = self.take()
+        assert drv is not None, "ran out of derivations"
+        self.realise(drv)
+
+    def delete_all(self) -> None:
+        """Nothing roots these paths, so deleting them leaves the store as it was."""
+        subprocess.run(
+            ["nix-store", "--delete", *self._outputs, *self.drvs],
+            env=self._env,
+            check=True,
+            capture_output=True,
+        )
+
+
+def timed(action: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Summary:
+    p50: float
+    p90: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Summary:
+        deciles = statistics.quantiles(seconds, n=10, method="inclusive")
+        return cls(deciles[4], deciles[8])
+
+
+def latencies(contenders: dict[str, Callable[[], None]], runs: int) -> dict[str, Summary]:
+    for _ in range(WARMUP):
+        for action in contenders.values():
+            action()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, action in contenders.items():
+            times[name].append(timed(action))
+    return {name: Summary.of(values) for name, values in times.items()}
+
+
+def throughput(client: Callable[[], bool], seconds: float) -> tuple[int, float]:
+    """Run ``client`` on CLIENTS threads until the deadline; return builds and elapsed time.
+
+    ``client`` returns False when it has nothing left to build.
+    """
+    done = [0] * CLIENTS
+    failures: list[BaseException] = []
+    deadline = time.perf_counter() + seconds
+
+    def loop(slot: int) -> None:
+        try:
+            while time.perf_counter() < deadline and client():
+                done[slot] += 1
+        except BaseException as error:  # re-raised on the main thread below
+            failures.append(error)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(slot,)) for slot in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise failures[0]
+    return sum(done), elapsed
+
+
+LABEL_WIDTH = 52
+
+
+def row(label: str, figure: str) -> None:
+    print(f"   {label:<{LABEL_WIDTH}} {figure}")
+
+
+def latency_figure(summary: Summary) -> str:
+    return f"p50 {summary.p50 * 1e3:7.2f} ms   p90 {summary.p90 * 1e3:7.2f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per contender")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per throughput test")
+    args = parser.parse_args()
+    runs, seconds = args.runs, args.seconds
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-build-")))
+        source = tmp / "input"
+        source.mkdir()
+        (source / "msg").write_text("a small input, materialised once and reused\n")
+        uncached = stack.enter_context(served(tmp / "uncached", "--no-result-cache"))
+        cached = stack.enter_context(served(tmp / "cached"))
+        uncached_input = ingest_input(uncached, source)
+        cached_input = ingest_input(cached, source)
+        uncached_stub = snix_rpc.BuildServiceStub(uncached.channel)
+        cached_stub = snix_rpc.BuildServiceStub(cached.channel)
+
+        nix_workdir = tmp / "nix"
+        nix_workdir.mkdir()
+        # Enough derivations for a throughput several times what Nix reaches here.
+        nix = NixRealiser(instantiate(nix_workdir, WARMUP + runs + int(seconds * 60)))
+        # The Nix store outlives the run, so every path added is deleted again.
+        stack.callback(nix.delete_all)
+
+        counter = itertools.count()
+
+        def ours() -> None:
+            do_build(uncached_stub, build_request(uncached_input, str(next(counter))))
+
+        def ours_cache_on() -> None:
+            do_build(cached_stub, build_request(cached_input, str(next(counter))))
+
+        hit_request = build_request(cached_input, "always the same")
+
+        def ours_cache_hit() -> None:
+            do_build(cached_stub, hit_request)
+
+        bwrap = ["bwrap", "--unshare-all", "--ro-bind", str(nix_workdir / "bb"), "/bin"]
+        bwrap += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        bwrap += ["--setenv", "out", "/tmp/out", "/bin/busybox", "sh", "-c", SCRIPT]
+
+        def bubblewrap() -> None:
+            subprocess.run(bwrap, check=True)
+
+        figures = latencies(
+            {
+                "ours": ours,
+                "nix": nix,
+                "bwrap": bubblewrap,
+                "cache on": ours_cache_on,
+                "cache hit": ours_cache_hit,
+            },
+            runs,
+        )
+
+        def ours_client() -> bool:
+            ours()
+            return True
+
+        def nix_client() -> bool:
+            drv = nix.take()
+            if drv is None:
+                return False
+            nix.realise(drv)
+            return True
+
+        ours_builds, ours_elapsed = throughput(ours_client, seconds)
+        nix_builds, nix_elapsed = throughput(nix_client, seconds)
+
+    ours_p50, nix_p50, bwrap_p50 = (figures[n].p50 for n in ("ours", "nix", "bwrap"))
+    print(f"1. Trivial build, warm input: {runs} timed runs each after {WARMUP} warm-up")
+    row("ours: DoBuild, unix socket, --no-result-cache", latency_figure(figures["ours"]))
+    row("peer: nix-store --realise, sandbox = true", latency_figure(figures["nix"]))
+    row("peer: bwrap --unshare-all, same command", latency_figure(figures["bwrap"]))
+    row("ours / nix (p50)", f"{ours_p50 / nix_p50:.2f} (goal < 0.33)")
+    row("ours / bwrap (p50)", f"{ours_p50 / bwrap_p50:.2f}")
+    row("extra: ours, result cache on, every request new", latency_figure(figures["cache on"]))
+    row("extra: ours, result cache hit", latency_figure(figures["cache hit"]))
+
+    ours_rate, nix_rate = ours_builds / ours_elapsed, nix_builds / nix_elapsed
+    print(f"2. Throughput: {CLIENTS} concurrent clients, {seconds:g} s each, result cache off")
+    row(f"ours: {CLIENTS} threads sharing one channel", f"{ours_rate:6.1f} builds/s")
+    row(f"peer: {CLIENTS} concurrent nix-store --realise loops", f"{nix_rate:6.1f} builds/s")
+    row("ours / nix", f"{ours_rate / nix_rate:.2f}")
+    row("extra: nix sequential, 1 / p50 of 1.", f"{1 / nix_p50:6.1f} builds/s")
+    print("3. Cold and warm materialisation: see tests/benchmarks/bench_matcache.py")
+
+
+if __name__ == "__main__":
+    main()
