@@ -50,8 +50,11 @@ def usage(
     rusage: resource.struct_rusage | None,
     cgroup: BuildCgroup | None,
     sampled_peak: int,
+    limits: Limits,
 ) -> Usage:
-    stats = cgroup.stats() if cgroup is not None else CgroupStats()
+    stats = CgroupStats()
+    if cgroup is not None:
+        stats = cgroup.stats(limits.memory is not None, limits.processes is not None)
     if reported is not None:
         user, system = reported["user"], reported["system"]
     elif rusage is not None:

@@ -26,7 +26,6 @@ class CgroupStats:
     peak_memory: int | None = None
     oom_killed: bool = False
     pids_limited: bool = False
-    cpu_time: float | None = None
 
 
 class BuildCgroup:
@@ -69,27 +68,29 @@ class BuildCgroup:
         for path in set(self.dirs.values()):
             _write(path / "cgroup.procs", pid)
 
-    def stats(self) -> CgroupStats:
-        stats = CgroupStats()
+    def stats(self, memory_limited: bool, processes_limited: bool) -> CgroupStats:
+        """Peak memory always; limit counters only for limits that were set."""
+        memory = self.dirs.get("memory")
+        pids = self.dirs.get("pids")
         if self.unified:
-            base = self.dirs["memory"]
-            stats.peak_memory = _read_int(base / "memory.peak")
-            stats.oom_killed = _keyed(base / "memory.events").get("oom_kill", 0) > 0
-            stats.pids_limited = _keyed(base / "pids.events").get("max", 0) > 0
-            usec = _keyed(base / "cpu.stat").get("usage_usec")
-            stats.cpu_time = None if usec is None else usec / 1e6
-            return stats
-        if self.controls_memory:
-            mem = self.dirs["memory"]
-            stats.peak_memory = _read_int(mem / "memory.max_usage_in_bytes")
-            oom = _keyed(mem / "memory.oom_control")
-            failcnt = _read_int(mem / "memory.failcnt") or 0
-            stats.oom_killed = oom.get("oom_kill", 0) > 0 or ("oom_kill" not in oom and failcnt > 0)
-        if self.controls_pids:
-            stats.pids_limited = _keyed(self.dirs["pids"] / "pids.events").get("max", 0) > 0
-        if self.accounts_cpu:
-            ns = _read_int(self.dirs["cpuacct"] / "cpuacct.usage")
-            stats.cpu_time = None if ns is None else ns / 1e9
+            assert memory is not None
+            return CgroupStats(
+                peak_memory=_read_int(memory / "memory.peak"),
+                oom_killed=memory_limited
+                and _keyed(memory / "memory.events").get("oom_kill", 0) > 0,
+                pids_limited=processes_limited and _keyed(memory / "pids.events").get("max", 0) > 0,
+            )
+        stats = CgroupStats()
+        if memory is not None:
+            stats.peak_memory = _read_int(memory / "memory.max_usage_in_bytes")
+            if memory_limited:
+                oom = _keyed(memory / "memory.oom_control")
+                if "oom_kill" in oom:
+                    stats.oom_killed = oom["oom_kill"] > 0
+                else:
+                    stats.oom_killed = (_read_int(memory / "memory.failcnt") or 0) > 0
+        if pids is not None and processes_limited:
+            stats.pids_limited = _keyed(pids / "pids.events").get("max", 0) > 0
         return stats
 
     def cpu_time(self) -> float | None:

@@ -29,12 +29,13 @@ from sandbox.errors import SandboxError
 from sandbox.init import InitSetup, clone_flags, run_init, send_spec
 from sandbox.protocol import Kind
 from sandbox.result import CANCELLED, Limit, SandboxResult
-from sandbox.spec import SandboxSpec
+from sandbox.spec import BUILD_GID, BUILD_UID, SandboxSpec
 
 _POLL_INTERVAL = 0.1
 _EXIT_GRACE = 2.0
 _READ_SIZE = 1 << 16
 _ROOT_PREFIX = "sandbox-root-"
+_DEFAULT_IDS = (BUILD_UID, BUILD_GID)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class _Spare:
     job_fd: int
     cgroup: BuildCgroup | None
     slot: int | None
+    inside_ids: tuple[int, int]
 
 
 @dataclass
@@ -181,13 +183,13 @@ class ForkServer:
         try:
             spec = SandboxSpec.from_json(payload)
             spec.validate()
-            spare = self._take_spare()
+            spare = self._take_spare(spec)
             try:
-                self._dispatch(spare, spec)
+                self._dispatch(spare, spec, payload)
             except OSError:
                 self._discard(spare)
-                spare = self._make_spare()
-                self._dispatch(spare, spec)
+                spare = self._make_spare((spec.uid, spec.gid))
+                self._dispatch(spare, spec, payload)
         except (SandboxError, OSError) as exc:
             self._send(Kind.REJECTED, run_id, str(exc).encode())
             return
@@ -212,13 +214,18 @@ class ForkServer:
             self.selector.register(fd, selectors.EVENT_READ)
         self._refill()
 
-    def _dispatch(self, spare: _Spare, spec: SandboxSpec) -> None:
+    def _dispatch(self, spare: _Spare, spec: SandboxSpec, payload: bytes) -> None:
         if spare.cgroup is not None:
             spare.cgroup.set_limits(spec.limits.memory, _with_margin(spec.limits.processes))
-        send_spec(spare.job_fd, spec)
+        send_spec(spare.job_fd, payload)
 
-    def _take_spare(self) -> _Spare:
-        return self.spares.pop(0) if self.spares else self._make_spare()
+    def _take_spare(self, spec: SandboxSpec) -> _Spare:
+        """The oldest spare prepared for the spec's inside ids, or a new one."""
+        ids = (spec.uid, spec.gid)
+        for index, spare in enumerate(self.spares):
+            if self.rootful or spare.inside_ids == ids:
+                return self.spares.pop(index)
+        return self._make_spare(ids)
 
     def _refill(self) -> None:
         """Clone the next PIDs 1 now, so that runs do not wait for them.
@@ -228,11 +235,11 @@ class ForkServer:
         """
         while len(self.spares) < self.settings.spares and not self.closing:
             try:
-                self.spares.append(self._make_spare())
+                self.spares.append(self._make_spare(_DEFAULT_IDS))
             except (SandboxError, OSError):
                 return
 
-    def _make_spare(self) -> _Spare:
+    def _make_spare(self, inside_ids: tuple[int, int]) -> _Spare:
         if self.rootful and not self.free_slots:
             raise SandboxError("no free build uid in the configured range")
         cgroup = self.cgroups.create()
@@ -253,6 +260,7 @@ class ForkServer:
             job_fd=job_r,
             cgroup=cgroup,
             host_ids=host_ids,
+            inside_ids=inside_ids,
             rootful=self.rootful,
             rlimit_processes=cgroup is None or not cgroup.controls_pids,
             rlimit_memory=cgroup is None or not cgroup.controls_memory,
@@ -273,7 +281,7 @@ class ForkServer:
             run_init(setup)
         for fd in (job_r, log_w, status_w):
             os.close(fd)
-        return _Spare(pid, log_r, status_r, job_w, cgroup, slot)
+        return _Spare(pid, log_r, status_r, job_w, cgroup, slot, inside_ids)
 
     def _discard(self, spare: _Spare) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -415,11 +423,13 @@ class ForkServer:
     def _finish(self, run: _Run) -> None:
         del self.runs[run.run_id]
         os.close(run.lifeline_fd)
-        usage = accounting.usage(run.status.get("rusage"), run.rusage, run.cgroup, run.sampled_peak)
+        usage = accounting.usage(
+            run.status.get("rusage"), run.rusage, run.cgroup, run.sampled_peak, run.spec.limits
+        )
         if run.cgroup is not None:
-            run.cgroup.kill()
             run.cgroup.remove()
-        self._remove_mountpoints(run)
+        if run.mountpoints:
+            self._remove_mountpoints(run)
         if run.slot is not None:
             self.free_slots.append(run.slot)
         result = self._result(run, usage)

@@ -24,8 +24,9 @@ from typing import Any, NoReturn
 
 from sandbox import command, copyout, identity, mounts, namespaces, netns, privileges, syscalls
 from sandbox.cgroups import BuildCgroup
+from sandbox.errors import SetupError
 from sandbox.spec import SandboxSpec
-from sandbox.syscalls import CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER
+from sandbox.syscalls import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class InitSetup:
     grace period, and the launcher's single thread must not."""
     host_ids: tuple[int, int]
     """Host uid and gid the build runs as."""
+    inside_ids: tuple[int, int]
+    """The uid and gid inside that a rootless PID 1 maps before its spec arrives."""
     rootful: bool
     """The launcher is root: switch to ``host_ids`` and create the user namespace."""
     rlimit_processes: bool
@@ -63,8 +66,8 @@ def report(status_fd: int, message: dict[str, Any]) -> None:
     os.write(status_fd, json.dumps(message).encode() + b"\n")
 
 
-def send_spec(job_fd: int, spec: SandboxSpec) -> None:
-    payload = spec.to_json().encode()
+def send_spec(job_fd: int, payload: bytes) -> None:
+    """Hand a spec (as JSON, already validated by the launcher) to a waiting PID 1."""
     data = len(payload).to_bytes(4, "big") + payload
     while data:
         data = data[os.write(job_fd, data) :]
@@ -92,8 +95,9 @@ def run_init(job: InitSetup) -> NoReturn:
         privileges.die_with_parent()
         if job.cgroup is not None:
             job.cgroup.attach(0)
+        _before_spec(job)
         spec = _receive_spec(job.job_fd)
-        copy_out = _prepare(job, spec)
+        copy_out = _after_spec(job, spec)
         status = _supervise(job, spec)
         if copy_out and "exit_code" in status:
             for scratch, fd in zip(spec.scratch, copy_out, strict=True):
@@ -107,11 +111,26 @@ def run_init(job: InitSetup) -> NoReturn:
             os._exit(1)
 
 
-def _prepare(job: InitSetup, spec: SandboxSpec) -> list[int]:
-    uid, gid = job.host_ids
+def _before_spec(job: InitSetup) -> None:
+    """Everything that does not depend on the spec, done while waiting for one.
+
+    A rootless PID 1 already maps the inside ids it was cloned for (the
+    launcher only hands it a spec asking for those ids); the network namespace
+    waits for the spec, which may ask for the host's network.
+    """
     if job.rootful:
         syscalls.unshare(CLONE_NEWNS)
-        layout = mounts.build_root(job.root, spec, owner=job.host_ids)
+    else:
+        uid, gid = job.host_ids
+        namespaces.map_ids(job.inside_ids[0], uid, job.inside_ids[1], gid)
+        syscalls.unshare(namespaces.flags(network=True) & ~(CLONE_NEWPID | CLONE_NEWUSER))
+    mounts.prepare_root(job.root)
+
+
+def _after_spec(job: InitSetup, spec: SandboxSpec) -> list[int]:
+    uid, gid = job.host_ids
+    if job.rootful:
+        layout = mounts.populate_root(job.root, spec, owner=job.host_ids)
         copy_out = _open_copy_out(spec, job.host_ids)
         os.setgroups([])
         os.setresgid(gid, gid, gid)
@@ -122,9 +141,11 @@ def _prepare(job: InitSetup, spec: SandboxSpec) -> list[int]:
         syscalls.unshare(namespaces.flags(spec.network) & ~CLONE_NEWPID)
         namespaces.map_ids(spec.uid, uid, spec.gid, gid)
     else:
-        namespaces.map_ids(spec.uid, uid, spec.gid, gid)
-        syscalls.unshare(namespaces.flags(spec.network) & ~(CLONE_NEWPID | CLONE_NEWUSER))
-        layout = mounts.build_root(job.root, spec, owner=None)
+        if (spec.uid, spec.gid) != job.inside_ids:
+            raise SetupError("spec ids differ from those this PID 1 was prepared for")
+        if not spec.network:
+            syscalls.unshare(CLONE_NEWNET)
+        layout = mounts.populate_root(job.root, spec, owner=None)
         copy_out = _open_copy_out(spec, None)
     report(job.status_fd, {"mountpoints": layout.mountpoints})
     mounts.enter_root(job.root)

@@ -68,20 +68,29 @@ class _Mount:
     device_ok: bool = False
 
 
-def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> RootLayout:
-    """Populate ``root`` (an existing empty directory) as the build's ``/``.
+def prepare_root(root: str) -> None:
+    """Mount the parts of the root every build gets: tmpfs, /dev, /proc.
 
-    Must run in the build's PID 1, in a mount namespace of its own.
+    Must run in the build's PID 1 (procfs shows the PID namespace of the
+    process that mounts it), in a mount namespace of its own.
+    """
+    syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    syscalls.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    os.mkdir(_at(root, "/etc"))
+    _make_dev(root)
+    os.mkdir(_at(root, "/proc"), 0o555)
+    syscalls.mount("proc", _at(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.mkdir(_at(root, "/tmp"))
+
+
+def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> RootLayout:
+    """Add what the spec asks for to a prepared root, then make it read-only.
 
     ``owner`` is the host uid/gid the build runs as when the caller is root and
     files must be handed over; rootless callers already own what they create.
     """
     layout = RootLayout()
-    syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    syscalls.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     _make_etc(root, spec)
-    _make_dev(root)
-    os.mkdir(_at(root, "/proc"), 0o555)
     store = _make_store(root, spec, owner)
     mounts = [
         _Mount(store[i] if store else s.host, s.target, writable=True)
@@ -91,7 +100,6 @@ def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> R
     mounts += [_Mount(p, p, writable=False, device_ok=True) for p in spec.ro_paths]
     if spec.shell is not None:
         mounts.append(_Mount(spec.shell, "/bin/sh", writable=False))
-    os.mkdir(_at(root, "/tmp"))
     if store is None:
         syscalls.mount("tmpfs", _at(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     else:
@@ -115,8 +123,6 @@ def build_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> R
     dev = _at(root, "/dev")
     syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    # procfs shows the PID namespace of the process mounting it: ours.
-    syscalls.mount("proc", _at(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     return layout
 
 
@@ -139,7 +145,6 @@ def _at(root: str, path: str) -> str:
 
 def _make_etc(root: str, spec: SandboxSpec) -> None:
     etc = _at(root, "/etc")
-    os.mkdir(etc)
     _write(f"{etc}/passwd", identity.passwd(spec.uid, spec.gid).encode())
     _write(f"{etc}/group", identity.group(spec.gid).encode())
     if not spec.network:

@@ -15,6 +15,10 @@ from sandbox.errors import SpecError
 
 ByteLike = str | bytes
 
+#: The build user inside, as in Nix's sandbox.
+BUILD_UID = 1000
+BUILD_GID = 100
+
 
 @dataclass(frozen=True)
 class Bind:
@@ -75,8 +79,8 @@ class SandboxSpec:
     scratch: list[Scratch] = field(default_factory=list)
     files: list[File] = field(default_factory=list)
     network: bool = False
-    uid: int = 1000
-    gid: int = 100
+    uid: int = BUILD_UID
+    gid: int = BUILD_GID
     ro_paths: list[str] = field(default_factory=list)
     shell: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -138,8 +142,8 @@ class SandboxSpec:
                 scratch=[Scratch(**s) for s in raw.get("scratch", [])],
                 files=[_file(f) for f in raw.get("files", [])],
                 network=bool(raw.get("network", False)),
-                uid=int(raw.get("uid", 1000)),
-                gid=int(raw.get("gid", 100)),
+                uid=int(raw.get("uid", BUILD_UID)),
+                gid=int(raw.get("gid", BUILD_GID)),
                 ro_paths=list(raw.get("ro_paths", [])),
                 shell=raw.get("shell"),
                 limits=Limits(**raw.get("limits", {})),

@@ -202,3 +202,8 @@ def test_launcher_reports_mode() -> None:
     with Launcher() as launcher:
         assert launcher.info is not None
         assert launcher.info.rootful == (os.geteuid() == 0)
+
+
+def test_custom_inside_ids(sandbox: Sandboxes) -> None:
+    result = sandbox.run("id; echo x > /tmp/f; stat -c '%u %g' /tmp/f", uid=2000, gid=200)
+    assert result.log == b"uid=2000(nixbld) gid=200(nixbld)\n2000 200\n"
