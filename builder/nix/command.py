@@ -1,0 +1,51 @@
+"""``builder nix build``: a derivation and its missing dependencies, results printed for Nix.
+
+Build logs go to standard error prefixed with the derivation's name, so
+parallel builds stay readable; standard output carries only the result lines.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from builder.build.service import BuildService, Event, LogData
+from builder.errors import BuildFailedError
+from builder.nix.session import NixSession, describe
+from builder.nix.store_path import StorePath
+
+REGISTRY_FILE = "nix-paths.sqlite"
+
+
+def nix_build(
+    service: BuildService, data_dir: Path, drv_path: str, import_to_nix: bool, check: bool
+) -> None:
+    session = NixSession(service, data_dir / REGISTRY_FILE)
+    lock = threading.Lock()
+
+    def on_event(drv: StorePath, event: Event) -> None:
+        if isinstance(event, LogData):
+            prefix = f"{drv.name.removesuffix('.drv')}> ".encode()
+            lines = event.data.splitlines(keepends=True)
+            with lock:
+                sys.stderr.buffer.write(b"".join(prefix + line for line in lines))
+                sys.stderr.buffer.flush()
+
+    try:
+        if check:
+            results = session.check(drv_path, on_event)
+            for result in results:
+                verdict = "identical" if result.identical else "DIFFERS"
+                print(f"{describe(result.again)} {verdict}")
+            if not all(r.identical for r in results):
+                raise BuildFailedError(f"'{drv_path}' is not deterministic")
+            infos = [r.first for r in results]
+        else:
+            infos = session.build(drv_path, on_event)
+            for info in infos:
+                print(describe(info))
+        if import_to_nix:
+            session.import_to_nix(infos)
+    finally:
+        session.close()

@@ -1,0 +1,75 @@
+"""Finding a derivation's input closure in the castore, ingesting from Nix what is missing.
+
+A path we built is already in the registry; anything else must be valid in
+the local Nix store, whence it is ingested once, with the references and NAR
+hash Nix recorded for it. References are followed until the closure is
+complete, so a build sees every path its inputs may point at.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+
+from builder.castore.blobs.service import BlobService
+from builder.castore.directories.service import DirectoryService
+from builder.castore.fs.ingest import ingest_path
+from builder.errors import NotFoundError
+from builder.nix.nix_store import NixStore
+from builder.nix.path_info import PathInfo, PathRegistry
+from builder.nix.store_path import StorePath
+
+
+class InputResolver:
+    def __init__(
+        self,
+        registry: PathRegistry,
+        nix: NixStore,
+        blobs: BlobService,
+        directories: DirectoryService,
+    ) -> None:
+        self._registry = registry
+        self._nix = nix
+        self._blobs = blobs
+        self._directories = directories
+        # Parallel builds often share inputs; one resolver at a time ingests each once.
+        self._lock = threading.Lock()
+
+    def known(self, path: StorePath) -> PathInfo | None:
+        return self._registry.get(path)
+
+    def closure(self, roots: Iterable[StorePath]) -> list[PathInfo]:
+        with self._lock:
+            found: dict[StorePath, PathInfo] = {}
+            pending = set(roots)
+            while pending:
+                missing = []
+                for path in pending:
+                    info = self._registry.get(path)
+                    if info is None:
+                        missing.append(path)
+                    else:
+                        found[path] = info
+                for info in self._ingest(missing):
+                    found[info.path] = info
+                pending = {r for p in pending for r in found[p].references} - found.keys()
+            return sorted(found.values(), key=lambda i: i.path.basename)
+
+    def _ingest(self, paths: list[StorePath]) -> list[PathInfo]:
+        facts = self._nix.facts(self._nix.valid(paths))
+        absent = sorted(set(paths) - facts.keys())
+        if absent:
+            shown = ", ".join(map(str, absent))
+            raise NotFoundError(f"neither built here nor valid in the Nix store: {shown}")
+        infos = []
+        for path, fact in sorted(facts.items()):
+            node = ingest_path(
+                str(path), self._blobs, self._directories, os.fsencode(path.basename)
+            )
+            info = PathInfo(
+                path, node, fact.nar_sha256, fact.nar_size, fact.references, fact.deriver
+            )
+            self._registry.put(info)
+            infos.append(info)
+        return infos

@@ -1,0 +1,92 @@
+"""Everything a Nix build needs, assembled once over a store and a build service.
+
+The CLI, the tests and the benchmark all build derivations the same way: the
+path registry lives beside the embedded store in the data directory, inputs
+come from the local Nix store, outputs are recorded and can be imported back
+into Nix.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.build.service import BuildService
+from builder.castore.fs.nar import nix_base32
+from builder.nix.build import DerivationBuilder, EventCallback
+from builder.nix.derivation import load_derivation
+from builder.nix.export import write_export
+from builder.nix.inputs import InputResolver
+from builder.nix.nix_store import NixStore
+from builder.nix.path_info import PathInfo, PathRegistry
+from builder.nix.recursive import build_recursively
+from builder.nix.store_path import StorePath
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    path: StorePath
+    first: PathInfo
+    again: PathInfo
+
+    @property
+    def identical(self) -> bool:
+        return self.first.nar_sha256 == self.again.nar_sha256
+
+
+def describe(info: PathInfo) -> str:
+    """The line ``builder nix build`` prints per output."""
+    return f"{info.path} sha256:{nix_base32(info.nar_sha256)}"
+
+
+class NixSession:
+    def __init__(
+        self,
+        service: BuildService,
+        registry_path: Path,
+        nix_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._service = service
+        self.registry = PathRegistry(registry_path)
+        self.nix = NixStore(nix_env)
+        self._resolver = InputResolver(self.registry, self.nix, service.blobs, service.directories)
+        self._builder = DerivationBuilder(
+            service,
+            self._resolver,
+            self.registry,
+            service.blobs,
+            service.directories,
+            impure_env=dict(os.environ),
+        )
+
+    def build(self, drv_path: str, on_event: EventCallback | None = None) -> list[PathInfo]:
+        root = StorePath.parse(drv_path, "derivation")
+        return build_recursively(
+            root, self._builder, self.registry, self.nix, self._service.config.job_slots, on_event
+        )
+
+    def check(self, drv_path: str, on_event: EventCallback | None = None) -> list[CheckResult]:
+        """Build again (the service must not answer from its result cache) and compare."""
+        first = self.build(drv_path, on_event)
+        root = StorePath.parse(drv_path, "derivation")
+        again = self._builder.build(root, load_derivation(drv_path), on_event, record=False)
+        return [CheckResult(a.path, a, b) for a, b in zip(first, again, strict=True)]
+
+    def export(self, infos: list[PathInfo], skip_valid_in_nix: bool = True) -> bytes:
+        """The export stream of ``infos`` and their closure (less what Nix already has)."""
+        closure = self._resolver.closure(info.path for info in infos)
+        if skip_valid_in_nix:
+            present = self.nix.valid(info.path for info in closure)
+            closure = [info for info in closure if info.path not in present]
+        out = io.BytesIO()
+        write_export(closure, out, self._service.blobs, self._service.directories)
+        return out.getvalue()
+
+    def import_to_nix(self, infos: list[PathInfo]) -> None:
+        self.nix.import_export(self.export(infos))
+
+    def close(self) -> None:
+        self.registry.close()

@@ -1,0 +1,45 @@
+"""Nix store paths: ``/nix/store/<32 nixbase32 characters>-<name>``.
+
+Every path that crosses from a derivation or the Nix database into a build
+request is checked here first, because its basename becomes a node name and a
+mount point inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from builder.castore.fs.nar import NIX_BASE32_ALPHABET
+from builder.errors import InvalidArgumentError
+
+STORE_DIR = "/nix/store"
+HASH_PART_LENGTH = 32
+_NAME = re.compile(r"[A-Za-z0-9+\-._?=]+")
+_HASH_PART = re.compile(f"[{NIX_BASE32_ALPHABET}]{{{HASH_PART_LENGTH}}}")
+
+
+@dataclass(frozen=True, order=True)
+class StorePath:
+    hash_part: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str, where: str = "store path") -> StorePath:
+        prefix = STORE_DIR + "/"
+        if not text.startswith(prefix):
+            raise InvalidArgumentError(f"{where}: {text!r} is not in {STORE_DIR}")
+        base = text[len(prefix) :]
+        hash_part, dash, name = base[:HASH_PART_LENGTH], base[HASH_PART_LENGTH:][:1], base[33:]
+        if not _HASH_PART.fullmatch(hash_part) or dash != "-":
+            raise InvalidArgumentError(f"{where}: {text!r} does not start with a hash part")
+        if not _NAME.fullmatch(name) or name.startswith("."):
+            raise InvalidArgumentError(f"{where}: {text!r} has an invalid name {name!r}")
+        return cls(hash_part, name)
+
+    @property
+    def basename(self) -> str:
+        return f"{self.hash_part}-{self.name}"
+
+    def __str__(self) -> str:
+        return f"{STORE_DIR}/{self.basename}"

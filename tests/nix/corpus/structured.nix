@@ -1,0 +1,25 @@
+# __structuredAttrs: attributes reach the build as .attrs.json and .attrs.sh, not the environment.
+{ busyboxDir, salt ? "" }:
+let lib = import ./lib.nix { inherit busyboxDir salt; }; in
+lib.mkDrv {
+  name = "structured";
+  __structuredAttrs = true;
+  outputs = [ "out" "dev" ];
+  aString = "a 'quoted' \"string\" with $dollar and \\ backslash";
+  anInt = 42;
+  aFloat = 1.5;
+  aBool = true;
+  aFalse = false;
+  aNull = null;
+  aList = [ "one" "two words" 3 ];
+  anAttrset = { key = "value"; nested = { deep = [ 1 2 ]; }; };
+  strings = { a = "x"; b = "y z"; };
+  script = ''
+    out=$(sed 's/.*"outputs":{[^}]*"out":"\([^"]*\)".*/\1/' /build/.attrs.json)
+    dev=$(sed 's/.*"outputs":{[^}]*"dev":"\([^"]*\)".*/\1/' /build/.attrs.json)
+    mkdir -p $out $dev
+    cp /build/.attrs.json /build/.attrs.sh $out/
+    env | sort > $out/env
+    ls -la /build > $dev/listing
+  '';
+}
