@@ -224,6 +224,24 @@ def cmd_run(args: argparse.Namespace) -> None:
         launcher.stop()
 
 
+def cmd_nix_build(args: argparse.Namespace) -> None:
+    from builder.nix.command import nix_build
+    from sandbox import Launcher
+
+    if args.check:
+        args.no_result_cache = True
+    launcher = Launcher().start()
+    store = _store(args)
+    builds = _build_service(args, store, launcher)
+    try:
+        data_dir = args.data_dir or default_data_dir()
+        nix_build(builds, data_dir, args.derivation, args.import_to_nix, args.check)
+    finally:
+        builds.close()
+        store.close()
+        launcher.stop()
+
+
 def _build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, help="sandboxes and materialisation cache")
     parser.add_argument(
@@ -327,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="materialise the outputs into this directory")
     p.set_defaults(func=cmd_run)
+    _store_options(p)
+    _build_options(p)
+
+    nix = commands.add_parser("nix", help="build Nix derivations")
+    nix_commands = nix.add_subparsers(dest="nix_command", required=True)
+    p = nix_commands.add_parser("build", help="build a .drv and its missing dependencies")
+    p.add_argument("derivation", help="/nix/store/...drv")
+    p.add_argument(
+        "--import-to-nix", action="store_true", help="import the outputs into the Nix store"
+    )
+    p.add_argument(
+        "--check", action="store_true", help="build again and report whether outputs are identical"
+    )
+    p.set_defaults(func=cmd_nix_build)
     _store_options(p)
     _build_options(p)
     return parser
