@@ -212,7 +212,6 @@ class ForkServer:
             os.set_blocking(fd, False)
             self.by_fd[fd] = run
             self.selector.register(fd, selectors.EVENT_READ)
-        self._refill()
 
     def _dispatch(self, spare: _Spare, spec: SandboxSpec, payload: bytes) -> None:
         if spare.cgroup is not None:
@@ -230,8 +229,10 @@ class ForkServer:
     def _refill(self) -> None:
         """Clone the next PIDs 1 now, so that runs do not wait for them.
 
-        Keeping more than one gives each spare time to join its cgroup (which
-        can take an RCU grace period) before a spec reaches it.
+        Called when a run has finished rather than when one starts, so that
+        the clone does not compete with a starting build for the CPU. Keeping
+        more than one gives each spare time to join its cgroup (which can take
+        an RCU grace period) before a spec reaches it.
         """
         while len(self.spares) < self.settings.spares and not self.closing:
             try:
