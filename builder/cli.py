@@ -23,7 +23,9 @@ from builder.castore.wire import node_to_proto
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
-    from builder.build.service import BuildService
+    from builder.build.request import BuildRequest
+    from builder.build.service import BuildService, Event
+    from builder.castore.grpc_channel import ChannelSecurity
     from sandbox import Launcher
 
 
@@ -176,12 +178,49 @@ def cmd_serve(args: argparse.Namespace) -> None:
         launcher.stop()
 
 
+def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> BuildRequest:
+    """Ingest each ``NAME=PATH`` and make it the input NAME, replacing one of that name."""
+    from builder.castore.fs.ingest import ingest_path
+
+    imported = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
+        node = ingest_path(Path(path), store.blobs, store.directories, os.fsencode(name))
+        print(f"imported {path} as {name}: {_describe(node)}", file=sys.stderr)
+        imported.append(node)
+    if not imported:
+        return request
+    replaced = {n.name for n in imported}
+    inputs = [n for n in request.inputs if n.name not in replaced] + imported
+    return dataclasses.replace(request, inputs=tuple(sorted(inputs, key=lambda n: n.name)))
+
+
+def _print_event(event: Event) -> None:
+    from builder.build.service import LogData, Started
+
+    if isinstance(event, LogData):
+        sys.stderr.buffer.write(event.data)
+        sys.stderr.buffer.flush()
+    elif isinstance(event, Started):
+        how = "answered from the result cache" if event.cached else "started"
+        print(f"builder: build {event.build_id} {how}", file=sys.stderr)
+
+
+def _write_outputs(outputs: list[Node], out: Path, store: Store) -> None:
+    from builder.castore.fs.materialise import materialise_node
+
+    out.mkdir(parents=True, exist_ok=True)
+    for node in outputs:
+        materialise_node(
+            node, out / os.fsdecode(node.name), store.blobs, store.directories, read_only=True
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    from builder.build.outputs import export_outputs
     from builder.build.request import request_from_proto
     from builder.build.request_file import load_request_message
-    from builder.build.service import LogData, Started
-    from builder.castore.fs.ingest import ingest_path
     from builder.server.build_servicers import snix_response
     from sandbox import Launcher
 
@@ -190,38 +229,50 @@ def cmd_run(args: argparse.Namespace) -> None:
     store = _store(args)
     builds = _build_service(args, store, launcher)
     try:
-        request = request_from_proto(message)
-        imported = []
-        for spec in args.imports:
-            name, sep, path = spec.partition("=")
-            if not sep or not name:
-                raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
-            node = ingest_path(Path(path), store.blobs, store.directories, os.fsencode(name))
-            print(f"imported {path} as {name}: {_describe(node)}", file=sys.stderr)
-            imported.append(node)
-        if imported:
-            replaced = {n.name for n in imported}
-            inputs = [n for n in request.inputs if n.name not in replaced] + imported
-            ordered = tuple(sorted(inputs, key=lambda n: n.name))
-            request = dataclasses.replace(request, inputs=ordered)
-
-        def on_event(event: LogData | Started) -> None:
-            if isinstance(event, LogData):
-                sys.stderr.buffer.write(event.data)
-                sys.stderr.buffer.flush()
-            elif isinstance(event, Started):
-                how = "answered from the result cache" if event.cached else "started"
-                print(f"builder: build {event.build_id} {how}", file=sys.stderr)
-
-        outcome = builds.build(request, on_event)
+        request = _with_imports(request_from_proto(message), args.imports, store)
+        outcome = builds.build(request, _print_event)
         if args.out:
-            export_outputs(outcome.outputs, args.out, store.blobs, store.directories)
+            _write_outputs([o.node for o in outcome.outputs], args.out, store)
         response = json_format.MessageToDict(snix_response(outcome))
         print(json.dumps(response, indent=2, sort_keys=True))
     finally:
         builds.close()
         store.close()
         launcher.stop()
+
+
+def _channel_security(args: argparse.Namespace) -> ChannelSecurity:
+    from builder.castore.grpc_channel import ChannelSecurity
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidArgumentError("--tls-cert and --tls-key go together")
+    return ChannelSecurity(
+        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+        client_key=args.tls_key.read_bytes() if args.tls_key else None,
+        client_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
+        token=args.token_file.read_text().strip() if args.token_file else None,
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from builder.build.request import request_from_proto
+    from builder.build.request_file import load_request_message
+    from builder.remote.client import RemoteBuilder, signals_cancel
+
+    message = load_request_message(Path(args.request))
+    security = _channel_security(args)
+    store = _store(args)
+    try:
+        with signals_cancel(), RemoteBuilder(args.remote, security) as remote:
+            request = _with_imports(request_from_proto(message), args.imports, store)
+            outcome = remote.build(request, store.blobs, store.directories, _print_event)
+            if args.out:
+                remote.castore.fetch(outcome.outputs, store.blobs, store.directories)
+                _write_outputs(outcome.outputs, args.out, store)
+        response = json_format.MessageToDict(outcome.response)
+        print(json.dumps(response, indent=2, sort_keys=True))
+    finally:
+        store.close()
 
 
 def cmd_nix_build(args: argparse.Namespace) -> None:
@@ -347,6 +398,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     _store_options(p)
     _build_options(p)
+
+    p = commands.add_parser("build", help="execute one BuildRequest on a remote server")
+    p.add_argument("request", help="request as .json, .txtpb or .pb (either family)")
+    p.add_argument(
+        "--remote",
+        required=True,
+        metavar="ADDR",
+        help="grpc+unix:///PATH, grpc+http://HOST:PORT or grpc+https://HOST:PORT",
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="ingest a host path locally as input NAME, then upload it (repeatable)",
+    )
+    p.add_argument("--out", type=Path, help="fetch the outputs into this directory")
+    p.add_argument("--tls-ca", type=Path, help="CA certificates (PEM) to check the server by")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="client private key (PEM)")
+    p.add_argument(
+        "--token-file", type=Path, help="send 'authorization: Bearer <token>' from this file"
+    )
+    p.set_defaults(func=cmd_build)
+    _store_options(p)
 
     nix = commands.add_parser("nix", help="build Nix derivations")
     nix_commands = nix.add_subparsers(dest="nix_command", required=True)

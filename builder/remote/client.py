@@ -1,0 +1,124 @@
+"""One build request run on a server through ``builder.v1.BuildEvents/StreamBuild``.
+
+The streaming RPC rather than ``DoBuild`` so that the log arrives while the
+build runs; leaving the stream (on an error, Ctrl-C or SIGTERM) cancels the
+call, and the server stops the build when its client hangs up.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+import grpc
+
+from builder.build.request import BuildRequest, request_to_proto
+from builder.build.service import Event, LogData, Started
+from builder.castore.blobs.service import BlobService
+from builder.castore.directories.service import DirectoryService
+from builder.castore.grpc_channel import ChannelSecurity, open_channel
+from builder.castore.nodes import Node
+from builder.castore.wire import Family, node_from_proto
+from builder.errors import CancelledError, CommandFailedError, IntegrityError
+from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
+from builder.remote.errors import remote_error
+from builder.remote.transfer import RemoteCastore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteOutcome:
+    response: Any
+    """The Snix ``BuildResponse``, as ``DoBuild`` would have answered."""
+    outputs: list[Node]
+
+
+class RemoteBuilder:
+    def __init__(self, address: str, security: ChannelSecurity | None = None) -> None:
+        self.address = address
+        self._channel = open_channel(address, security)
+        self.castore = RemoteCastore(self._channel, address)
+        self._events = events_grpc.BuildEventsStub(self._channel)
+
+    def __enter__(self) -> RemoteBuilder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def build(
+        self,
+        request: BuildRequest,
+        blobs: BlobService,
+        directories: DirectoryService,
+        on_event: Callable[[Event], None],
+    ) -> RemoteOutcome:
+        """Upload what the server lacks of the inputs, then run the build there."""
+        request.validate()
+        sent = self.castore.upload_missing(request.inputs, blobs, directories)
+        logger.info("uploaded %s to %s", sent, self.address)
+        return self.stream(request, on_event)
+
+    def stream(self, request: BuildRequest, on_event: Callable[[Event], None]) -> RemoteOutcome:
+        call = self._events.StreamBuild(request_to_proto(request, Family.SNIX))
+        try:
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "started":
+                    on_event(Started(event.started.build_id, event.started.cached))
+                elif kind == "log":
+                    on_event(LogData(event.log.data))
+                elif kind == "completed":
+                    response = event.completed.response
+                    outputs = [
+                        node_from_proto(o.output, f"outputs[{i}]")
+                        for i, o in enumerate(response.outputs)
+                    ]
+                    return RemoteOutcome(response, outputs)
+                elif kind == "failed":
+                    failed = event.failed
+                    raise CommandFailedError(
+                        failed.message,
+                        None if failed.exit_code == -1 else failed.exit_code,
+                        failed.signal or None,
+                        failed.limit or None,
+                    )
+        except grpc.RpcError as error:
+            raise remote_error(error, self.address) from error
+        finally:
+            call.cancel()
+        raise IntegrityError(f"{self.address} ended the build stream without a result")
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@contextmanager
+def signals_cancel() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``CancelledError`` raised wherever the client waits.
+
+    The exception unwinds through the open call, whose cleanup cancels it, so
+    the remote build stops instead of running on for nobody. Only the main
+    thread may install handlers, which is where the command runs.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise CancelledError(f"interrupted by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

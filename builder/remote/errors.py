@@ -1,0 +1,21 @@
+"""What a failed call to the remote server is reported as."""
+
+from __future__ import annotations
+
+import grpc
+
+from builder.castore.grpc_channel import error_from_rpc, status_code_of
+from builder.errors import BuilderError
+
+
+def remote_error(error: grpc.RpcError, address: str) -> BuilderError:
+    """The product error for a failed call, naming the server and the status code.
+
+    The code is part of the message because several codes (UNAUTHENTICATED,
+    PERMISSION_DENIED, INTERNAL) have no product error of their own, and a
+    user who sees only "missing or wrong bearer token" should still learn
+    that the server refused the call rather than the client.
+    """
+    translated = error_from_rpc(error)
+    code = status_code_of(error)
+    return type(translated)(f"{address}: {code.name}: {translated}")
