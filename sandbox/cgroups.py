@@ -151,10 +151,6 @@ class CgroupHost:
         self.unified = unified
         self._counter = 0
 
-    @property
-    def available(self) -> bool:
-        return bool(self.parents)
-
     @classmethod
     def detect(cls, owner_pid: int) -> "CgroupHost":
         """Prefer v2 with memory and pids, then v1, then nothing."""
@@ -239,8 +235,9 @@ def _detect_unified(own: str | None, owner_pid: int) -> Path | None:
     parent = base / f"{_PREFIX}{owner_pid}"
     try:
         parent.mkdir(exist_ok=True)
-        wanted = {"memory", "pids", "cpu"} & available
-        _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+        _write(parent / "cgroup.subtree_control", "+memory +pids")
+        if "cpu" in available:
+            _write(parent / "cgroup.subtree_control", "+cpu", optional=True)
     except OSError:
         with contextlib.suppress(OSError):
             parent.rmdir()
