@@ -4,6 +4,11 @@ let lib = import ./lib.nix { inherit busyboxDir salt; }; in
 lib.mkDrv {
   name = "input-source";
   data = ./data/input.txt;
+  # Nix lets a derivation override some of its defaults but not others.
+  HOME = "/custom-home";
+  TERM = "dumb";
+  NIX_BUILD_TOP = "/elsewhere";
+  NIX_STORE = "/custom-store";
   script = ''
     mkdir $out
     cp $data $out/input
@@ -11,7 +16,7 @@ lib.mkDrv {
     env | sort > $out/env
     id > $out/id
     hostname > $out/hostname
-    ls -ln / /build > $out/root
+    cat /etc/passwd /etc/group > $out/etc
     umask > $out/umask
   '';
 }

@@ -19,7 +19,9 @@ lib.mkDrv {
     dev=$(sed 's/.*"outputs":{[^}]*"dev":"\([^"]*\)".*/\1/' /build/.attrs.json)
     mkdir -p $out $dev
     cp /build/.attrs.json /build/.attrs.sh $out/
-    env | sort > $out/env
-    ls -la /build > $dev/listing
+    # Nix 2.8 points these two at its host-side directory; see builder/nix/to_request.py.
+    env | grep -v ^NIX_ATTRS_ | sort > $out/env
+    ls -a /build > $dev/listing
+    stat -c '%n %a' /build/.attrs.json /build/.attrs.sh >> $dev/listing
   '';
 }
