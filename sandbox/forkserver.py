@@ -57,6 +57,7 @@ class _Spare:
     cgroup: BuildCgroup | None
     slot: int | None
     inside_ids: tuple[int, int]
+    network: bool
 
 
 @dataclass
@@ -188,7 +189,7 @@ class ForkServer:
                 self._dispatch(spare, spec, payload)
             except OSError:
                 self._discard(spare)
-                spare = self._make_spare((spec.uid, spec.gid))
+                spare = self._make_spare((spec.uid, spec.gid), spec.network)
                 self._dispatch(spare, spec, payload)
         except (SandboxError, OSError) as exc:
             self._send(Kind.REJECTED, run_id, str(exc).encode())
@@ -219,12 +220,17 @@ class ForkServer:
         send_spec(spare.job_fd, payload)
 
     def _take_spare(self, spec: SandboxSpec) -> _Spare:
-        """The oldest spare prepared for the spec's inside ids, or a new one."""
+        """The oldest spare prepared for the spec's profile, or a new one.
+
+        Spares are made for the common case (build user 1000/100, no network);
+        a root PID 1 maps ids only after the spec arrives, so for it the
+        network alone decides.
+        """
         ids = (spec.uid, spec.gid)
         for index, spare in enumerate(self.spares):
-            if self.rootful or spare.inside_ids == ids:
+            if spare.network == spec.network and (self.rootful or spare.inside_ids == ids):
                 return self.spares.pop(index)
-        return self._make_spare(ids)
+        return self._make_spare(ids, spec.network)
 
     def _refill(self) -> None:
         """Clone the next PIDs 1 now, so that runs do not wait for them.
@@ -236,11 +242,11 @@ class ForkServer:
         """
         while len(self.spares) < self.settings.spares and not self.closing:
             try:
-                self.spares.append(self._make_spare(_DEFAULT_IDS))
+                self.spares.append(self._make_spare(_DEFAULT_IDS, network=False))
             except (SandboxError, OSError):
                 return
 
-    def _make_spare(self, inside_ids: tuple[int, int]) -> _Spare:
+    def _make_spare(self, inside_ids: tuple[int, int], network: bool) -> _Spare:
         if self.rootful and not self.free_slots:
             raise SandboxError("no free build uid in the configured range")
         cgroup = self.cgroups.create()
@@ -262,6 +268,7 @@ class ForkServer:
             cgroup=cgroup,
             host_ids=host_ids,
             inside_ids=inside_ids,
+            network=network,
             rootful=self.rootful,
             rlimit_processes=cgroup is None or not cgroup.controls_pids,
             rlimit_memory=cgroup is None or not cgroup.controls_memory,
@@ -282,7 +289,7 @@ class ForkServer:
             run_init(setup)
         for fd in (job_r, log_w, status_w):
             os.close(fd)
-        return _Spare(pid, log_r, status_r, job_w, cgroup, slot, inside_ids)
+        return _Spare(pid, log_r, status_r, job_w, cgroup, slot, inside_ids, network)
 
     def _discard(self, spare: _Spare) -> None:
         with contextlib.suppress(ProcessLookupError):

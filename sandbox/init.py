@@ -1,9 +1,10 @@
 """PID 1 of the build's PID namespace, from the launcher's clone to the command.
 
-Run by a root launcher, it builds the root filesystem with full host privileges
-(so it can read inputs in directories only root may traverse), mounts /proc for
-its PID namespace, then becomes the build's unprivileged host uid and creates
-the user namespace, in which every mount made before is locked. Run by an
+Run by a root launcher, it builds the root filesystem and enters it with full
+host privileges (so it can read inputs in directories only root may traverse),
+then becomes the build's unprivileged host uid and creates the user namespace
+that maps it to the build user; the build holds no capability over any of the
+other namespaces, which belong to the initial user namespace. Run by an
 ordinary user, it starts in a new user namespace and builds the root there.
 
 It then starts the command, forwards termination signals to it, reaps every
@@ -26,7 +27,7 @@ from sandbox import command, copyout, identity, mounts, namespaces, netns, privi
 from sandbox.cgroups import BuildCgroup
 from sandbox.errors import SetupError
 from sandbox.spec import SandboxSpec
-from sandbox.syscalls import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER
+from sandbox.syscalls import CLONE_NEWPID, CLONE_NEWUSER
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class InitSetup:
     """Host uid and gid the build runs as."""
     inside_ids: tuple[int, int]
     """The uid and gid inside that a rootless PID 1 maps before its spec arrives."""
+    network: bool
+    """Whether this PID 1 keeps the host network (else it makes its own, with lo)."""
     rootful: bool
     """The launcher is root: switch to ``host_ids`` and create the user namespace."""
     rlimit_processes: bool
@@ -114,45 +117,40 @@ def run_init(job: InitSetup) -> NoReturn:
 def _before_spec(job: InitSetup) -> None:
     """Everything that does not depend on the spec, done while waiting for one.
 
-    A rootless PID 1 already maps the inside ids it was cloned for (the
-    launcher only hands it a spec asking for those ids); the network namespace
-    waits for the spec, which may ask for the host's network.
+    The launcher clones PIDs 1 for a profile (inside ids, network or not) and
+    only hands one a spec that matches it. A root PID 1 creates these
+    namespaces as real root; only the user namespace, which must come after
+    the inputs are mounted, waits for the spec.
     """
-    if job.rootful:
-        syscalls.unshare(CLONE_NEWNS)
-    else:
+    if not job.rootful:
         uid, gid = job.host_ids
         namespaces.map_ids(job.inside_ids[0], uid, job.inside_ids[1], gid)
-        syscalls.unshare(namespaces.flags(network=True) & ~(CLONE_NEWPID | CLONE_NEWUSER))
+    syscalls.unshare(namespaces.flags(job.network) & ~(CLONE_NEWPID | CLONE_NEWUSER))
+    socket.sethostname(identity.HOSTNAME)
+    syscalls.setdomainname(identity.DOMAINNAME)
+    if not job.network:
+        netns.bring_up_loopback(job.loopback_request)
     mounts.prepare_root(job.root)
 
 
 def _after_spec(job: InitSetup, spec: SandboxSpec) -> list[int]:
-    uid, gid = job.host_ids
+    if spec.network != job.network or (not job.rootful and (spec.uid, spec.gid) != job.inside_ids):
+        raise SetupError("the spec does not match what this PID 1 was prepared for")
+    owner = job.host_ids if job.rootful else None
+    layout = mounts.populate_root(job.root, spec, owner=owner)
+    copy_out = _open_copy_out(spec, owner)
+    report(job.status_fd, {"mountpoints": layout.mountpoints})
+    mounts.enter_root(job.root)
     if job.rootful:
-        layout = mounts.populate_root(job.root, spec, owner=job.host_ids)
-        copy_out = _open_copy_out(spec, job.host_ids)
+        uid, gid = job.host_ids
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
         privileges.allow_id_mapping()
         privileges.die_with_parent()
         _check_launcher(job.job_fd)
-        syscalls.unshare(namespaces.flags(spec.network) & ~CLONE_NEWPID)
+        syscalls.unshare(CLONE_NEWUSER)
         namespaces.map_ids(spec.uid, uid, spec.gid, gid)
-    else:
-        if (spec.uid, spec.gid) != job.inside_ids:
-            raise SetupError("spec ids differ from those this PID 1 was prepared for")
-        if not spec.network:
-            syscalls.unshare(CLONE_NEWNET)
-        layout = mounts.populate_root(job.root, spec, owner=None)
-        copy_out = _open_copy_out(spec, None)
-    report(job.status_fd, {"mountpoints": layout.mountpoints})
-    mounts.enter_root(job.root)
-    socket.sethostname(identity.HOSTNAME)
-    syscalls.setdomainname(identity.DOMAINNAME)
-    if not spec.network:
-        netns.bring_up_loopback(job.loopback_request)
     namespaces.forbid_new_namespaces()
     os.chdir(spec.cwd)
     os.umask(0o022)

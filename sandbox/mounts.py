@@ -127,12 +127,7 @@ def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -
 
 
 def enter_root(root: str) -> None:
-    """Make ``root`` the only ``/``, detaching the host's tree entirely.
-
-    The root is first bound onto itself: a mount copied into a less privileged
-    mount namespace is locked, and pivot_root refuses locked mounts.
-    """
-    syscalls.mount(root, root, None, MS_BIND | MS_REC)
+    """Make ``root`` the only ``/``, detaching the host's tree entirely."""
     os.chdir(root)
     syscalls.pivot_root(".", ".")
     syscalls.umount2(".", MNT_DETACH)
