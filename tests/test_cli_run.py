@@ -107,3 +107,26 @@ def test_failed_build_exits_non_zero(tmp_path: Path) -> None:
     result = run(str(request), data=tmp_path)
     assert result.returncode == 1
     assert "exited with code 4" in result.stderr.decode()
+
+
+COMPILE_C_IMPORTS = (
+    "bin=/usr/bin",
+    "include=/usr/include",
+    "gcc=/usr/lib/gcc",
+    "x86_64-linux-gnu=/usr/lib/x86_64-linux-gnu",
+    f"hello.c={EXAMPLES / 'hello.c'}",
+)
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/lib/gcc/x86_64-linux-gnu"), reason="needs the host's x86_64 gcc"
+)
+def test_compile_c_with_the_hosts_toolchain(tmp_path: Path) -> None:
+    imports = [arg for spec in COMPILE_C_IMPORTS for arg in ("--import", spec)]
+    out = tmp_path / "out"
+    result = run(str(EXAMPLES / "compile-c.json"), *imports, "--out", str(out), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = b"Hello from C! 1 + 2 + ... + 100 = 5050\n"
+    assert (out / "stdout").read_bytes() == expected
+    assert expected in result.stderr
+    assert subprocess.run([out / "hello"], capture_output=True, check=True).stdout == expected
