@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,14 +85,37 @@ def secret_file(workspace: Path) -> Path:
     return path
 
 
-def _rootless_python(uid: int) -> tuple[str, tuple[str, ...]]:
-    site = sysconfig.get_paths()["purelib"]
+def _rootless_pythonpath() -> Path:
+    """A world-readable copy of what the launcher imports.
+
+    The checkout and the venv may sit where the unprivileged uid cannot look
+    (under /root); copying is cheaper than reasoning about every parent's mode.
+    """
+    import _prctl
+    import prctl
+    import psutil
+    import pyroute2
+
+    import sandbox
+
+    target = Path(tempfile.mkdtemp(prefix="sandbox-tests-pylib-", dir="/tmp"))
+    for package in (sandbox, psutil, pyroute2):
+        source = Path(package.__file__).parent
+        shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("*.pyc"))
+    for module in (prctl, _prctl):
+        shutil.copy(module.__file__, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def _rootless_python(uid: int, pythonpath: Path) -> str:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, f"/usr/bin/python{version}", "/usr/bin/python3"):
         try:
             probe = subprocess.run(
-                [candidate, "-c", "import prctl, psutil, pyroute2"],
-                env={"PYTHONPATH": site, "PATH": "/usr/bin:/bin"},
+                [candidate, "-c", "import prctl, psutil, pyroute2, sandbox"],
+                env={"PYTHONPATH": str(pythonpath), "PATH": "/usr/bin:/bin"},
                 capture_output=True,
                 cwd="/",
                 user=uid,
@@ -103,9 +125,25 @@ def _rootless_python(uid: int) -> tuple[str, tuple[str, ...]]:
         except OSError:
             continue
         if probe.returncode == 0:
-            return candidate, (site,)
-    unavailable(f"no Python {version} executable by uid {uid} can import the venv's packages")
+            return candidate
+    unavailable(f"no Python {version} executable by uid {uid} can import the launcher's packages")
     raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def rootless_config() -> Iterator[LauncherConfig]:
+    """How to start a launcher as an ordinary user (from root, under ROOTLESS_UID)."""
+    if os.geteuid() != 0:
+        yield LauncherConfig()
+        return
+    pythonpath = _rootless_pythonpath()
+    try:
+        python = _rootless_python(ROOTLESS_UID, pythonpath)
+        yield LauncherConfig(
+            python=python, python_path=(str(pythonpath),), user=ROOTLESS_UID, group=ROOTLESS_UID
+        )
+    finally:
+        shutil.rmtree(pythonpath, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -117,15 +155,8 @@ def rootful_launcher() -> Iterator[Launcher]:
 
 
 @pytest.fixture(scope="session")
-def rootless_launcher() -> Iterator[Launcher]:
-    if os.geteuid() == 0:
-        python, path = _rootless_python(ROOTLESS_UID)
-        config = LauncherConfig(
-            python=python, python_path=path, user=ROOTLESS_UID, group=ROOTLESS_UID
-        )
-    else:
-        config = LauncherConfig()
-    with Launcher(config) as launcher:
+def rootless_launcher(rootless_config: LauncherConfig) -> Iterator[Launcher]:
+    with Launcher(rootless_config) as launcher:
         yield launcher
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sandbox import Bind, Launcher, Limits, SandboxSpec
+from sandbox import Bind, Launcher, LauncherConfig, Limits, SandboxSpec
 
-from .conftest import ROOTLESS_UID, Sandboxes, _rootless_python
+from .conftest import Sandboxes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,18 +91,19 @@ time.sleep(600)
 """
 
 
-def client_config(mode: str) -> dict:
-    if mode == "rootful":
-        return {}
-    python, path = _rootless_python(ROOTLESS_UID)
-    return {"python": python, "python_path": path, "user": ROOTLESS_UID, "group": ROOTLESS_UID}
+def client_config(config: LauncherConfig) -> dict:
+    fields = ("python", "python_path", "user", "group")
+    return {name: getattr(config, name) for name in fields}
 
 
 @pytest.mark.parametrize("mode", ["rootful", "rootless"])
-def test_sigkilled_controller_leaves_nothing(mode: str, tools: Path) -> None:
+def test_sigkilled_controller_leaves_nothing(
+    mode: str, tools: Path, rootless_config: LauncherConfig
+) -> None:
+    config = client_config(LauncherConfig() if mode == "rootful" else rootless_config)
     mounts_before = Path("/proc/self/mountinfo").read_text()
     client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, repr(client_config(mode)), str(tools), "1002.5"],
+        [sys.executable, "-c", CLIENT, repr(config), str(tools), "1002.5"],
         stdout=subprocess.PIPE,
         cwd=ROOT,
         text=True,
