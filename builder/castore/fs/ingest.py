@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
@@ -54,7 +54,7 @@ def ingest_path(
     if stat.S_ISLNK(mode):
         node = SymlinkNode(name, os.readlink(raw))
     elif stat.S_ISREG(mode):
-        digest, size = _store_file(raw, blobs)
+        digest, size = _file_storer(blobs)(raw)
         node = FileNode(name, digest, size, bool(mode & stat.S_IXUSR))
     elif stat.S_ISDIR(mode):
         node = _TreeIngest(blobs).run(raw, directories).node(name)
@@ -81,13 +81,15 @@ def _unsupported(path: bytes, mode: int) -> InvalidArgumentError:
     )
 
 
-def _store_file(path: bytes, blobs: BlobService) -> tuple[Digest, int]:
-    """Store one regular file by the cheapest route the blob service offers."""
+FileStorer = Callable[[bytes], tuple[Digest, int]]
+
+
+def _file_storer(blobs: BlobService) -> FileStorer:
+    """The cheapest route the blob service offers for storing a whole host file."""
     import_file = getattr(blobs, "import_file", None)
     if import_file is not None:
-        digest, size = import_file(Path(os.fsdecode(path)))
-        return digest, size
-    return _stream_file(path, blobs)
+        return lambda path: import_file(os.fsdecode(path))
+    return lambda path: _stream_file(path, blobs)
 
 
 def _stream_file(path: bytes, blobs: BlobService) -> tuple[Digest, int]:
@@ -126,7 +128,7 @@ class _TreeIngest:
     """Walks a directory, stores its files on a pool and its directories in one batch."""
 
     def __init__(self, blobs: BlobService) -> None:
-        self._blobs = blobs
+        self._store_file = _file_storer(blobs)
         self._pending: list[_PendingDirectory] = []
         self._batch: list[tuple[int, os.DirEntry[bytes]]] = []
         self._futures: list[Future[list[tuple[int, FileNode]]]] = []
@@ -179,7 +181,7 @@ class _TreeIngest:
         stored = []
         for index, entry in batch:
             executable = bool(entry.stat(follow_symlinks=False).st_mode & stat.S_IXUSR)
-            digest, size = _store_file(entry.path, self._blobs)
+            digest, size = self._store_file(entry.path)
             stored.append((index, FileNode(entry.name, digest, size, executable)))
         return stored
 
