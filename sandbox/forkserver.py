@@ -2,10 +2,10 @@
 
 Clients (such as a multi-threaded gRPC server) must never fork themselves, so
 they start this process once and send it specs over a socket. It has already
-imported everything a sandbox needs, forks one sandbox process per run, and
-multiplexes logs, timers and exits with one selector. It also owns cleanup: when
-its client disappears it kills every build and removes every cgroup and
-directory it made before exiting.
+imported everything a sandbox needs, keeps a few PIDs 1 cloned ahead of demand
+(see init.py), hands each run to one, and multiplexes logs, timers and exits
+with one selector. It also owns cleanup: when its client disappears it kills
+every build and removes every cgroup and directory it made before exiting.
 """
 
 import contextlib
@@ -296,6 +296,9 @@ class ForkServer:
             os.kill(spare.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(spare.pid, 0)
+        self._close_spare(spare)
+
+    def _close_spare(self, spare: _Spare) -> None:
         for fd in (spare.log_fd, spare.status_fd, spare.job_fd):
             os.close(fd)
         self._release(spare.cgroup, spare.slot)
@@ -343,7 +346,10 @@ class ForkServer:
     def _on_status(self, run: _Run, data: bytes) -> None:
         *lines, run.status_buffer = (run.status_buffer + data).split(b"\n")
         for line in lines:
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
             if "mountpoints" in message:
                 run.mountpoints = message["mountpoints"]
             else:
@@ -362,6 +368,10 @@ class ForkServer:
                 run.rusage = rusage
                 run.reaped_at = time.monotonic()
                 run.wall_time = run.reaped_at - run.started
+            for spare in [s for s in self.spares if s.pid == pid]:
+                # It failed before getting a spec; the next run gets a fresh one.
+                self.spares.remove(spare)
+                self._close_spare(spare)
 
     def _timeout(self) -> float | None:
         deadlines = []

@@ -207,3 +207,17 @@ def test_launcher_reports_mode() -> None:
 def test_custom_inside_ids(sandbox: Sandboxes) -> None:
     result = sandbox.run("id; echo x > /tmp/f; stat -c '%u %g' /tmp/f", uid=2000, gid=200)
     assert result.log == b"uid=2000(nixbld) gid=200(nixbld)\n2000 200\n"
+
+
+def test_setup_failure_is_reported(sandbox: Sandboxes) -> None:
+    result = sandbox.run("true", ro_binds=[Bind("/nonexistent/input", "/input")])
+    assert result.exit_code is None
+    assert result.error is not None and "nonexistent" in result.error
+    assert not result.ok
+    assert sandbox.run("echo fine").log == b"fine\n"
+
+
+def test_network_spec_gets_its_own_pid1(sandbox: Sandboxes) -> None:
+    results = [sandbox.run("ip -o link | wc -l", network=network) for network in (True, False)]
+    assert int(results[0].log) > 1
+    assert int(results[1].log) == 1
