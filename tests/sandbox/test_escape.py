@@ -398,3 +398,20 @@ def test_scratch_outside_the_limit_is_not_writable(sandbox: Sandboxes) -> None:
     )
     assert result.exit_code != 0
     assert (store / "ok").exists()
+
+
+def test_process_attributes(sandbox: Sandboxes) -> None:
+    """Own session, no core dumps, umask 022, not dumpable by the build's peers."""
+    result = sandbox.run("echo $$; cut -d' ' -f6 /proc/$$/stat; ulimit -c; umask")
+    pid, session, core, umask = result.log.split()
+    assert pid == session
+    assert core == b"0"
+    assert umask == b"0022"
+
+
+def test_inputs_are_mounted_ro_nosuid_nodev(sandbox: Sandboxes, inputs: Path) -> None:
+    result = sandbox.run(
+        "grep ' /input ' /proc/self/mountinfo", ro_binds=[Bind(str(inputs), "/input")]
+    )
+    options = set(result.log.split()[5].split(b","))
+    assert {b"ro", b"nosuid", b"nodev"} <= options
