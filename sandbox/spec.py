@@ -35,7 +35,9 @@ class Scratch:
     ``host`` is a directory the caller owns; after the run it holds whatever the
     build left at ``target``. Without a scratch byte limit it is bound directly;
     with one, the build writes to a size-capped tmpfs that is copied back when the
-    command ends on its own.
+    command ends on its own. It should be fresh: mount targets for inputs nested
+    under ``target`` are created in it before the build starts, following any
+    symlink an earlier build may have left there.
     """
 
     target: str
