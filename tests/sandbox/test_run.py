@@ -221,3 +221,31 @@ def test_network_spec_gets_its_own_pid1(sandbox: Sandboxes) -> None:
     results = [sandbox.run("ip -o link | wc -l", network=network) for network in (True, False)]
     assert int(results[0].log) > 1
     assert int(results[1].log) == 1
+
+
+def test_static_shell_is_provided_at_bin_sh(sandbox: Sandboxes) -> None:
+    spec = SandboxSpec(argv=["/bin/sh", "-c", "echo $0 ok"], shell="/bin/busybox")
+    result = sandbox.launcher.run(spec, timeout=60)
+    assert result.log == b"/bin/sh ok\n"
+
+
+def test_concurrent_root_builds_get_distinct_host_uids(
+    rootful_launcher: Launcher, tools: Path, workspace: Path
+) -> None:
+    config = rootful_launcher.config
+    dirs = []
+    handles = []
+    for n in range(3):
+        host = workspace / f"uid-check-{n}"
+        host.mkdir()
+        dirs.append(host)
+        spec = SandboxSpec(
+            argv=["/bin/sh", "-c", "touch /build/mine; sleep 0.5; id -u"],
+            ro_binds=[Bind(str(tools), "/bin")],
+            scratch=[Scratch("/build", str(host))],
+        )
+        handles.append(rootful_launcher.submit(spec))
+    assert [h.wait(60).log for h in handles] == [b"1000\n"] * 3
+    owners = {(d / "mine").stat().st_uid for d in dirs}
+    assert len(owners) == 3
+    assert all(config.uid_base <= uid < config.uid_base + config.uid_count for uid in owners)
