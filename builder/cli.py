@@ -241,16 +241,26 @@ def cmd_run(args: argparse.Namespace) -> None:
         launcher.stop()
 
 
+def _read_option(path: Path | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgumentError(f"{option} {path}: {exc.strerror}") from exc
+
+
 def _channel_security(args: argparse.Namespace) -> ChannelSecurity:
     from builder.castore.grpc_channel import ChannelSecurity
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InvalidArgumentError("--tls-cert and --tls-key go together")
+    token = _read_option(args.token_file, "--token-file")
     return ChannelSecurity(
-        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
-        client_key=args.tls_key.read_bytes() if args.tls_key else None,
-        client_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
-        token=args.token_file.read_text().strip() if args.token_file else None,
+        root_certificates=_read_option(args.tls_ca, "--tls-ca"),
+        client_key=_read_option(args.tls_key, "--tls-key"),
+        client_cert=_read_option(args.tls_cert, "--tls-cert"),
+        token=token.decode().strip() if token is not None else None,
     )
 
 
@@ -263,11 +273,13 @@ def cmd_build(args: argparse.Namespace) -> None:
     security = _channel_security(args)
     store = _store(args)
     try:
+        request = request_from_proto(message)
+        request.validate()
         with signals_cancel(), RemoteBuilder(args.remote, security) as remote:
-            request = _with_imports(request_from_proto(message), args.imports, store)
+            request = _with_imports(request, args.imports, store)
             outcome = remote.build(request, store.blobs, store.directories, _print_event)
             if args.out:
-                remote.castore.fetch(outcome.outputs, store.blobs, store.directories)
+                remote.fetch(outcome.outputs, store.blobs, store.directories)
                 _write_outputs(outcome.outputs, args.out, store)
         response = json_format.MessageToDict(outcome.response)
         print(json.dumps(response, indent=2, sort_keys=True))

@@ -155,6 +155,29 @@ def test_import_uploads_only_what_the_server_lacks(server: Server, tmp_path: Pat
     assert b"uploaded 1 blobs (8 bytes) and 2 directories" in third.stderr
 
 
+def test_shared_subtrees_travel_leaves_first(server: Server, tmp_path: Path) -> None:
+    """A directory met at depth 1 and again at depth 3: reversing a breadth-first
+    walk would send its deeper parent before it, which servers refuse."""
+    src = tmp_path / "src"
+    for where in (src / "same", src / "deep" / "inner" / "same"):
+        where.mkdir(parents=True)
+        (where / "f").write_text("shared\n")
+    script = (
+        "cp -r /nix/store/src /nix/store/out && chmod -R u+w /nix/store/out && "
+        "for d in /nix/store/out/same /nix/store/out/deep/inner/same; do echo built > $d/f; done"
+    )
+    request = _request_file(tmp_path, script)
+    out = tmp_path / "out"
+    result = build(
+        server.address, str(request), "--import", f"src={src}", "--out", str(out), data=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"uploaded 1 blobs (7 bytes) and 4 directories" in result.stderr
+    assert b"fetched 1 blobs (6 bytes) and 4 directories" in result.stderr
+    assert (out / "out" / "deep" / "inner" / "same" / "f").read_text() == "built\n"
+    assert (out / "out" / "same" / "f").read_text() == "built\n"
+
+
 def test_failed_build_exits_non_zero_with_message(server: Server, tmp_path: Path) -> None:
     request = _request_file(tmp_path, "echo oops; exit 4")
     result = build(server.address, str(request), data=tmp_path)

@@ -100,6 +100,11 @@ class RemoteBuilder:
             call.cancel()
         raise IntegrityError(f"{self.address} ended the build stream without a result")
 
+    def fetch(self, outputs: list[Node], blobs: BlobService, directories: DirectoryService) -> None:
+        """Copy the outputs into the local store, where they can be materialised."""
+        got = self.castore.fetch(outputs, blobs, directories)
+        logger.info("fetched %s from %s", got, self.address)
+
     def close(self) -> None:
         self._channel.close()
 
