@@ -76,6 +76,7 @@ class RunHandle:
         self._done = threading.Event()
         self._result: SandboxResult | None = None
         self._error: Exception | None = None
+        self.callback_error: Exception | None = None
 
     def cancel(self) -> None:
         """Kill the whole build; its result reports ``stopped_by == "cancelled"``."""
@@ -95,8 +96,14 @@ class RunHandle:
         return self._done.is_set()
 
     def _log(self, data: bytes) -> None:
-        if self._on_log is not None:
+        """A failing callback loses its later chunks, never the run or other runs."""
+        if self._on_log is None:
+            return
+        try:
             self._on_log(data)
+        except Exception as exc:
+            self.callback_error = exc
+            self._on_log = None
 
     def _complete(self, result: SandboxResult | None, error: Exception | None) -> None:
         self._result = result
@@ -106,8 +113,7 @@ class RunHandle:
 
 @dataclass
 class Launcher:
-    """Owns one launcher process; start it early, before the caller has threads
-    that could be disturbed by a stuck child, and share it between threads."""
+    """Owns one launcher process: start it once, share it between threads."""
 
     config: LauncherConfig = field(default_factory=LauncherConfig)
     info: LauncherInfo | None = None

@@ -249,3 +249,14 @@ def test_concurrent_root_builds_get_distinct_host_uids(
     owners = {(d / "mine").stat().st_uid for d in dirs}
     assert len(owners) == 3
     assert all(config.uid_base <= uid < config.uid_base + config.uid_count for uid in owners)
+
+
+def test_failing_log_callback_does_not_break_the_launcher(sandbox: Sandboxes) -> None:
+    def explode(_chunk: bytes) -> None:
+        raise RuntimeError("callback failed")
+
+    handle = sandbox.launcher.submit(sandbox.spec("echo one; sleep 0.1; echo two"), explode)
+    result = handle.wait(30)
+    assert result.log == b"one\ntwo\n"
+    assert isinstance(handle.callback_error, RuntimeError)
+    assert sandbox.run("echo still").log == b"still\n"
