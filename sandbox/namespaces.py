@@ -5,9 +5,6 @@ uid and gid needs no privilege, and it works identically for the root launcher
 (which switched to the build's host uid first) and for an ordinary user.
 """
 
-import contextlib
-import os
-
 from sandbox.syscalls import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -18,7 +15,7 @@ from sandbox.syscalls import (
     CLONE_NEWUTS,
 )
 
-_USER_LIMITS = "/proc/sys/user"
+_MAX_USER_NAMESPACES = "/proc/sys/user/max_user_namespaces"
 
 
 def flags(network: bool) -> int:
@@ -48,10 +45,10 @@ def map_ids(inside_uid: int, host_uid: int, inside_gid: int, host_gid: int) -> N
 def forbid_new_namespaces() -> None:
     """Make every further unshare or clone of a namespace fail inside the build.
 
-    The per-user-namespace counters are the kernel's own switch; the build
-    lacks the capability to raise them again.
+    The build has no capability in its user namespace, and every other kind of
+    namespace needs CAP_SYS_ADMIN; only a nested user namespace could give it
+    one. Its per-namespace limit is the kernel's own switch, and the build
+    cannot raise it again.
     """
-    for name in os.listdir(_USER_LIMITS):
-        if name.startswith("max_") and name.endswith("_namespaces"):
-            with contextlib.suppress(OSError), open(f"{_USER_LIMITS}/{name}", "w") as handle:
-                handle.write("0")
+    with open(_MAX_USER_NAMESPACES, "w") as handle:
+        handle.write("0")
