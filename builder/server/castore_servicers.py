@@ -17,7 +17,7 @@ from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc_channel import castore_rpc
 from builder.castore.wire import Family, directory_from_proto, directory_to_proto
-from builder.errors import InvalidArgumentError, NotFoundError
+from builder.errors import CancelledError, InvalidArgumentError, NotFoundError
 from builder.server.status import rpc_errors
 
 # Read streams at most this much per message: far below gRPC's 4 MiB default
@@ -68,6 +68,7 @@ class BlobServicer:
         try:
             for chunk in request_iterator:
                 writer.write(chunk.data)
+            _still_wanted(context)
         except BaseException:
             writer.abort()
             raise
@@ -106,4 +107,12 @@ class DirectoryServicer:
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
             putter.put(directory)
+        _still_wanted(context)
         return self._messages.PutDirectoryResponse(root_digest=putter.close())
+
+
+def _still_wanted(context: grpc.ServicerContext) -> None:
+    """A client that cancelled mid-upload may look, to the server, like a finished
+    stream; nothing it sent is stored unless the call is still alive."""
+    if not context.is_active():
+        raise CancelledError("upload cancelled by the client")
