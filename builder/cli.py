@@ -291,13 +291,32 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
     from builder.nix.command import nix_build
     from sandbox import Launcher
 
+    data_dir = args.data_dir or default_data_dir()
+    if args.remote:
+        from builder.remote.client import signals_cancel
+        from builder.remote.executor import RemoteBuildExecutor
+
+        if args.check:
+            raise InvalidArgumentError(
+                "--check builds here: a server may answer from its result cache"
+            )
+        store = _store(args)
+        remote = RemoteBuildExecutor(
+            args.remote, store.blobs, store.directories, _channel_security(args), args.jobs
+        )
+        try:
+            with signals_cancel():
+                nix_build(remote, data_dir, args.derivation, args.import_to_nix, check=False)
+        finally:
+            remote.close()
+            store.close()
+        return
     if args.check:
         args.no_result_cache = True
     launcher = Launcher().start()
     store = _store(args)
     builds = _build_service(args, store, launcher)
     try:
-        data_dir = args.data_dir or default_data_dir()
         nix_build(builds, data_dir, args.derivation, args.import_to_nix, args.check)
     finally:
         builds.close()
@@ -324,6 +343,15 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-result-cache", action="store_true")
     parser.add_argument(
         "--cache-max-bytes", type=int, default=20 << 30, help="materialisation cache bound"
+    )
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", type=Path, help="CA certificates (PEM) to check the server by")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="client private key (PEM)")
+    parser.add_argument(
+        "--token-file", type=Path, help="send 'authorization: Bearer <token>' from this file"
     )
 
 
@@ -428,12 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ingest a host path locally as input NAME, then upload it (repeatable)",
     )
     p.add_argument("--out", type=Path, help="fetch the outputs into this directory")
-    p.add_argument("--tls-ca", type=Path, help="CA certificates (PEM) to check the server by")
-    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM)")
-    p.add_argument("--tls-key", type=Path, help="client private key (PEM)")
-    p.add_argument(
-        "--token-file", type=Path, help="send 'authorization: Bearer <token>' from this file"
-    )
+    _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
 
@@ -447,9 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="build again and report whether outputs are identical"
     )
+    p.add_argument(
+        "--remote",
+        metavar="ADDR",
+        help="build on this server (grpc+unix://, grpc+http://, grpc+https://) instead of here",
+    )
     p.set_defaults(func=cmd_nix_build)
     _store_options(p)
     _build_options(p)
+    _client_options(p)
     return parser
 
 

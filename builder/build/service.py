@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from builder.build.cancel import CancelToken
 from builder.build.config import BuildConfig
@@ -50,6 +51,27 @@ class BuildOutcome:
     cached: bool
 
 
+class BuildExecutor(Protocol):
+    """What callers that turn their own formats into requests (Nix interop) build on:
+    this service locally, or a remote server through ``builder.remote``."""
+
+    blobs: BlobService
+    directories: DirectoryService
+
+    @property
+    def job_slots(self) -> int: ...
+
+    @property
+    def build_cores(self) -> int: ...
+
+    def build(
+        self,
+        request: BuildRequest,
+        on_event: EventSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> BuildOutcome: ...
+
+
 class BuildService:
     def __init__(
         self,
@@ -68,6 +90,14 @@ class BuildService:
         self._slots = JobSlots(config.job_slots, config.queue_length)
         self._results = ResultCache(config.work_dir / "results.sqlite")
         self.logs = LogStore(config.log_retention_seconds)
+
+    @property
+    def job_slots(self) -> int:
+        return self.config.job_slots
+
+    @property
+    def build_cores(self) -> int:
+        return self.config.build_cores
 
     def build(
         self,

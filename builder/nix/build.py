@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from builder.build.service import BuildService, Event
+from builder.build.service import BuildExecutor, Event
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.nar import nar_hash
@@ -40,7 +40,7 @@ def input_paths(drv: Derivation) -> list[StorePath]:
 class DerivationBuilder:
     def __init__(
         self,
-        service: BuildService,
+        service: BuildExecutor,
         resolver: InputResolver,
         registry: PathRegistry,
         blobs: BlobService,
@@ -72,7 +72,7 @@ class DerivationBuilder:
         nix_request = derivation_to_request(
             drv,
             [(info.path, info.node) for info in closure],
-            self._service.config.build_cores,
+            self._service.build_cores,
             self._impure_env,
         )
         sink = (lambda event: on_event(drv_path, event)) if on_event else None

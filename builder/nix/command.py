@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from builder.build.service import BuildService, Event, LogData
+from builder.build.service import BuildExecutor, Event, LogData
 from builder.errors import BuildFailedError
 from builder.nix.session import NixSession, describe
 from builder.nix.store_path import StorePath
@@ -19,7 +19,7 @@ REGISTRY_FILE = "nix-paths.sqlite"
 
 
 def nix_build(
-    service: BuildService, data_dir: Path, drv_path: str, import_to_nix: bool, check: bool
+    service: BuildExecutor, data_dir: Path, drv_path: str, import_to_nix: bool, check: bool
 ) -> None:
     session = NixSession(service, data_dir / REGISTRY_FILE)
     lock = threading.Lock()

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.build.service import BuildService
+from builder.build.service import BuildExecutor
 from builder.castore.fs.nar import nix_base32
 from builder.nix.build import DerivationBuilder, EventCallback
 from builder.nix.derivation import load_derivation
@@ -45,7 +45,7 @@ def describe(info: PathInfo) -> str:
 class NixSession:
     def __init__(
         self,
-        service: BuildService,
+        service: BuildExecutor,
         registry_path: Path,
         nix_env: Mapping[str, str] | None = None,
     ) -> None:
@@ -65,7 +65,7 @@ class NixSession:
     def build(self, drv_path: str, on_event: EventCallback | None = None) -> list[PathInfo]:
         root = StorePath.parse(drv_path, "derivation")
         return build_recursively(
-            root, self._builder, self.registry, self.nix, self._service.config.job_slots, on_event
+            root, self._builder, self.registry, self.nix, self._service.job_slots, on_event
         )
 
     def check(self, drv_path: str, on_event: EventCallback | None = None) -> list[CheckResult]:

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,3 +213,36 @@ def test_cli_failure_exits_non_zero(corpus: Corpus, tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert corpus.drvs["failing"] in failed.stderr
     assert "failing> about to fail" in failed.stderr
+
+
+def test_cli_builds_on_a_remote_server(corpus: Corpus, tmp_path: Path) -> None:
+    socket = tmp_path / "remote.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "builder", "serve", "--listen", f"grpc+unix://{socket}",
+         "--data-dir", str(tmp_path / "server")],
+        env=NIX_ENV, cwd=ROOT, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        drv = corpus.drvs["chain"]
+        built = _cli("build", drv, "--remote", f"grpc+unix://{socket}", data=tmp_path / "client")
+        assert built.returncode == 0, built.stderr
+        lines = built.stdout.strip().splitlines()
+        expected = _built(corpus, "chain")
+        assert lines == [
+            f"{info.path} sha256:{nix_base32(info.nar_sha256)}" for info in expected
+        ]
+        for info in expected:
+            assert nix_base32(corpus.nix_facts[info.path].nar_sha256) in built.stdout
+        refused = _cli(
+            "build", drv, "--check", "--remote", f"grpc+unix://{socket}", data=tmp_path / "c2"
+        )
+        assert refused.returncode == 1
+        assert "--check builds here" in refused.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
