@@ -4,7 +4,10 @@ Runs ``/bin/true`` (the host's static busybox) through a started launcher,
 through ``bwrap --unshare-all``, and as a trivial derivation realised by
 ``nix-store --realise`` with Nix's sandbox on. The three are interleaved run by
 run so that background load hits them alike; the median of each is printed
-with the ratios. Needs root (for Nix without a daemon), bwrap and nix-bin.
+with the ratios. After every timed run the script pauses briefly (untimed), so
+that work a contender leaves in the background (our launcher clones the next
+spare PID 1 once a run has finished) never overlaps another contender's timing.
+Needs root (for Nix without a daemon), bwrap and nix-bin.
 
     .venv/bin/python tests/benchmarks/bench_sandbox.py [--runs N]
 """
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sandbox import Bind, Launcher, SandboxSpec
 
 BUSYBOX = "/bin/busybox"
+SETTLE = 0.05
 NIX_CONFIG = "build-users-group =\nsubstituters =\nsandbox = true\n"
 DERIVATIONS = """
 { tag, count }:
@@ -70,7 +74,9 @@ def nix_env() -> dict[str, str]:
 def timed(action: Callable[[], None]) -> float:
     start = time.perf_counter()
     action()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    time.sleep(SETTLE)
+    return elapsed
 
 
 def main() -> None:
