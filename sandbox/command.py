@@ -6,17 +6,19 @@ cannot set (umask, rlimits, no_new_privs, the emptied capability bounding set)
 is already set on PID 1 itself.
 """
 
+import contextlib
 import os
 import resource
 import signal
 
 from sandbox import privileges
+from sandbox.errors import SandboxError
 from sandbox.spec import SandboxSpec
 
 EXEC_FAILED = 127
 
 
-class ExecError(Exception):
+class ExecError(SandboxError):
     """The command could not be started; the message is reported as the result error."""
 
 
@@ -44,7 +46,8 @@ def spawn_command(spec: SandboxSpec, log_fd: int, rlimit_memory: bool) -> int:
         # Only the fallback without a memory cgroup: PID 1 cannot carry this
         # limit itself, so it is applied right after the exec.
         limit = spec.limits.memory
-        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
     return pid
 
 
