@@ -30,6 +30,7 @@ from sandbox.init import InitSetup, clone_flags, run_init, send_spec
 from sandbox.protocol import Kind
 from sandbox.result import CANCELLED, Limit, SandboxResult
 from sandbox.spec import BUILD_GID, BUILD_UID, SandboxSpec
+from sandbox.uids import UidPool
 
 _POLL_INTERVAL = 0.1
 _EXIT_GRACE = 2.0
@@ -55,7 +56,7 @@ class _Spare:
     status_fd: int
     job_fd: int
     cgroup: BuildCgroup | None
-    slot: int | None
+    host_uid: int | None
     inside_ids: tuple[int, int]
     network: bool
 
@@ -70,7 +71,7 @@ class _Run:
     lifeline_fd: int
     """Write end of the job pipe, held open so PID 1 can tell we are alive."""
     cgroup: BuildCgroup | None
-    slot: int | None
+    host_uid: int | None
     started: float
     last_output: float
     log: bytearray = field(default_factory=bytearray)
@@ -100,7 +101,7 @@ class ForkServer:
         _sweep_stale_roots()
         self.staging = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{self.pid}-")
         os.chmod(self.staging, 0o755)
-        self.free_slots = list(range(settings.uid_count)) if self.rootful else []
+        self.uids = UidPool(settings.uid_base, settings.uid_count) if self.rootful else None
         self.runs: dict[int, _Run] = {}
         self.by_fd: dict[int, _Run] = {}
         self.by_pid: dict[int, _Run] = {}
@@ -135,6 +136,8 @@ class ForkServer:
             for spare in self.spares:
                 self._discard(spare)
             self.cgroups.close()
+            if self.uids is not None:
+                self.uids.close()
             with contextlib.suppress(OSError):
                 os.rmdir(self.staging)
 
@@ -203,7 +206,7 @@ class ForkServer:
             spare.status_fd,
             spare.job_fd,
             spare.cgroup,
-            spare.slot,
+            spare.host_uid,
             now,
             now,
         )
@@ -247,13 +250,15 @@ class ForkServer:
                 return
 
     def _make_spare(self, inside_ids: tuple[int, int], network: bool) -> _Spare:
-        if self.rootful and not self.free_slots:
-            raise SandboxError("no free build uid in the configured range")
-        cgroup = self.cgroups.create()
-        slot = self.free_slots.pop(0) if self.rootful else None
+        host_uid = self.uids.claim() if self.uids is not None else None
+        try:
+            cgroup = self.cgroups.create()
+        except OSError:
+            self._release(None, host_uid)
+            raise
         host_ids = (os.geteuid(), os.getegid())
-        if slot is not None:
-            host_ids = (self.settings.uid_base + slot, self.settings.uid_base + slot)
+        if host_uid is not None:
+            host_ids = (host_uid, host_uid)
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         # Builds reopen their output through /dev/stdout, which checks the
         # pipe's owner and mode like a file's.
@@ -280,7 +285,7 @@ class ForkServer:
         except SandboxError:
             for fd in (log_r, log_w, status_r, status_w, job_r, job_w):
                 os.close(fd)
-            self._release(cgroup, slot)
+            self._release(cgroup, host_uid)
             raise
         if pid == 0:
             gc.disable()
@@ -289,7 +294,7 @@ class ForkServer:
             run_init(setup)
         for fd in (job_r, log_w, status_w):
             os.close(fd)
-        return _Spare(pid, log_r, status_r, job_w, cgroup, slot, inside_ids, network)
+        return _Spare(pid, log_r, status_r, job_w, cgroup, host_uid, inside_ids, network)
 
     def _discard(self, spare: _Spare) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -301,13 +306,13 @@ class ForkServer:
     def _close_spare(self, spare: _Spare) -> None:
         for fd in (spare.log_fd, spare.status_fd, spare.job_fd):
             os.close(fd)
-        self._release(spare.cgroup, spare.slot)
+        self._release(spare.cgroup, spare.host_uid)
 
-    def _release(self, cgroup: BuildCgroup | None, slot: int | None) -> None:
+    def _release(self, cgroup: BuildCgroup | None, host_uid: int | None) -> None:
         if cgroup is not None:
             cgroup.remove()
-        if slot is not None:
-            self.free_slots.append(slot)
+        if host_uid is not None and self.uids is not None:
+            self.uids.release(host_uid)
 
     def _on_pipe(self, fd: int) -> None:
         run = self.by_fd[fd]
@@ -444,12 +449,9 @@ class ForkServer:
         usage = accounting.usage(
             run.status.get("rusage"), run.rusage, run.cgroup, run.sampled_peak, run.spec.limits
         )
-        if run.cgroup is not None:
-            run.cgroup.remove()
         if run.mountpoints:
             self._remove_mountpoints(run)
-        if run.slot is not None:
-            self.free_slots.append(run.slot)
+        self._release(run.cgroup, run.host_uid)
         result = self._result(run, usage)
         self._send(Kind.RESULT, run.run_id, result.to_json().encode())
         self._refill()

@@ -232,10 +232,12 @@ def test_static_shell_is_provided_at_bin_sh(sandbox: Sandboxes) -> None:
 def test_concurrent_root_builds_get_distinct_host_uids(
     rootful_launcher: Launcher, tools: Path, workspace: Path
 ) -> None:
+    """Also across launchers: a second one on the same range must not reuse a uid."""
     config = rootful_launcher.config
+    other = Launcher(config).start()
     dirs = []
     handles = []
-    for n in range(3):
+    for n in range(4):
         host = workspace / f"uid-check-{n}"
         host.mkdir()
         dirs.append(host)
@@ -244,10 +246,13 @@ def test_concurrent_root_builds_get_distinct_host_uids(
             ro_binds=[Bind(str(tools), "/bin")],
             scratch=[Scratch("/build", str(host))],
         )
-        handles.append(rootful_launcher.submit(spec))
-    assert [h.wait(60).log for h in handles] == [b"1000\n"] * 3
+        handles.append((rootful_launcher, other)[n % 2].submit(spec))
+    try:
+        assert [h.wait(60).log for h in handles] == [b"1000\n"] * 4
+    finally:
+        other.stop()
     owners = {(d / "mine").stat().st_uid for d in dirs}
-    assert len(owners) == 3
+    assert len(owners) == 4
     assert all(config.uid_base <= uid < config.uid_base + config.uid_count for uid in owners)
 
 
