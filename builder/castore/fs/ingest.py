@@ -28,9 +28,10 @@ from builder.castore.nodes import FileNode, Node, SymlinkNode, validate_root_nod
 from builder.errors import InvalidArgumentError
 
 # Files are stored by a few threads: hashing and file I/O release the GIL, so
-# small-file trees gain from overlapping their many syscalls, and batching
-# keeps the per-task overhead of the pool below the per-file cost.
-_WORKERS = min(8, (os.cpu_count() or 1) + 2)
+# small-file trees gain from overlapping their many syscalls; beyond about one
+# thread per CPU they only contend for the GIL. Batching keeps the pool's
+# per-task overhead below the per-file cost.
+_WORKERS = min(4, (os.cpu_count() or 1) + 1)
 _BATCH = 64
 
 StrPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
