@@ -397,3 +397,12 @@ def test_materialise_checks_directory_sizes(tmp_path: Path, store: Store) -> Non
     assert isinstance(node, DirectoryNode)
     with pytest.raises(IntegrityError, match="size"):
         materialise_node(DirectoryNode(b"src", node.digest, 7), tmp_path / "out", *store)
+
+
+def test_import_file_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    from builder.castore.blobs.fs import FsBlobService
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidArgumentError, match="not a regular file"):
+        FsBlobService(tmp_path / "blobs").import_file(fifo)
