@@ -88,6 +88,11 @@ class DerivationBuilder:
                 verify_fixed_output(drv_path, output, result.node, self._blobs, self._directories)
             digest, size = nar_hash(result.node, self._blobs, self._directories)
             references = sorted({nix_request.needle_paths[i] for i in result.needles})
+            if drv.is_fixed_output and references:
+                raise BuildFailedError(
+                    f"illegal path references in fixed-output derivation '{drv_path}': "
+                    f"{', '.join(map(str, references))}"
+                )
             infos.append(
                 PathInfo(output.path, result.node, digest, size, tuple(references), drv_path)
             )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from builder.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from builder.nix.store_path import StorePath
@@ -84,5 +86,29 @@ class NixStore:
             i += 5 + int(count)
         return facts
 
-    def import_export(self, data: bytes) -> None:
-        self._run(["--import"], stdin=data)
+    def import_stream(self, produce: Callable[[BinaryIO], None]) -> None:
+        """Feed ``nix-store --import`` from ``produce`` as it writes, never holding the
+        whole export (which can be many NARs) in memory."""
+        with tempfile.TemporaryFile() as errors:
+            try:
+                process = subprocess.Popen(
+                    ["nix-store", "--import"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    env=self._env,
+                )
+            except FileNotFoundError:
+                raise UnavailableError("nix-store is not installed") from None
+            assert process.stdin is not None
+            try:
+                with process.stdin:
+                    produce(process.stdin)
+            except BrokenPipeError:
+                pass
+            finally:
+                returncode = process.wait()
+            if returncode != 0:
+                errors.seek(0)
+                message = errors.read().decode(errors="replace").strip()
+                raise FailedPreconditionError(f"nix-store --import failed: {message}")

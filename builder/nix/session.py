@@ -8,11 +8,11 @@ into Nix.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from builder.build.service import BuildExecutor
 from builder.castore.fs.nar import nix_base32
@@ -75,18 +75,16 @@ class NixSession:
         again = self._builder.build(root, load_derivation(drv_path), on_event, record=False)
         return [CheckResult(a.path, a, b) for a, b in zip(first, again, strict=True)]
 
-    def export(self, infos: list[PathInfo], skip_valid_in_nix: bool = True) -> bytes:
-        """The export stream of ``infos`` and their closure (less what Nix already has)."""
+    def export(self, infos: list[PathInfo], out: BinaryIO, skip_valid_in_nix: bool = True) -> None:
+        """Write the export stream of ``infos`` and their closure (less what Nix has)."""
         closure = self._resolver.closure(info.path for info in infos)
         if skip_valid_in_nix:
             present = self.nix.valid(info.path for info in closure)
             closure = [info for info in closure if info.path not in present]
-        out = io.BytesIO()
         write_export(closure, out, self._service.blobs, self._service.directories)
-        return out.getvalue()
 
     def import_to_nix(self, infos: list[PathInfo]) -> None:
-        self.nix.import_export(self.export(infos))
+        self.nix.import_stream(lambda stdin: self.export(infos, stdin))
 
     def close(self) -> None:
         self.registry.close()

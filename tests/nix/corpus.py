@@ -24,7 +24,10 @@ from builder.nix.session import NixSession
 from sandbox import Launcher
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-FILES = sorted(p.stem for p in CORPUS.glob("*.nix") if p.stem != "lib")
+# Nix 2.8 aborts on an assertion instead of refusing this one, taking every
+# build of the same nix-store call with it, so only our builder sees it.
+OURS_ONLY = {"fixed-references"}
+FILES = sorted(p.stem for p in CORPUS.glob("*.nix") if p.stem not in {"lib", *OURS_ONLY})
 FAILING = {"failing", "failing-dependency", "fixed-mismatch"}
 NIX_ENV = nix_environment()
 

@@ -7,6 +7,7 @@ the NAR hashes and references of all outputs must agree.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -161,7 +162,9 @@ def test_export_matches_nix_store_export_byte_for_byte(corpus: Corpus) -> None:
     with our_builder(corpus.work / "export") as built:
         info = built.session.build(corpus.drvs["chain"])[0]
         assert info.deriver is not None
-        ours = built.session.export([info], skip_valid_in_nix=False)
+        stream = io.BytesIO()
+        built.session.export([info], stream, skip_valid_in_nix=False)
+        ours = stream.getvalue()
     # The closure is exported too, each path as nix-store --export writes it, ours last.
     closure = subprocess.run(
         ["nix-store", "--export", *built_closure_order(ours)],
@@ -246,3 +249,11 @@ def test_cli_builds_on_a_remote_server(corpus: Corpus, tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_fixed_output_with_references_refused(corpus: Corpus) -> None:
+    drv = instantiate(["fixed-references"], corpus.busybox)["fixed-references"]
+    with our_builder(corpus.work / "ours") as built, pytest.raises(BuilderError) as info:
+        built.session.build(drv)
+    assert f"illegal path references in fixed-output derivation '{drv}'" in str(info.value)
+    assert re.search(r"/nix/store/[0-9a-z]{32}-busybox", str(info.value))
