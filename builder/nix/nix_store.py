@@ -40,10 +40,10 @@ class NixStore:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = nix_environment(env)
 
-    def _run(self, args: list[str], stdin: bytes | None = None) -> bytes:
+    def _run(self, args: list[str]) -> bytes:
         try:
             done = subprocess.run(
-                ["nix-store", *args], input=stdin, capture_output=True, env=self._env, check=False
+                ["nix-store", *args], capture_output=True, env=self._env, check=False
             )
         except FileNotFoundError:
             raise UnavailableError("nix-store is not installed") from None
