@@ -151,6 +151,7 @@ def _build_service(args: argparse.Namespace, store: Store, launcher: Launcher) -
         queue_length=args.queue,
         result_cache=not args.no_result_cache,
         cache_max_bytes=args.cache_max_bytes,
+        log_retention_seconds=args.log_retention,
     )
     return BuildService(config, store.blobs, store.directories, launcher)
 
@@ -343,6 +344,13 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-result-cache", action="store_true")
     parser.add_argument(
         "--cache-max-bytes", type=int, default=20 << 30, help="materialisation cache bound"
+    )
+    parser.add_argument(
+        "--log-retention",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long logs of finished builds stay available to GetLog",
     )
 
 

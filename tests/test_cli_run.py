@@ -130,3 +130,24 @@ def test_compile_c_with_the_hosts_toolchain(tmp_path: Path) -> None:
     assert (out / "stdout").read_bytes() == expected
     assert expected in result.stderr
     assert subprocess.run([out / "hello"], capture_output=True, check=True).stdout == expected
+
+
+def test_binary_request_of_the_tvix_family(tmp_path: Path) -> None:
+    from builder.build.request import BuildRequest, Constraints, request_to_proto
+    from builder.castore.wire import Family
+
+    request = BuildRequest(
+        inputs=(),
+        command_args=("/bin/sh", "-c", "echo binary > /nix/store/out"),
+        working_dir="build",
+        scratch_paths=("build", "nix/store"),
+        inputs_dir="nix/store",
+        outputs=("nix/store/out",),
+        environment=(),
+        constraints=Constraints(system="x86_64-linux", provide_bin_sh=True),
+    )
+    path = tmp_path / "req.pb"
+    path.write_bytes(request_to_proto(request, Family.TVIX).SerializeToString())
+    result = run(str(path), "--out", str(tmp_path / "o"), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "out").read_text() == "binary\n"

@@ -105,7 +105,11 @@ def export_outputs(
     blobs: BlobService,
     directories: DirectoryService,
 ) -> list[Path]:
-    """Write outputs read-only into ``out_dir``, replacing earlier copies of the same name.
+    """Write outputs into ``out_dir`` as a Nix store holds them, replacing earlier copies.
+
+    Files are 0444 or 0555, directories 0555, and every timestamp is 1 (the
+    Unix epoch plus one second), so exported trees compare equal byte for
+    byte and stamp for stamp however often they are written.
 
     Each output is written beside its final name and renamed into place, so a
     reader sees either the old or the new tree, never a half-written one.
@@ -118,6 +122,7 @@ def export_outputs(
         staging = out_dir / f".{name}.tmp-{os.getpid()}"
         remove_tree(staging)
         materialise_node(output.node, staging, blobs, directories, read_only=True)
+        _set_epoch_times(staging)
         if os.path.isdir(dest) and not os.path.islink(dest):
             old = out_dir / f".{name}.old-{os.getpid()}"
             os.rename(dest, old)
@@ -127,3 +132,12 @@ def export_outputs(
             os.replace(staging, dest)
         written.append(dest)
     return written
+
+
+def _set_epoch_times(root: Path) -> None:
+    """Timestamps are set bottom-up, since writing into a directory changes its own."""
+    if not os.path.islink(root):
+        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+            for name in [*filenames, *dirnames]:
+                os.utime(os.path.join(dirpath, name), (1, 1), follow_symlinks=False)
+    os.utime(root, (1, 1), follow_symlinks=False)

@@ -98,3 +98,14 @@ def test_export_replaces_earlier_copy_read_only(tmp_path: Path, store) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["out"]
     assert (out / "out" / "sub" / "f").stat().st_mode & 0o777 == 0o444
     assert (out / "out" / "sub").stat().st_mode & 0o777 == 0o555
+    for path in (out / "out", out / "out" / "sub", out / "out" / "sub" / "f"):
+        assert path.lstat().st_mtime == 1
+
+
+def test_export_of_a_symlink_output(tmp_path: Path, store) -> None:
+    blobs, directories = store
+    os.symlink("/nix/store/elsewhere", tmp_path / "link")
+    node = ingest_path(tmp_path / "link", blobs, directories)
+    export_outputs([CollectedOutput("build/link", node, ())], tmp_path / "o", blobs, directories)
+    assert os.readlink(tmp_path / "o" / "link") == "/nix/store/elsewhere"
+    assert (tmp_path / "o" / "link").lstat().st_mtime == 1
