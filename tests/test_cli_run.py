@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from builder.build.request import BuildRequest, Constraints, request_to_proto
+from builder.castore.wire import Family
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
@@ -133,9 +136,6 @@ def test_compile_c_with_the_hosts_toolchain(tmp_path: Path) -> None:
 
 
 def test_binary_request_of_the_tvix_family(tmp_path: Path) -> None:
-    from builder.build.request import BuildRequest, Constraints, request_to_proto
-    from builder.castore.wire import Family
-
     request = BuildRequest(
         inputs=(),
         command_args=("/bin/sh", "-c", "echo binary > /nix/store/out"),
