@@ -43,6 +43,7 @@ import blake3
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
+from builder.castore.fs.copy import copy_range
 from builder.errors import FailedPreconditionError, IntegrityError
 
 BlobKey = tuple[Digest, bool]
@@ -58,7 +59,6 @@ _LARGE = 4 << 20
 # Errors after which a hardlink of the store's file is given up for a copy:
 # another filesystem, too many links on the inode, or no hardlink support.
 _NO_LINK = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP}
-_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 _Fill = Callable[[int], tuple[int, bytes]]
 """Writes a blob into an open file; returns the byte count and the digest of what it wrote."""
@@ -81,27 +81,6 @@ def hash_fd(fd: int, size: int) -> bytes:
         return blake3.blake3(os.pread(fd, size, 0)).digest()
     with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
         return blake3.blake3(mapped, max_threads=blake3.blake3.AUTO).digest()
-
-
-def copy_range(src: int, dst: int, size: int) -> None:
-    """Kernel-side copy that falls back to sendfile where copy_file_range is refused."""
-    offset = 0
-    use_copy_range = True
-    while offset < size:
-        if use_copy_range:
-            try:
-                copied = os.copy_file_range(src, dst, size - offset, offset, offset)
-            except OSError as exc:
-                if exc.errno not in _NO_COPY_RANGE:
-                    raise
-                use_copy_range = False
-                continue
-        else:
-            os.lseek(dst, offset, os.SEEK_SET)
-            copied = os.sendfile(dst, src, offset, size - offset)
-        if copied == 0:
-            raise IntegrityError(f"blob file shrank while copying it ({offset} of {size} bytes)")
-        offset += copied
 
 
 def _missing(digest: Digest) -> FailedPreconditionError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -55,28 +55,21 @@ def _cancel_on_hangup(context: grpc.ServicerContext) -> CancelToken:
     return cancel
 
 
-class TvixBuildServicer(tvix_rpc.BuildServiceServicer):
-    def __init__(self, service: BuildService) -> None:
+class BuildServicer:
+    """``DoBuild`` for one family: the families differ only in the response message."""
+
+    def __init__(
+        self, service: BuildService, respond: Callable[[Any, BuildOutcome], Any]
+    ) -> None:
         self._service = service
+        self._respond = respond
 
     @rpc_errors
     def DoBuild(self, request: Any, context: grpc.ServicerContext) -> Any:
         outcome = self._service.build(
             request_from_proto(request), cancel=_cancel_on_hangup(context)
         )
-        return tvix_response(request, outcome)
-
-
-class SnixBuildServicer(snix_rpc.BuildServiceServicer):
-    def __init__(self, service: BuildService) -> None:
-        self._service = service
-
-    @rpc_errors
-    def DoBuild(self, request: Any, context: grpc.ServicerContext) -> Any:
-        outcome = self._service.build(
-            request_from_proto(request), cancel=_cancel_on_hangup(context)
-        )
-        return snix_response(outcome)
+        return self._respond(request, outcome)
 
 
 _DONE = object()
@@ -153,8 +146,10 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
 
 def add_build_services(server: grpc.Server, service: BuildService) -> list[str]:
     """Register both families' BuildService and BuildEvents; return their full names."""
-    tvix_rpc.add_BuildServiceServicer_to_server(TvixBuildServicer(service), server)
-    snix_rpc.add_BuildServiceServicer_to_server(SnixBuildServicer(service), server)
+    tvix_rpc.add_BuildServiceServicer_to_server(BuildServicer(service, tvix_response), server)
+    snix_rpc.add_BuildServiceServicer_to_server(
+        BuildServicer(service, lambda request, outcome: snix_response(outcome)), server
+    )
     events_grpc.add_BuildEventsServicer_to_server(BuildEventsServicer(service), server)
     return [
         "tvix.build.v1.BuildService",

@@ -13,7 +13,6 @@ removes it.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -24,12 +23,9 @@ from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member, display_path, fetch_closure
+from builder.castore.fs.copy import copy_range
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
-
-# Errors after which copy_file_range is given up for the plain sendfile path:
-# another filesystem, or a kernel or filesystem without support.
-_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 
 def materialise_node(
@@ -105,7 +101,7 @@ class _Writer:
                     f"blob {node.digest} for {display_path(dest)} has {size} bytes, "
                     f"the node says {node.size}"
                 )
-            _copy_fd(src, fd, size)
+            copy_range(src, fd, size)
         finally:
             os.close(src)
 
@@ -127,24 +123,3 @@ class _Writer:
                 f"blob {node.digest} for {display_path(dest)} does not match its node "
                 f"({size} bytes read, {node.size} expected)"
             )
-
-
-def _copy_fd(src: int, dst: int, size: int) -> None:
-    """Kernel-side copy; copy_file_range can share extents on filesystems that reflink."""
-    offset = 0
-    use_copy_range = True
-    while offset < size:
-        if use_copy_range:
-            try:
-                copied = os.copy_file_range(src, dst, size - offset, offset, offset)
-            except OSError as exc:
-                if exc.errno not in _NO_COPY_RANGE:
-                    raise
-                use_copy_range = False
-                continue
-        else:
-            os.lseek(dst, offset, os.SEEK_SET)
-            copied = os.sendfile(dst, src, offset, size - offset)
-        if copied == 0:
-            raise IntegrityError(f"blob file shrank while copying it ({offset} of {size} bytes)")
-        offset += copied
