@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -51,27 +49,15 @@ from builder.castore.fs.ingest import ingest_path
 from builder.castore.wire import Family, node_to_proto
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
+from tests.benchmarks.nix_peer import instantiate, nix_env
 
 REPO = Path(__file__).resolve().parents[2]
-BUSYBOX = "/bin/busybox"
 WARMUP = 5
 CLIENTS = 8
 SCRIPT = 'echo x > "$out"'
+NIX_SCRIPT = "echo x > $out"
 INPUT_NAME = "0" * 32 + "-bench-input"
 OUTPUT_NAME = "1" * 32 + "-bench-out"
-NIX_CONFIG = "build-users-group =\nsubstituters =\nsandbox = true\n"
-DERIVATIONS = """
-{ tag, count }:
-let bb = builtins.path { path = ./bb; name = "bench-busybox"; };
-in builtins.genList (i: derivation {
-  name = "bench-build";
-  system = builtins.currentSystem;
-  builder = "${bb}/busybox";
-  args = [ "sh" "-c" "echo x > $out" ];
-  inherit tag;
-  iteration = toString i;
-}) count
-"""
 
 
 class Server:
@@ -173,33 +159,8 @@ def do_build(stub: Any, request: Any) -> None:
     assert output.output.file.size == 2, response
 
 
-def instantiate(workdir: Path, count: int) -> list[str]:
-    """All derivations up front, one per realisation, so only realising is timed."""
-    (workdir / "bb").mkdir()
-    shutil.copy(BUSYBOX, workdir / "bb" / "busybox")
-    (workdir / "drvs.nix").write_text(DERIVATIONS)
-    tag = f"{os.getpid()}-{time.time_ns()}"
-    out = subprocess.run(
-        [
-            "nix-instantiate",
-            str(workdir / "drvs.nix"),
-            "--argstr",
-            "tag",
-            tag,
-            "--arg",
-            "count",
-            str(count),
-        ],
-        env=nix_env(),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.split()
 
 
-def nix_env() -> dict[str, str]:
-    return {**os.environ, "NIX_CONFIG": NIX_CONFIG}
 
 
 class NixRealiser:
@@ -331,7 +292,8 @@ def main() -> None:
         nix_workdir = tmp / "nix"
         nix_workdir.mkdir()
         # Enough derivations for a throughput several times what Nix reaches here.
-        nix = NixRealiser(instantiate(nix_workdir, WARMUP + runs + int(seconds * 60)))
+        count = WARMUP + runs + int(seconds * 60)
+        nix = NixRealiser(instantiate(nix_workdir, count, "bench-build", NIX_SCRIPT))
         # The Nix store outlives the run, so every path added is deleted again.
         stack.callback(nix.delete_all)
 

@@ -13,8 +13,6 @@ Needs root (for Nix without a daemon), bwrap and nix-bin.
 """
 
 import argparse
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,49 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sandbox import Bind, Launcher, SandboxSpec
+from tests.benchmarks.nix_peer import BUSYBOX, instantiate, nix_env
 
-BUSYBOX = "/bin/busybox"
 SETTLE = 0.05
-NIX_CONFIG = "build-users-group =\nsubstituters =\nsandbox = true\n"
-DERIVATIONS = """
-{ tag, count }:
-let bb = builtins.path { path = ./bb; name = "bench-busybox"; };
-in builtins.genList (i: derivation {
-  name = "bench-true-${tag}-${toString i}";
-  system = builtins.currentSystem;
-  builder = "${bb}/busybox";
-  args = [ "sh" "-c" "echo > $out" ];
-}) count
-"""
 
 
-def instantiate(workdir: Path, count: int) -> list[str]:
-    """One fresh derivation per run, so every realisation really builds."""
-    (workdir / "bb").mkdir()
-    shutil.copy(BUSYBOX, workdir / "bb" / "busybox")
-    (workdir / "drvs.nix").write_text(DERIVATIONS)
-    tag = f"{os.getpid()}-{time.time_ns()}"
-    out = subprocess.run(
-        [
-            "nix-instantiate",
-            str(workdir / "drvs.nix"),
-            "--argstr",
-            "tag",
-            tag,
-            "--arg",
-            "count",
-            str(count),
-        ],
-        env=nix_env(),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.split()
 
 
-def nix_env() -> dict[str, str]:
-    return {**os.environ, "NIX_CONFIG": NIX_CONFIG}
 
 
 def timed(action: Callable[[], None]) -> float:
@@ -98,7 +60,7 @@ def main() -> None:
         "/bin/true",
     ]
     with tempfile.TemporaryDirectory() as tmp, Launcher() as launcher:
-        drvs = instantiate(Path(tmp), runs + 2)
+        drvs = instantiate(Path(tmp), runs + 2, "bench-true", "echo > $out")
         env = nix_env()
 
         def ours() -> None:
