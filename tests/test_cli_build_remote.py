@@ -482,3 +482,48 @@ def test_token_and_tls_together(pki: Pki, tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert b"Hello, world!" in result.stderr
+
+
+def test_store_configuration_reaches_a_tls_and_token_server(pki: Pki, tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("store-token")
+    options = (
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        "--token-file", str(tmp_path / "token"),
+    )  # fmt: skip
+    with serving(tmp_path, "grpc+http://127.0.0.1:0", *options) as server:
+        remote = {"type": "grpc", "url": _https(server), "tls_ca": str(pki.ca)}
+        config = tmp_path / "store.json"
+
+        def store(**extra: str) -> Path:
+            config.write_text(
+                json.dumps(
+                    {
+                        "blobservices": {"root": {**remote, **extra}},
+                        "directoryservices": {"root": {**remote, **extra}},
+                    }
+                )
+            )
+            return config
+
+        def castore(*args: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                [sys.executable, "-m", "builder", "castore", *args], capture_output=True,
+                cwd=ROOT, timeout=120, check=False,
+            )  # fmt: skip
+
+        refused = castore("import", "--store", str(store()), str(EXAMPLES / "hello-tree"))
+        assert refused.returncode == 1
+        assert "missing or wrong bearer token" in refused.stderr.decode()
+
+        with_token = str(store(token_file=str(tmp_path / "token")))
+        imported = castore("import", "--store", with_token, str(EXAMPLES / "hello-tree"))
+        assert imported.returncode == 0, imported.stderr
+        digest = imported.stdout.decode().split("\t")[1].split()[1]
+        restored = tmp_path / "restored"
+        fetched = castore("materialise", "--store", str(config), digest, str(restored))
+        assert fetched.returncode == 0, fetched.stderr
+        assert (restored / "share" / "greeting.txt").read_text() == "Hello, World!\n"
+
+        missing = castore("import", "--store", str(store(token_file=str(tmp_path / "nope"))), ".")
+        assert missing.returncode == 1
+        assert "token_file" in missing.stderr.decode()

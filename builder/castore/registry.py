@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from builder.castore.composition import Params, Registry
+from builder.castore.composition import ConfigError, Params, Registry
 from builder.castore.wire import Family
+
+if TYPE_CHECKING:
+    from builder.castore.grpc_channel import ChannelSecurity
 
 
 def _family(params: Params) -> Family:
     return Family(params.string("family", "tvix"))
+
+
+def _security(params: Params) -> ChannelSecurity:
+    """TLS material and a bearer token for a remote store, each read from a file."""
+    from builder.castore.grpc_channel import ChannelSecurity
+
+    def read(key: str) -> bytes | None:
+        path = params.string(key, "")
+        if not path:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{params.where}: {key} {path!r}: {exc.strerror}") from exc
+
+    token = read("token_file")
+    return ChannelSecurity(
+        root_certificates=read("tls_ca"),
+        client_key=read("tls_key"),
+        client_cert=read("tls_cert"),
+        token=token.decode().strip() if token is not None else None,
+    )
 
 
 def _memory_blob(params: Params) -> object:
@@ -38,7 +64,7 @@ def _objectstore_blob(params: Params) -> object:
 def _grpc_blob(params: Params) -> object:
     from builder.castore.blobs.grpc import GrpcBlobService
 
-    return GrpcBlobService(params.string("url"), _family(params))
+    return GrpcBlobService(params.string("url"), _family(params), _security(params))
 
 
 def _combined_blob(params: Params) -> object:
@@ -71,7 +97,7 @@ def _objectstore_directory(params: Params) -> object:
 def _grpc_directory(params: Params) -> object:
     from builder.castore.directories.grpc import GrpcDirectoryService
 
-    return GrpcDirectoryService(params.string("url"), _family(params))
+    return GrpcDirectoryService(params.string("url"), _family(params), _security(params))
 
 
 def _cache_directory(params: Params) -> object:

@@ -15,7 +15,13 @@ import grpc
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, ChunkMeta
 from builder.castore.digest import Digest
-from builder.castore.grpc_channel import castore_rpc, error_from_rpc, open_channel, status_code_of
+from builder.castore.grpc_channel import (
+    ChannelSecurity,
+    castore_rpc,
+    error_from_rpc,
+    open_channel,
+    status_code_of,
+)
 from builder.castore.grpc_upload import Upload
 from builder.castore.wire import Family
 from builder.errors import IntegrityError, InvalidArgumentError
@@ -175,9 +181,11 @@ class _GrpcBlobWriter:
 
 
 class GrpcBlobService:
-    def __init__(self, url: str, family: Family = Family.TVIX) -> None:
+    def __init__(
+        self, url: str, family: Family = Family.TVIX, security: ChannelSecurity | None = None
+    ) -> None:
         self.url = url
-        self._channel = open_channel(url)
+        self._channel = open_channel(url, security)
         rpc = castore_rpc(family)
         self._messages = rpc.blobstore
         self._stub = rpc.blobstore_grpc.BlobServiceStub(self._channel)

@@ -14,7 +14,13 @@ import grpc
 
 from builder.castore.digest import Digest
 from builder.castore.directory import Directory
-from builder.castore.grpc_channel import castore_rpc, error_from_rpc, open_channel, status_code_of
+from builder.castore.grpc_channel import (
+    ChannelSecurity,
+    castore_rpc,
+    error_from_rpc,
+    open_channel,
+    status_code_of,
+)
 from builder.castore.grpc_upload import Upload
 from builder.castore.wire import Family, directory_from_proto, directory_to_proto
 from builder.errors import IntegrityError, InvalidArgumentError
@@ -54,10 +60,12 @@ class _GrpcDirectoryPutter:
 
 
 class GrpcDirectoryService:
-    def __init__(self, url: str, family: Family = Family.TVIX) -> None:
+    def __init__(
+        self, url: str, family: Family = Family.TVIX, security: ChannelSecurity | None = None
+    ) -> None:
         self.url = url
         self._family = family
-        self._channel = open_channel(url)
+        self._channel = open_channel(url, security)
         rpc = castore_rpc(family)
         self._messages = rpc.directory
         self._stub = rpc.directory_grpc.DirectoryServiceStub(self._channel)
