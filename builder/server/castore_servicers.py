@@ -7,6 +7,7 @@ instance per family is registered on the same backing store.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,9 @@ from builder.server.status import rpc_errors
 # limit, so any client accepts it, and large enough to keep per-message
 # overhead negligible.
 BLOB_CHUNK_SIZE = READ_CHUNK_SIZE
+
+# How long a finished-looking upload waits for a cancellation still on its way.
+CANCEL_GRACE = 0.002
 
 
 class BlobServicer:
@@ -112,7 +116,17 @@ class DirectoryServicer:
 
 
 def _still_wanted(context: grpc.ServicerContext) -> None:
-    """A client that cancelled mid-upload may look, to the server, like a finished
-    stream; nothing it sent is stored unless the call is still alive."""
-    if not context.is_active():
-        raise CancelledError("upload cancelled by the client")
+    """Nothing a client sent is stored once it has cancelled.
+
+    gRPC's server ends the request iterator the same way for a client that
+    finished sending and for one that cancelled, and reports the cancellation
+    a moment later; so a finished-looking stream is given that moment
+    (``CANCEL_GRACE``) before it counts as complete.
+    """
+    deadline = time.monotonic() + CANCEL_GRACE
+    while True:
+        if not context.is_active():
+            raise CancelledError("upload cancelled by the client")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(CANCEL_GRACE / 10)
