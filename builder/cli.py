@@ -64,34 +64,27 @@ def _resolve_digest(store: Store, text: str) -> Node:
 def cmd_import(args: argparse.Namespace) -> None:
     from builder.castore.fs.ingest import ingest_path
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         for path in args.paths:
             node = ingest_path(Path(path), store.blobs, store.directories)
             if args.json:
                 print(_node_json(node))
             else:
                 print(f"{path}\t{_describe(node)}")
-    finally:
-        store.close()
 
 
 def cmd_materialise(args: argparse.Namespace) -> None:
     from builder.castore.fs.materialise import materialise_node
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         node = _resolve_digest(store, args.digest)
         if isinstance(node, FileNode) and args.executable:
             node = FileNode(node.name, node.digest, node.size, True)
         materialise_node(node, Path(args.dest), store.blobs, store.directories)
-    finally:
-        store.close()
 
 
 def cmd_cat(args: argparse.Namespace) -> None:
-    store = _store(args)
-    try:
+    with _store(args) as store:
         digest = Digest.parse(args.digest)
         reader = store.blobs.open_read(digest)
         if reader is None:
@@ -99,16 +92,13 @@ def cmd_cat(args: argparse.Namespace) -> None:
         with reader:
             shutil.copyfileobj(reader, sys.stdout.buffer, READ_CHUNK_SIZE)
         sys.stdout.buffer.flush()
-    finally:
-        store.close()
 
 
 def cmd_nar(args: argparse.Namespace) -> None:
     from builder.castore.fs.ingest import ingest_path
     from builder.castore.fs.nar import nar_hash, nix_base32, write_nar
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         target = Path(args.path_or_digest)
         node: Node
         if target.exists() or target.is_symlink():
@@ -121,18 +111,13 @@ def cmd_nar(args: argparse.Namespace) -> None:
         else:
             write_nar(node, sys.stdout.buffer, store.blobs, store.directories)
             sys.stdout.buffer.flush()
-    finally:
-        store.close()
 
 
 def cmd_castore_serve(args: argparse.Namespace) -> None:
     from builder.server.castore_server import serve_castore
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         serve_castore(store.blobs, store.directories, args.listen)
-    finally:
-        store.close()
 
 
 def _build_service(args: argparse.Namespace, store: Store, launcher: Launcher) -> BuildService:

@@ -50,3 +50,9 @@ class Store:
 
     def close(self) -> None:
         self.composition.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
