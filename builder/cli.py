@@ -194,17 +194,8 @@ def _print_event(event: Event) -> None:
         print(f"builder: build {event.build_id} {how}", file=sys.stderr)
 
 
-def _write_outputs(outputs: list[Node], out: Path, store: Store) -> None:
-    from builder.castore.fs.materialise import materialise_node
-
-    out.mkdir(parents=True, exist_ok=True)
-    for node in outputs:
-        materialise_node(
-            node, out / os.fsdecode(node.name), store.blobs, store.directories, read_only=True
-        )
-
-
 def cmd_run(args: argparse.Namespace) -> None:
+    from builder.build.outputs import export_outputs
     from builder.build.request import request_from_proto
     from builder.build.request_file import load_request_message
     from builder.server.build_servicers import snix_response
@@ -218,7 +209,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         request = _with_imports(request_from_proto(message), args.imports, store)
         outcome = builds.build(request, _print_event)
         if args.out:
-            _write_outputs([o.node for o in outcome.outputs], args.out, store)
+            nodes = [o.node for o in outcome.outputs]
+            export_outputs(nodes, args.out, store.blobs, store.directories)
         response = json_format.MessageToDict(snix_response(outcome))
         print(json.dumps(response, indent=2, sort_keys=True))
     finally:
@@ -251,6 +243,7 @@ def _channel_security(args: argparse.Namespace) -> ChannelSecurity:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
+    from builder.build.outputs import export_outputs
     from builder.build.request import request_from_proto
     from builder.build.request_file import load_request_message
     from builder.remote.client import RemoteBuilder, signals_cancel
@@ -266,7 +259,7 @@ def cmd_build(args: argparse.Namespace) -> None:
             outcome = remote.build(request, store.blobs, store.directories, _print_event)
             if args.out:
                 remote.fetch(outcome.outputs, store.blobs, store.directories)
-                _write_outputs(outcome.outputs, args.out, store)
+                export_outputs(outcome.outputs, args.out, store.blobs, store.directories)
         response = json_format.MessageToDict(outcome.response)
         print(json.dumps(response, indent=2, sort_keys=True))
     finally:

@@ -37,9 +37,13 @@ def test_hello_builds_and_runs(tmp_path: Path) -> None:
     assert os.access(hello, os.X_OK)
     assert oct(hello.stat().st_mode & 0o777) == oct(0o555)
 
-    again = run(str(EXAMPLES / "hello.json"), data=tmp_path)
+    assert hello.stat().st_mtime == 1
+
+    again = run(str(EXAMPLES / "hello.json"), "--out", str(tmp_path / "out"), data=tmp_path)
+    assert again.returncode == 0, again.stderr
     assert b"answered from the result cache" in again.stderr
     assert json.loads(again.stdout) == response
+    assert os.access(hello, os.X_OK)
 
 
 def test_multi_output_text_format_with_needles(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.fs.materialise import materialise_node
 from builder.castore.nodes import Node
-from builder.errors import BuildFailedError
+from builder.errors import BuildFailedError, InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def collect_outputs(
 
 
 def export_outputs(
-    outputs: list[CollectedOutput],
+    outputs: list[Node],
     out_dir: Path,
     blobs: BlobService,
     directories: DirectoryService,
@@ -116,12 +116,14 @@ def export_outputs(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for output in outputs:
-        name = os.fsdecode(output.node.name) or os.path.basename(output.path)
+    for node in outputs:
+        if not node.name:
+            raise InvalidArgumentError("an output without a name cannot be exported")
+        name = os.fsdecode(node.name)
         dest = out_dir / name
         staging = out_dir / f".{name}.tmp-{os.getpid()}"
         remove_tree(staging)
-        materialise_node(output.node, staging, blobs, directories, read_only=True)
+        materialise_node(node, staging, blobs, directories, read_only=True)
         _set_epoch_times(staging)
         if os.path.isdir(dest) and not os.path.islink(dest):
             old = out_dir / f".{name}.old-{os.getpid()}"

@@ -91,9 +91,9 @@ def test_export_replaces_earlier_copy_read_only(tmp_path: Path, store) -> None:
     (src / "sub" / "f").write_text("v2")
     second = CollectedOutput("build/out", ingest_path(src, blobs, directories, b"out"), ())
     out = tmp_path / "exported"
-    export_outputs([first], out, blobs, directories)
+    export_outputs([first.node], out, blobs, directories)
     assert (out / "out" / "sub" / "f").read_text() == "v1"
-    export_outputs([second], out, blobs, directories)
+    export_outputs([second.node], out, blobs, directories)
     assert (out / "out" / "sub" / "f").read_text() == "v2"
     assert sorted(p.name for p in out.iterdir()) == ["out"]
     assert (out / "out" / "sub" / "f").stat().st_mode & 0o777 == 0o444
@@ -106,6 +106,6 @@ def test_export_of_a_symlink_output(tmp_path: Path, store) -> None:
     blobs, directories = store
     os.symlink("/nix/store/elsewhere", tmp_path / "link")
     node = ingest_path(tmp_path / "link", blobs, directories)
-    export_outputs([CollectedOutput("build/link", node, ())], tmp_path / "o", blobs, directories)
+    export_outputs([node], tmp_path / "o", blobs, directories)
     assert os.readlink(tmp_path / "o" / "link") == "/nix/store/elsewhere"
     assert (tmp_path / "o" / "link").lstat().st_mtime == 1
