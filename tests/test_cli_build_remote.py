@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from builder.castore.grpc_channel import open_channel
+from tests.processes import processes_with
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -196,19 +197,6 @@ def test_invalid_request_is_refused_before_anything_is_sent(server: Server, tmp_
     assert "working_dir" in result.stderr.decode()
 
 
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline:
-                found.append(int(pid))
-    return found
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_cancels_the_remote_build(
     server: Server, tmp_path: Path, signum: signal.Signals
@@ -224,7 +212,7 @@ def test_signal_cancels_the_remote_build(
     )
     try:
         deadline = time.monotonic() + 30
-        while not _processes_with(marker):
+        while not processes_with(marker):
             assert client.poll() is None, client.communicate()
             assert time.monotonic() < deadline, "build never started"
             time.sleep(0.05)
@@ -235,7 +223,7 @@ def test_signal_cancels_the_remote_build(
     assert client.returncode == 1
     assert f"interrupted by {signum.name}" in stderr.decode()
     cancelled_at = time.monotonic()
-    while _processes_with(marker):
+    while processes_with(marker):
         assert time.monotonic() - cancelled_at < 5, "remote build outlived its client"
         time.sleep(0.05)
 

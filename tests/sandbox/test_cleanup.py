@@ -4,7 +4,6 @@ Checked after success, failure, timeout and cancellation, and when the process
 controlling the launcher is SIGKILLed in the middle of a build.
 """
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -17,19 +16,11 @@ import psutil
 import pytest
 
 from sandbox import Bind, Launcher, LauncherConfig, Limits, SandboxSpec
+from tests.processes import processes_with
 
 from .conftest import Sandboxes
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def marked(marker: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if marker in " ".join(process.info["cmdline"] or []):
-                found.append(process)
-    return found
 
 
 def build_cgroups(launcher: Launcher) -> set[str]:
@@ -68,7 +59,7 @@ def test_nothing_survives_a_run(sandbox: Sandboxes, scenario: str) -> None:
     result = handle.wait(30)
     if scenario == "cancel":
         assert result.stopped_by == "cancelled"
-    assert marked("sleep 1001.5") == []
+    assert processes_with("sleep 1001.5") == []
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
     assert len(build_cgroups(sandbox.launcher)) == spares
     if sandbox.rootful:
@@ -111,11 +102,11 @@ def test_sigkilled_controller_leaves_nothing(
     assert client.stdout is not None
     pid, root_dir, *cgroup_parents = client.stdout.readline().split()
     assert client.stdout.readline() == "started\n"
-    assert len(marked("sleep 1002.5")) == 2
+    assert len(processes_with("sleep 1002.5")) == 2
     client.send_signal(signal.SIGKILL)
     client.wait()
     assert wait_until(lambda: not psutil.pid_exists(int(pid))), "launcher outlived its client"
-    assert wait_until(lambda: marked("sleep 1002.5") == [])
+    assert wait_until(lambda: processes_with("sleep 1002.5") == [])
     assert not Path(root_dir).exists()
     for parent in cgroup_parents:
         assert not Path(parent).exists()
@@ -133,9 +124,9 @@ def test_builds_die_with_a_sigkilled_launcher(tools: Path) -> None:
             ro_binds=[Bind(str(tools), "/bin")],
         )
         launcher.submit(spec)
-        assert wait_until(lambda: len(marked("sleep 1003.5")) == 2)
+        assert wait_until(lambda: len(processes_with("sleep 1003.5")) == 2)
         os.kill(launcher.info.pid, signal.SIGKILL)
-        assert wait_until(lambda: marked("sleep 1003.5") == [])
+        assert wait_until(lambda: processes_with("sleep 1003.5") == [])
     finally:
         launcher.stop()
     with Launcher():

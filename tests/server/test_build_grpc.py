@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.server.app import create_server
 from sandbox import Launcher
+from tests.processes import processes_with
 
 
 @dataclass
@@ -213,30 +213,17 @@ def test_concurrent_builds_share_inputs(served: Served, tmp_path: Path) -> None:
     assert stats.in_use == 0
 
 
-def _sleepers(host_pattern: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if host_pattern.encode() in cmdline:
-                found.append(int(pid))
-    return found
-
-
 def test_client_cancel_kills_build(served: Served) -> None:
     marker = "sleep 4171"
     msg = request_to_proto(_request(f"{marker}; echo x > /nix/store/out"), Family.SNIX)
     future = served.snix().DoBuild.future(msg, timeout=60)
     deadline = time.monotonic() + 20
-    while not _sleepers(marker):
+    while not processes_with(marker):
         assert time.monotonic() < deadline, "build never started"
         time.sleep(0.05)
     future.cancel()
     cancelled_at = time.monotonic()
-    while _sleepers(marker):
+    while processes_with(marker):
         assert time.monotonic() - cancelled_at < 1.0, "build outlived its client"
         time.sleep(0.02)
     builds = served.work / "builds"
