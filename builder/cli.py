@@ -332,6 +332,20 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _request_file_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """What ``run`` and ``build --remote`` share: a request file, inputs to import, outputs."""
+    parser.add_argument("request", help="request as .json, .txtpb or .pb (either family)")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="ingest a host path as input NAME before the build (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, help=out_help)
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", type=Path, help="CA certificates (PEM) to check the server by")
     parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM)")
@@ -411,37 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
     _build_options(p)
 
     p = commands.add_parser("run", help="execute one BuildRequest from a file")
-    p.add_argument("request", help="request as .json, .txtpb or .pb (either family)")
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="ingest a host path as input NAME first (repeatable)",
-    )
-    p.add_argument("--out", type=Path, help="materialise the outputs into this directory")
+    _request_file_options(p, "materialise the outputs into this directory")
     p.set_defaults(func=cmd_run)
     _store_options(p)
     _build_options(p)
 
     p = commands.add_parser("build", help="execute one BuildRequest on a remote server")
-    p.add_argument("request", help="request as .json, .txtpb or .pb (either family)")
     p.add_argument(
         "--remote",
         required=True,
         metavar="ADDR",
         help="grpc+unix:///PATH, grpc+http://HOST:PORT or grpc+https://HOST:PORT",
     )
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="ingest a host path locally as input NAME, then upload it (repeatable)",
-    )
-    p.add_argument("--out", type=Path, help="fetch the outputs into this directory")
+    _request_file_options(p, "fetch the outputs into this directory")
     _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
