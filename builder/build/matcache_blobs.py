@@ -83,6 +83,19 @@ def hash_fd(fd: int, size: int) -> bytes:
         return blake3.blake3(mapped, max_threads=blake3.blake3.AUTO).digest()
 
 
+def _open_stored(digest: Digest, source: bytes, size: int) -> int:
+    """The store's file of a blob, opened and checked to have the node's size."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise _missing(digest) from exc
+    stored = os.fstat(fd).st_size
+    if stored != size:
+        os.close(fd)
+        raise _mismatch(digest, f"{stored} bytes in the store, {size} expected")
+    return fd
+
+
 def _missing(digest: Digest) -> FailedPreconditionError:
     return FailedPreconditionError(f"blob {digest} is not in the blob service")
 
@@ -281,14 +294,9 @@ class CacheBlobs:
 
     def _link(self, digest: Digest, size: int, source: bytes, final: bytes) -> PlacedBlob | None:
         """Share the store's own inode after hashing it; None when it cannot be linked."""
-        try:
-            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            raise _missing(digest) from exc
+        fd = _open_stored(digest, source, size)
         try:
             st = os.fstat(fd)
-            if st.st_size != size:
-                raise _mismatch(digest, f"{st.st_size} bytes in the store, {size} expected")
             if hash_fd(fd, size) != digest:
                 raise _mismatch(digest, "the stored contents hash differently")
             try:
@@ -310,14 +318,8 @@ class CacheBlobs:
     def _copy(
         self, digest: Digest, size: int, executable: bool, source: bytes, final: bytes
     ) -> PlacedBlob:
+        src = _open_stored(digest, source, size)
         try:
-            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            raise _missing(digest) from exc
-        try:
-            st = os.fstat(src)
-            if st.st_size != size:
-                raise _mismatch(digest, f"{st.st_size} bytes in the store, {size} expected")
             return self._commit(digest, size, executable, final, lambda dst: _copy_and_hash(
                 src, dst, size
             ))
