@@ -14,10 +14,14 @@ figures are compared with what the same command costs as a sandboxed
 2. builds per second with 8 concurrent clients, against 8 concurrent
    ``nix-store --realise`` processes.
 
+With ``--baseline REV`` a second server runs the code of an earlier commit
+(exported with ``git archive``) and joins the interleaved latency runs, so the
+cost of a change to the server shows as a ratio measured under the same load.
+
 Cold and warm materialisation are measured by bench_matcache.py. Needs root
 (for Nix without a daemon), bwrap, nix-bin and busybox.
 
-    .venv/bin/python tests/benchmarks/bench_build.py [--runs N] [--seconds S]
+    .venv/bin/python tests/benchmarks/bench_build.py [--runs N] [--seconds S] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -61,9 +65,13 @@ OUTPUT_NAME = "1" * 32 + "-bench-out"
 
 
 class Server:
-    """``builder serve`` in its own process, on a unix socket in ``root``."""
+    """``builder serve`` in its own process, on a unix socket in ``root``.
 
-    def __init__(self, root: Path, *options: str) -> None:
+    ``tree`` is the source tree whose code runs: this checkout, or an exported
+    earlier commit for ``--baseline``.
+    """
+
+    def __init__(self, root: Path, *options: str, tree: Path = REPO) -> None:
         root.mkdir()
         self.url = f"grpc+unix://{root / 'builder.sock'}"
         self._log = root / "server.log"
@@ -80,7 +88,7 @@ class Server:
                     str(root / "data"),
                     *options,
                 ],
-                cwd=REPO,
+                cwd=tree,
                 stdout=log,
                 stderr=log,
             )
@@ -110,13 +118,25 @@ class Server:
 
 
 @contextmanager
-def served(root: Path, *options: str) -> Iterator[Server]:
-    server = Server(root, *options)
+def served(root: Path, *options: str, tree: Path = REPO) -> Iterator[Server]:
+    server = Server(root, *options, tree=tree)
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+def export_commit(revision: str, dest: Path) -> Path:
+    """The source tree of ``revision``, unpacked beside the run's other files."""
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", revision],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def ingest_input(server: Server, source: Path) -> Any:
@@ -157,10 +177,6 @@ def do_build(stub: Any, request: Any) -> None:
     response = stub.DoBuild(request, timeout=60)
     (output,) = response.outputs
     assert output.output.file.size == 2, response
-
-
-
-
 
 
 class NixRealiser:
@@ -274,6 +290,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="timed runs per contender")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput test")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also time a server running this earlier commit, interleaved with ours",
+    )
     args = parser.parse_args()
     runs, seconds = args.runs, args.seconds
 
@@ -288,6 +309,12 @@ def main() -> None:
         cached_input = ingest_input(cached, source)
         uncached_stub = snix_rpc.BuildServiceStub(uncached.channel)
         cached_stub = snix_rpc.BuildServiceStub(cached.channel)
+        contenders: dict[str, Callable[[], None]] = {}
+        if args.baseline:
+            tree = export_commit(args.baseline, tmp / "baseline-tree")
+            baseline = stack.enter_context(served(tmp / "baseline", "--no-result-cache", tree=tree))
+            baseline_input = ingest_input(baseline, source)
+            baseline_stub = snix_rpc.BuildServiceStub(baseline.channel)
 
         nix_workdir = tmp / "nix"
         nix_workdir.mkdir()
@@ -301,6 +328,14 @@ def main() -> None:
 
         def ours() -> None:
             do_build(uncached_stub, build_request(uncached_input, str(next(counter))))
+
+        contenders["ours"] = ours
+        if args.baseline:
+
+            def earlier() -> None:
+                do_build(baseline_stub, build_request(baseline_input, str(next(counter))))
+
+            contenders["baseline"] = earlier
 
         def ours_cache_on() -> None:
             do_build(cached_stub, build_request(cached_input, str(next(counter))))
@@ -317,16 +352,13 @@ def main() -> None:
         def bubblewrap() -> None:
             subprocess.run(bwrap, check=True)
 
-        figures = latencies(
-            {
-                "ours": ours,
-                "nix": nix,
-                "bwrap": bubblewrap,
-                "cache on": ours_cache_on,
-                "cache hit": ours_cache_hit,
-            },
-            runs,
-        )
+        contenders |= {
+            "nix": nix,
+            "bwrap": bubblewrap,
+            "cache on": ours_cache_on,
+            "cache hit": ours_cache_hit,
+        }
+        figures = latencies(contenders, runs)
 
         def ours_client() -> bool:
             ours()
@@ -349,6 +381,9 @@ def main() -> None:
     row("peer: bwrap --unshare-all, same command", latency_figure(figures["bwrap"]))
     row("ours / nix (p50)", f"{ours_p50 / nix_p50:.2f} (goal < 0.33)")
     row("ours / bwrap (p50)", f"{ours_p50 / bwrap_p50:.2f}")
+    if args.baseline:
+        row(f"baseline: DoBuild at {args.baseline}", latency_figure(figures["baseline"]))
+        row("ours / baseline (p50)", f"{ours_p50 / figures['baseline'].p50:.2f}")
     row("extra: ours, result cache on, every request new", latency_figure(figures["cache on"]))
     row("extra: ours, result cache hit", latency_figure(figures["cache hit"]))
 
