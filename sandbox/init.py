@@ -176,7 +176,7 @@ def _open_copy_out(spec: SandboxSpec, owner: tuple[int, int] | None) -> list[int
         return []
     fds = []
     for scratch in spec.scratch:
-        fd = os.open(scratch.host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(scratch.host, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         if owner is not None:
             os.fchown(fd, *owner)
         fds.append(fd)
