@@ -9,7 +9,7 @@ removed whatever happens.
 from __future__ import annotations
 
 import os
-import uuid
+import secrets
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -52,10 +52,11 @@ class BuildRunner:
         request: BuildRequest,
         on_log: LogSink | None = None,
         cancel: CancelToken | None = None,
-        build_id: str | None = None,
     ) -> list[CollectedOutput]:
         cancel = cancel or CancelToken()
-        work = self._builds_dir / (build_id or uuid.uuid4().hex)
+        # The build sees its bind sources in /proc/self/mountinfo: a random
+        # name tells it nothing about the build ids clients see.
+        work = self._builds_dir / secrets.token_hex(16)
         work.mkdir()
         try:
             with ExitStack() as stack:
