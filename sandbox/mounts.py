@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field
 
 from sandbox import hostpaths, identity, syscalls
+from sandbox.errors import SpecError
 from sandbox.spec import SandboxSpec
 from sandbox.syscalls import (
     MNT_DETACH,
@@ -291,6 +292,8 @@ def _write_file(ctx: _Context, target: str, contents: bytes, mode: int) -> None:
     dir_fd = hostpaths.walk(ctx.root_fd, parent, functools.partial(_created, ctx))
     try:
         fd = _create(dir_fd, name, mode)
+    except OSError as exc:
+        raise SpecError(f"file {target!r} cannot be created: {exc.strerror}") from None
     finally:
         os.close(dir_fd)
     try:
