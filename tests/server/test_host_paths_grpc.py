@@ -24,6 +24,8 @@ from builder.castore.grpc_channel import open_channel
 from builder.castore.nodes import Node, SymlinkNode
 from builder.castore.store import Store
 from builder.castore.wire import Family
+from builder.proto.builder.v1 import build_events_pb2
+from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.canary import make_canary, snapshot
 from tests.sandbox.conftest import ROOTLESS_UID, _rootless_python
@@ -44,6 +46,14 @@ class Server:
         try:
             stub = snix_rpc.BuildServiceStub(channel)
             stub.DoBuild(request_to_proto(request, Family.SNIX), timeout=120)
+        finally:
+            channel.close()
+
+    def stream(self, request: BuildRequest) -> list[build_events_pb2.BuildEvent]:
+        channel = open_channel(self.address)
+        try:
+            stub = events_grpc.BuildEventsStub(channel)
+            return list(stub.StreamBuild(request_to_proto(request, Family.SNIX), timeout=120))
         finally:
             channel.close()
 
@@ -132,3 +142,13 @@ def test_cleanup_leaves_a_planted_store_symlink_alone(server: Server) -> None:
     script = f"cd /nix && mv store old && ln -s {canary} store && echo done > /build/out"
     server.build(_request(script, (directory, file)))
     assert snapshot(canary) == before
+
+
+def test_mountinfo_does_not_show_the_build_id(server: Server) -> None:
+    """Bind sources show in mountinfo; the work directory among them is a random name."""
+    events = server.stream(_request("cat /proc/self/mountinfo; echo x > /build/out", ()))
+    build_id = events[0].started.build_id
+    log = b"".join(e.log.data for e in events if e.HasField("log"))
+    assert events[-1].HasField("completed")
+    assert b"/builds/" in log
+    assert build_id.encode() not in log
