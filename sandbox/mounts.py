@@ -86,7 +86,9 @@ def prepare_root(root: str) -> None:
     os.mkdir(_at(root, "/tmp"))
 
 
-def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> RootLayout:
+def populate_root(
+    root: str, spec: SandboxSpec, owner: tuple[int, int] | None, layout: RootLayout
+) -> None:
     """Add what the spec asks for to a prepared root, then make it read-only.
 
     ``owner`` is the host uid/gid the build runs as when the caller is root and
@@ -94,9 +96,9 @@ def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -
     Scratch dirs are host directories the caller may have filled (symlink
     inputs), so every target is reached through ``hostpaths`` from a descriptor
     of the root and mounted onto a descriptor of itself: a symlink on the way
-    is refused rather than followed out onto the host.
+    is refused rather than followed out onto the host. ``layout`` is filled as
+    work proceeds, so that it also tells what to undo when a step fails.
     """
-    layout = RootLayout()
     _make_etc(root, spec)
     store = _make_store(root, spec, owner)
     mounts = [
@@ -136,7 +138,6 @@ def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -
     dev = _at(root, "/dev")
     syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    return layout
 
 
 def enter_root(root: str) -> None:

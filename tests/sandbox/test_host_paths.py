@@ -79,3 +79,20 @@ def test_cleanup_does_not_follow_a_symlink_the_build_planted(sandbox: Sandboxes)
     assert b"planted" in result.log
     assert snapshot(canary) == before
     assert (scratch / "store").is_symlink()
+
+
+def test_failed_setup_leaves_no_mount_points_behind(sandbox: Sandboxes) -> None:
+    """Mount points made in host scratch before a later step is refused are removed too."""
+    scratch, canary = _planted(sandbox)
+    before = snapshot(canary)
+    result = sandbox.run(
+        "echo ran",
+        scratch=[Scratch("/nix", str(scratch))],
+        ro_binds=[Bind(str(sandbox.tools), "/nix/made/tools")],
+        files=[File("/nix/store/evil/PWNED", b"attacker bytes\n")],
+    )
+    assert result.error is not None, result
+    assert "/nix/store/evil" in result.error
+    assert [p.name for p in scratch.iterdir()] == ["store"]
+    assert [p.name for p in (scratch / "store").iterdir()] == ["evil"]
+    assert snapshot(canary) == before
