@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import accounting, netns, protocol, syscalls
+from sandbox import accounting, hostpaths, netns, protocol, syscalls
 from sandbox.cgroups import BuildCgroup, CgroupHost
 from sandbox.errors import SandboxError
 from sandbox.init import InitSetup, clone_flags, run_init, send_spec
@@ -498,14 +498,18 @@ class ForkServer:
         return missing
 
     def _remove_mountpoints(self, run: _Run) -> None:
-        """Delete the empty mount targets the sandbox had to create in host scratch."""
+        """Delete the empty mount targets the sandbox had to create in host scratch.
+
+        The build may have replaced any directory on the way with a symlink to
+        a host directory holding entries of the same names, so each is reached
+        from the scratch dir's descriptor without following symlinks.
+        """
         if run.spec.limits.scratch_bytes is not None:
             return
         for path in reversed(run.mountpoints):
             for scratch in run.spec.scratch:
                 if path.startswith(scratch.target + "/"):
-                    host = scratch.host + path[len(scratch.target) :]
-                    _remove_if_empty(host)
+                    hostpaths.remove_if_empty(scratch.host, path[len(scratch.target) :])
 
 
 def _sweep_stale_roots() -> None:
@@ -524,14 +528,6 @@ def _sweep_stale_roots() -> None:
 def _with_margin(processes: int | None) -> int | None:
     """The sandbox's PID 1 is in the group too."""
     return None if processes is None else processes + 1
-
-
-def _remove_if_empty(path: str) -> None:
-    with contextlib.suppress(OSError):
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.rmdir(path)
-        elif os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
-            os.unlink(path)
 
 
 def main(argv: list[str]) -> None:

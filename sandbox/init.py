@@ -137,9 +137,12 @@ def _after_spec(job: InitSetup, spec: SandboxSpec) -> list[int]:
     if spec.network != job.network or (not job.rootful and (spec.uid, spec.gid) != job.inside_ids):
         raise SetupError("the spec does not match what this PID 1 was prepared for")
     owner = job.host_ids if job.rootful else None
-    layout = mounts.populate_root(job.root, spec, owner=owner)
+    layout = mounts.RootLayout()
+    try:
+        mounts.populate_root(job.root, spec, owner, layout)
+    finally:
+        report(job.status_fd, {"mountpoints": layout.mountpoints})
     copy_out = _open_copy_out(spec, owner)
-    report(job.status_fd, {"mountpoints": layout.mountpoints})
     mounts.enter_root(job.root)
     if job.rootful:
         uid, gid = job.host_ids
@@ -176,7 +179,7 @@ def _open_copy_out(spec: SandboxSpec, owner: tuple[int, int] | None) -> list[int
         return []
     fds = []
     for scratch in spec.scratch:
-        fd = os.open(scratch.host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(scratch.host, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         if owner is not None:
             os.fchown(fd, *owner)
         fds.append(fd)

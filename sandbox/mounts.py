@@ -6,11 +6,14 @@ and nodev as whole trees (mount_setattr with AT_RECURSIVE), so a submount
 under an input cannot be used to sneak a writable or setuid path in.
 """
 
+import functools
 import os
+import posixpath
 import stat
 from dataclasses import dataclass, field
 
-from sandbox import identity, syscalls
+from sandbox import hostpaths, identity, syscalls
+from sandbox.errors import SpecError
 from sandbox.spec import SandboxSpec
 from sandbox.syscalls import (
     MNT_DETACH,
@@ -53,7 +56,7 @@ class RootLayout:
 
 @dataclass
 class _Context:
-    root: str
+    root_fd: int
     owner: tuple[int, int] | None
     scratch: list[str]
     host_scratch: list[str]
@@ -83,13 +86,19 @@ def prepare_root(root: str) -> None:
     os.mkdir(_at(root, "/tmp"))
 
 
-def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> RootLayout:
+def populate_root(
+    root: str, spec: SandboxSpec, owner: tuple[int, int] | None, layout: RootLayout
+) -> None:
     """Add what the spec asks for to a prepared root, then make it read-only.
 
     ``owner`` is the host uid/gid the build runs as when the caller is root and
     files must be handed over; rootless callers already own what they create.
+    Scratch dirs are host directories the caller may have filled (symlink
+    inputs), so every target is reached through ``hostpaths`` from a descriptor
+    of the root and mounted onto a descriptor of itself: a symlink on the way
+    is refused rather than followed out onto the host. ``layout`` is filled as
+    work proceeds, so that it also tells what to undo when a step fails.
     """
-    layout = RootLayout()
     _make_etc(root, spec)
     store = _make_store(root, spec, owner)
     mounts = [
@@ -103,19 +112,25 @@ def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -
     if store is None:
         syscalls.mount("tmpfs", _at(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     else:
-        _bind(store[-1], _at(root, "/tmp"), writable=True, device_ok=False)
-    targets = [s.target for s in spec.scratch]
-    ctx = _Context(root, owner, targets, [] if store else targets, layout)
+        _bind_path(store[-1], _at(root, "/tmp"), writable=True)
     if owner is not None and store is None:
         for scratch in spec.scratch:
-            os.chown(scratch.host, *owner)
-    for mount in sorted(mounts, key=lambda m: m.target.count("/")):
-        _mountpoint(ctx, mount)
-        _bind(mount.source, _at(root, mount.target), mount.writable, mount.device_ok)
-    for file in spec.files:
-        _write_file(ctx, file.target, file.contents, file.mode)
-    if not os.path.isdir(_at(root, spec.cwd)):
-        _makedirs(ctx, spec.cwd)
+            os.chown(scratch.host, *owner, follow_symlinks=False)
+    targets = [s.target for s in spec.scratch]
+    root_fd = hostpaths.open_dir(root)
+    try:
+        ctx = _Context(root_fd, owner, targets, [] if store else targets, layout)
+        for mount in sorted(mounts, key=lambda m: m.target.count("/")):
+            target_fd = _mountpoint(ctx, mount)
+            try:
+                _bind(mount.source, target_fd, mount.target, mount.writable, mount.device_ok)
+            finally:
+                os.close(target_fd)
+        for file in spec.files:
+            _write_file(ctx, file.target, file.contents, file.mode)
+        os.close(hostpaths.walk(root_fd, spec.cwd, functools.partial(_created, ctx)))
+    finally:
+        os.close(root_fd)
     if store is not None:
         syscalls.umount2(_at(root, "/" + _STORE), MNT_DETACH)
         os.rmdir(_at(root, "/" + _STORE))
@@ -123,7 +138,6 @@ def populate_root(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -
     dev = _at(root, "/dev")
     syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    return layout
 
 
 def enter_root(root: str) -> None:
@@ -149,7 +163,7 @@ def _make_etc(root: str, spec: SandboxSpec) -> None:
         host = f"/etc/{name}"
         if os.path.exists(host):
             _write(f"{etc}/{name}", b"")
-            _bind(host, f"{etc}/{name}", writable=False, device_ok=False)
+            _bind_path(host, f"{etc}/{name}", writable=False)
 
 
 def _make_dev(root: str) -> None:
@@ -196,46 +210,57 @@ def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> 
     return [*dirs, tmp]
 
 
-def _mountpoint(ctx: _Context, mount: _Mount) -> None:
-    target = _at(ctx.root, mount.target)
-    _makedirs(ctx, os.path.dirname(mount.target))
-    if os.path.lexists(target):
-        return
-    if os.path.isdir(mount.source):
-        os.mkdir(target, 0o755)
-    else:
-        _write(target, b"")
-    _created(ctx, mount.target)
+def _mountpoint(ctx: _Context, mount: _Mount) -> int:
+    """An O_PATH fd of the mount target, created (and its parents) if missing."""
+    parent, name = posixpath.split(mount.target)
+    dir_fd = hostpaths.walk(ctx.root_fd, parent, functools.partial(_created, ctx))
+    try:
+        if hostpaths.kind(dir_fd, name) is None:
+            if os.path.isdir(mount.source):
+                os.mkdir(name, 0o755, dir_fd=dir_fd)
+            else:
+                os.close(_create(dir_fd, name, 0o644))
+            _created(ctx, dir_fd, name, mount.target)
+        return hostpaths.open_leaf(dir_fd, name, mount.target)
+    finally:
+        os.close(dir_fd)
 
 
-def _makedirs(ctx: _Context, path: str) -> None:
-    current = ""
-    for part in path.strip("/").split("/"):
-        if not part:
-            continue
-        current += "/" + part
-        full = _at(ctx.root, current)
-        if not os.path.lexists(full):
-            os.mkdir(full, 0o755)
-            _created(ctx, current)
-
-
-def _created(ctx: _Context, path: str) -> None:
+def _created(ctx: _Context, parent_fd: int, name: str, path: str) -> None:
     """Hand new entries in scratch to the build user and remember host leftovers."""
     if ctx.owner is not None and any(path.startswith(s + "/") for s in ctx.scratch):
-        os.chown(_at(ctx.root, path), *ctx.owner, follow_symlinks=False)
+        os.chown(name, *ctx.owner, dir_fd=parent_fd, follow_symlinks=False)
     if any(path.startswith(s + "/") for s in ctx.host_scratch):
         ctx.layout.mountpoints.append(path)
 
 
-def _bind(source: str, target: str, writable: bool, device_ok: bool) -> None:
-    syscalls.mount(source, target, None, MS_BIND | MS_REC)
-    attrs = MOUNT_ATTR_NOSUID
-    if not writable:
-        attrs |= MOUNT_ATTR_RDONLY
-    if not (device_ok and _is_device(source)):
-        attrs |= MOUNT_ATTR_NODEV
-    syscalls.mount_setattr_recursive(target, attrs)
+def _bind(source: str, target_fd: int, shown: str, writable: bool, device_ok: bool) -> None:
+    """Bind ``source`` (a whole tree) onto the target the descriptor pins.
+
+    The copy is detached while its flags are set, so it is never visible
+    writable or setuid-capable, and it is attached by descriptor, so the
+    target cannot be swapped for a symlink after it was checked.
+    """
+    tree = syscalls.open_tree_clone(source)
+    try:
+        attrs = MOUNT_ATTR_NOSUID
+        if not writable:
+            attrs |= MOUNT_ATTR_RDONLY
+        if not (device_ok and _is_device(source)):
+            attrs |= MOUNT_ATTR_NODEV
+        syscalls.mount_setattr_fd(tree, attrs)
+        syscalls.move_mount_onto(tree, target_fd, shown)
+    finally:
+        os.close(tree)
+
+
+def _bind_path(source: str, target: str, writable: bool) -> None:
+    """Bind onto a target in the sandbox's own fresh tmpfs, which nobody else can touch."""
+    target_fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _bind(source, target_fd, target, writable, device_ok=False)
+    finally:
+        os.close(target_fd)
 
 
 def _is_device(path: str) -> bool:
@@ -243,18 +268,38 @@ def _is_device(path: str) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
+def _create(dir_fd: int, name: str, mode: int) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, mode, dir_fd=dir_fd)
+
+
+def _fill(fd: int, contents: bytes, mode: int) -> None:
+    view = memoryview(contents)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fchmod(fd, mode)
+
+
 def _write(path: str, contents: bytes, mode: int = 0o644) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        os.write(fd, contents)
-        os.fchmod(fd, mode)
+        _fill(fd, contents, mode)
     finally:
         os.close(fd)
 
 
 def _write_file(ctx: _Context, target: str, contents: bytes, mode: int) -> None:
-    _makedirs(ctx, os.path.dirname(target))
-    path = _at(ctx.root, target)
-    _write(path, contents, mode)
-    if ctx.owner is not None:
-        os.chown(path, *ctx.owner, follow_symlinks=False)
+    parent, name = posixpath.split(target)
+    dir_fd = hostpaths.walk(ctx.root_fd, parent, functools.partial(_created, ctx))
+    try:
+        fd = _create(dir_fd, name, mode)
+    except OSError as exc:
+        raise SpecError(f"file {target!r} cannot be created: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        _fill(fd, contents, mode)
+        if ctx.owner is not None:
+            os.fchown(fd, *ctx.owner)
+    finally:
+        os.close(fd)

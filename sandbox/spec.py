@@ -35,9 +35,10 @@ class Scratch:
     ``host`` is a directory the caller owns; after the run it holds whatever the
     build left at ``target``. Without a scratch byte limit it is bound directly;
     with one, the build writes to a size-capped tmpfs that is copied back when the
-    command ends on its own. It should be fresh: mount targets for inputs nested
-    under ``target`` are created in it before the build starts, following any
-    symlink an earlier build may have left there.
+    command ends on its own. Mount targets and files nested under ``target`` are
+    created in it before the build starts; a symlink on the way to one (such as
+    one the caller put there) makes the run fail at setup instead of being
+    followed.
     """
 
     target: str

@@ -36,8 +36,20 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 AT_RECURSIVE = 0x8000
+_AT_EMPTY_PATH = 0x1000
+
+OPEN_TREE_CLONE = 0x1
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 
 _SYS_PIVOT_ROOT = 155
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_OPENAT2 = 437
 _SYS_MOUNT_SETATTR = 442
 _AT_FDCWD = -100
 
@@ -79,18 +91,65 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
-def mount_setattr_recursive(target: str, attr_set: int) -> None:
-    """Apply mount flags to a whole bind tree at once, submounts included."""
+def open_tree_clone(source: str) -> int:
+    """A detached copy of the mount tree at ``source`` (submounts included), as an fd.
+
+    Attributes can be set on it before it is attached, and attaching it with
+    ``move_mount_onto`` names the target by descriptor rather than by path.
+    """
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
+    ret = _libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(_AT_FDCWD), _b(source), ctypes.c_uint(flags))
+    _check(ret, f"open_tree {source!r}")
+    return int(ret)
+
+
+def mount_setattr_fd(tree_fd: int, attr_set: int) -> None:
+    """Apply mount flags to a whole (possibly detached) mount tree held by an fd."""
     attr = _MountAttr(attr_set=attr_set)
     ret = _libc.syscall(
         _SYS_MOUNT_SETATTR,
-        ctypes.c_int(_AT_FDCWD),
-        _b(target),
-        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.c_int(tree_fd),
+        b"",
+        ctypes.c_uint(AT_RECURSIVE | _AT_EMPTY_PATH),
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
-    _check(ret, f"mount_setattr {target!r}")
+    _check(ret, "mount_setattr")
+
+
+def move_mount_onto(tree_fd: int, target_fd: int, shown: str) -> None:
+    """Attach a detached mount tree on the file or directory ``target_fd`` refers to."""
+    ret = _libc.syscall(
+        _SYS_MOVE_MOUNT,
+        ctypes.c_int(tree_fd),
+        b"",
+        ctypes.c_int(target_fd),
+        b"",
+        ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH),
+    )
+    _check(ret, f"move_mount onto {shown!r}")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat with resolution rules; raises SyscallError(ENOSYS) where the kernel lacks it."""
+    how = _OpenHow(flags=flags, mode=mode, resolve=resolve)
+    ret = _libc.syscall(
+        _SYS_OPENAT2,
+        ctypes.c_int(dir_fd),
+        _b(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    _check(ret, f"openat2 {path!r}")
+    return int(ret)
 
 
 def setdomainname(name: str) -> None:

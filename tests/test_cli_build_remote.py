@@ -40,16 +40,34 @@ class Server:
 
 
 @contextmanager
-def serving(tmp: Path, listen: str, *options: str) -> Iterator[Server]:
-    """Start ``builder serve`` and learn its address (and port, for port 0) from its log."""
+def serving(
+    tmp: Path,
+    listen: str,
+    *options: str,
+    user: int | None = None,
+    python: str = sys.executable,
+    pythonpath: str | None = None,
+) -> Iterator[Server]:
+    """Start ``builder serve`` and learn its address (and port, for port 0) from its log.
+
+    With ``user`` (uid and gid alike) a root caller starts it as an ordinary
+    user, whose launcher is then rootless; ``python`` and ``pythonpath`` must
+    then be what that user can run and read.
+    """
     log = tmp / "server.log"
+    env = {**os.environ, "BUILDER_DATA_DIR": str(tmp / "server-data")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "builder", "serve", "--listen", listen, *options],
-            env={**os.environ, "BUILDER_DATA_DIR": str(tmp / "server-data")},
+            [python, "-m", "builder", "serve", "--listen", listen, *options],
+            env=env,
             stdout=sink,
             stderr=sink,
             cwd=ROOT,
+            user=user,
+            group=user,
+            extra_groups=None if user is None else [],
         )
     try:
         deadline = time.monotonic() + 30

@@ -8,10 +8,11 @@ clean, sorted, non-escaping paths. Each error names the offending field.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from builder.castore.nodes import Node, validate_root_node
+from builder.castore.nodes import Node, SymlinkNode, validate_root_node
 from builder.castore.wire import Family, node_from_proto, node_to_proto
 from builder.errors import InvalidArgumentError
 
@@ -139,6 +140,36 @@ def validate_request(request: BuildRequest) -> None:
     for i, needle in enumerate(request.refscan_needles):
         if not needle:
             raise InvalidArgumentError(f"refscan_needles[{i}]: empty")
+
+    _check_symlink_inputs(request)
+
+
+def _check_symlink_inputs(request: BuildRequest) -> None:
+    """No path the service writes or reads on the host may lead through a symlink input.
+
+    A symlink input is a real symlink in the inputs directory, pointing
+    wherever the request says; a path at or below it would be resolved on the
+    host before the build starts (or after it ends), not inside the sandbox.
+    """
+    links = [
+        f"{request.inputs_dir}/{os.fsdecode(node.name)}"
+        for node in request.inputs
+        if isinstance(node, SymlinkNode)
+    ]
+    if not links:
+        return
+    fields = [("working_dir", request.working_dir)]
+    fields += [(f"scratch_paths[{i}]", p) for i, p in enumerate(request.scratch_paths)]
+    fields += [(f"outputs[{i}]", p) for i, p in enumerate(request.outputs)]
+    fields += [
+        (f"additional_files[{i}].path", f.path) for i, f in enumerate(request.additional_files)
+    ]
+    for where, path in fields:
+        for link in links:
+            if path == link or is_inside(path, link):
+                raise InvalidArgumentError(
+                    f"{where}: {path!r} lies at or below the symlink input {link!r}"
+                )
 
 
 def request_from_proto(msg: Any) -> BuildRequest:

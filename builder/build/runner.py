@@ -9,7 +9,7 @@ removed whatever happens.
 from __future__ import annotations
 
 import os
-import uuid
+import secrets
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +24,7 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
 from builder.errors import CancelledError, CommandFailedError
-from sandbox import Bind, File, Launcher, Limits, SandboxResult, SandboxSpec, Scratch
+from sandbox import Bind, File, Launcher, Limits, SandboxResult, SandboxSpec, Scratch, hostpaths
 
 LogSink = Callable[[bytes], None]
 TAIL_LINES = 25
@@ -52,10 +52,11 @@ class BuildRunner:
         request: BuildRequest,
         on_log: LogSink | None = None,
         cancel: CancelToken | None = None,
-        build_id: str | None = None,
     ) -> list[CollectedOutput]:
         cancel = cancel or CancelToken()
-        work = self._builds_dir / (build_id or uuid.uuid4().hex)
+        # The build sees its bind sources in /proc/self/mountinfo: a random
+        # name tells it nothing about the build ids clients see.
+        work = self._builds_dir / secrets.token_hex(16)
         work.mkdir()
         try:
             with ExitStack() as stack:
@@ -105,22 +106,27 @@ class BuildRunner:
             staging = work / "inputs"
             staging.mkdir()
             binds.append(Bind(host=str(staging), target="/" + inputs_dir))
+            staging_fd = hostpaths.open_dir(str(staging))
         else:
-            staging = scratch_hosts[holder] / inputs_dir[len(holder) + 1 :]
-            staging.mkdir(parents=True, exist_ok=True)
+            holder_fd = hostpaths.open_dir(str(scratch_hosts[holder]))
+            try:
+                staging_fd = hostpaths.walk(holder_fd, inputs_dir[len(holder) :], _ignore)
+            finally:
+                os.close(holder_fd)
+        stack.callback(os.close, staging_fd)
         for node in request.inputs:
             name = os.fsdecode(node.name)
             if isinstance(node, SymlinkNode):
-                os.symlink(node.target, staging / name)
+                os.symlink(node.target, name, dir_fd=staging_fd)
                 continue
             acquired = stack.enter_context(self._cache.acquire(node))
             assert acquired.host_path is not None
             if holder is None:
-                mountpoint = staging / name
                 if os.path.isdir(acquired.host_path):
-                    mountpoint.mkdir()
+                    os.mkdir(name, dir_fd=staging_fd)
                 else:
-                    mountpoint.touch()
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(os.open(name, flags, 0o644, dir_fd=staging_fd))
             binds.append(Bind(host=str(acquired.host_path), target=f"/{inputs_dir}/{name}"))
 
         constraints = request.constraints
@@ -147,6 +153,10 @@ class BuildRunner:
             ),
         )
         return spec, scratch_hosts
+
+
+def _ignore(parent_fd: int, name: str, path: str) -> None:
+    """Directories made on the way to the inputs dir need no further handling."""
 
 
 def _failure(result: SandboxResult) -> CommandFailedError:

@@ -129,7 +129,7 @@ class BuildService:
         try:
             with self._slots.slot(cancel):
                 emit(Started(build_id, cached=False))
-                outputs = self._runner.run(request, on_log, cancel, build_id)
+                outputs = self._runner.run(request, on_log, cancel)
         finally:
             log.finish()
         if self.config.result_cache:
