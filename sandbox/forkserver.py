@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import accounting, netns, protocol, syscalls
+from sandbox import accounting, netns, protocol, seccomp, syscalls
 from sandbox.cgroups import BuildCgroup, CgroupHost
 from sandbox.errors import SandboxError, UidsExhaustedError
 from sandbox.init import InitSetup, clone_flags, run_init, send_spec
@@ -101,6 +101,7 @@ class ForkServer:
         )
         self.pid = os.getpid()
         self.loopback_request = netns.encode_in_child()
+        self.syscall_filter = seccomp.compile_filter()
         self.cgroups = (
             CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
         )
@@ -293,6 +294,7 @@ class ForkServer:
             rlimit_processes=cgroup is None or not cgroup.controls_pids,
             rlimit_memory=cgroup is None or not cgroup.controls_memory,
             loopback_request=self.loopback_request,
+            syscall_filter=self.syscall_filter,
         )
         gc.freeze()
         try:
