@@ -21,6 +21,7 @@ import stat
 import pyseccomp
 
 from sandbox import syscalls
+from sandbox.errors import SetupError
 
 _MODE_ARGUMENTS = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
 _XATTR_SETTERS = ("setxattr", "lsetxattr", "fsetxattr")
@@ -28,6 +29,13 @@ _XATTR_SETTERS = ("setxattr", "lsetxattr", "fsetxattr")
 
 def compile_filter() -> bytes:
     """The program as classic BPF, ready for ``install``."""
+    try:
+        return _compile()
+    except OSError as exc:
+        raise SetupError(f"cannot compile the system call filter: {exc}") from exc
+
+
+def _compile() -> bytes:
     rules = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     if pyseccomp.system_arch() == pyseccomp.Arch.X86_64:
         rules.add_arch(pyseccomp.Arch.X86)

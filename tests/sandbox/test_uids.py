@@ -145,3 +145,14 @@ def test_lock_dir_of_another_user_is_refused(lock_dir: Path) -> None:
     with pytest.raises(LauncherError, match="is owned by uid 65534, not by the launcher's uid 0"):
         Launcher(_config(lock_dir, uid_count=1)).start()
     assert list(lock_dir.iterdir()) == []
+
+
+def test_an_idle_spare_gives_its_uid_to_a_run_of_another_profile(
+    lock_dir: Path, tools: Path
+) -> None:
+    """The only uid is held by a spare cloned without network; a network run takes it."""
+    config = LauncherConfig(uid_base=UID_BASE, uid_count=1, spares=1, uid_lock_dir=str(lock_dir))
+    with Launcher(config) as launcher:
+        spec = SandboxSpec(argv=["/bin/true"], ro_binds=[Bind(str(tools), "/bin")], network=True)
+        result = launcher.run(spec, timeout=WAIT)
+    assert result.ok, result
