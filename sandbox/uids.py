@@ -68,6 +68,8 @@ def open_lock_dir(path: str) -> int:
     away from builds, so anything but a real directory owned by the launcher's
     user and closed to group and others is refused rather than repaired.
     """
+    if not os.path.isabs(path):
+        raise SetupError(f"build uid lock directory {path!r} is not an absolute path")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

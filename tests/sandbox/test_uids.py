@@ -139,6 +139,12 @@ def test_lock_dir_open_to_group_or_others_is_refused(lock_dir: Path, mode: int) 
     assert list(lock_dir.iterdir()) == []
 
 
+def test_relative_lock_dir_is_refused(root: None) -> None:
+    with pytest.raises(LauncherError, match="'uid-locks' is not an absolute path"):
+        Launcher(_config(Path("uid-locks"), uid_count=1)).start()
+    assert not Path("/uid-locks").exists()
+
+
 def test_lock_dir_of_another_user_is_refused(lock_dir: Path) -> None:
     lock_dir.mkdir(mode=0o700)
     os.chown(lock_dir, 65534, 65534)
