@@ -42,7 +42,8 @@ def _compile() -> bytes:
         rules.add_arch(pyseccomp.Arch.X32)
     denied = pyseccomp.ERRNO(errno.EPERM)
     for name, argument in _MODE_ARGUMENTS.items():
-        # fchmodat2 is newer than some libseccomp releases still in use.
+        # Newer architectures have no chmod or fchmod, and libseccomp releases
+        # still in use may not know fchmodat2.
         if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) < 0:
             continue
         for bit in (stat.S_ISUID, stat.S_ISGID):
