@@ -4,7 +4,14 @@ Start a :class:`Launcher` once, early, then submit :class:`SandboxSpec` runs
 from any thread and get a :class:`SandboxResult` back.
 """
 
-from sandbox.errors import LauncherError, SandboxError, SetupError, SpecError, SyscallError
+from sandbox.errors import (
+    LauncherError,
+    SandboxError,
+    SetupError,
+    SpecError,
+    SyscallError,
+    UidsExhaustedError,
+)
 from sandbox.launcher import Launcher, LauncherConfig, RunHandle
 from sandbox.result import CANCELLED, Limit, SandboxResult
 from sandbox.spec import Bind, File, Limits, SandboxSpec, Scratch
@@ -26,4 +33,5 @@ __all__ = [
     "SetupError",
     "SpecError",
     "SyscallError",
+    "UidsExhaustedError",
 ]

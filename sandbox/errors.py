@@ -24,3 +24,11 @@ class SetupError(SandboxError):
 
 class SyscallError(SandboxError, OSError):
     """A raw system call made through ctypes failed; carries errno like OSError."""
+
+
+class UidsExhaustedError(SandboxError):
+    """Every host uid of the configured range is held by a running build.
+
+    Not the caller's fault and not a broken host: the same spec may run once a
+    build has finished.
+    """

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import accounting, hostpaths, netns, protocol, syscalls
+from sandbox import accounting, hostpaths, netns, protocol, seccomp, syscalls
 from sandbox.cgroups import BuildCgroup, CgroupHost
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxError, UidsExhaustedError
 from sandbox.init import InitSetup, clone_flags, run_init, send_spec
 from sandbox.protocol import Kind
 from sandbox.result import CANCELLED, Limit, SandboxResult
@@ -45,6 +45,7 @@ class Settings:
     uid_count: int
     use_cgroups: bool
     spares: int
+    uid_lock_dir: str
 
 
 @dataclass
@@ -93,15 +94,20 @@ class ForkServer:
         self.sock = sock
         self.settings = settings
         self.rootful = os.geteuid() == 0
+        self.uids = (
+            UidPool(settings.uid_base, settings.uid_count, settings.uid_lock_dir)
+            if self.rootful
+            else None
+        )
         self.pid = os.getpid()
         self.loopback_request = netns.encode_in_child()
+        self.syscall_filter = seccomp.compile_filter()
         self.cgroups = (
             CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
         )
         _sweep_stale_roots()
         self.staging = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{self.pid}-")
         os.chmod(self.staging, 0o755)
-        self.uids = UidPool(settings.uid_base, settings.uid_count) if self.rootful else None
         self.runs: dict[int, _Run] = {}
         self.by_fd: dict[int, _Run] = {}
         self.by_pid: dict[int, _Run] = {}
@@ -194,6 +200,9 @@ class ForkServer:
                 self._discard(spare)
                 spare = self._make_spare((spec.uid, spec.gid), spec.network)
                 self._dispatch(spare, spec, payload)
+        except UidsExhaustedError as exc:
+            self._send(Kind.UIDS_EXHAUSTED, run_id, str(exc).encode())
+            return
         except (SandboxError, OSError) as exc:
             self._send(Kind.REJECTED, run_id, str(exc).encode())
             return
@@ -233,7 +242,14 @@ class ForkServer:
         for index, spare in enumerate(self.spares):
             if spare.network == spec.network and (self.rootful or spare.inside_ids == ids):
                 return self.spares.pop(index)
-        return self._make_spare(ids, spec.network)
+        while True:
+            try:
+                return self._make_spare(ids, spec.network)
+            except UidsExhaustedError:
+                # An idle spare of another profile may hold the last free uid.
+                if not self.spares:
+                    raise
+                self._discard(self.spares.pop(0))
 
     def _refill(self) -> None:
         """Clone the next PIDs 1 now, so that runs do not wait for them.
@@ -278,6 +294,7 @@ class ForkServer:
             rlimit_processes=cgroup is None or not cgroup.controls_pids,
             rlimit_memory=cgroup is None or not cgroup.controls_memory,
             loopback_request=self.loopback_request,
+            syscall_filter=self.syscall_filter,
         )
         gc.freeze()
         try:
@@ -537,10 +554,16 @@ def main(argv: list[str]) -> None:
         uid_count=int(argv[3]),
         use_cgroups=argv[4] == "1",
         spares=int(argv[5]),
+        uid_lock_dir=argv[6],
     )
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
-    ForkServer(sock, settings).serve()
+    try:
+        server = ForkServer(sock, settings)
+    except SandboxError as exc:
+        sock.sendall(protocol.pack(Kind.START_FAILED, 0, str(exc).encode()))
+        sys.exit(1)
+    server.serve()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,17 @@ import socket
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from sandbox import command, copyout, identity, mounts, namespaces, netns, privileges, syscalls
+from sandbox import (
+    command,
+    copyout,
+    identity,
+    mounts,
+    namespaces,
+    netns,
+    privileges,
+    seccomp,
+    syscalls,
+)
 from sandbox.cgroups import BuildCgroup
 from sandbox.errors import SetupError
 from sandbox.spec import SandboxSpec
@@ -57,6 +67,8 @@ class InitSetup:
     rlimit_processes: bool
     rlimit_memory: bool
     loopback_request: bytes
+    syscall_filter: bytes
+    """Compiled once by the launcher (see seccomp.py), installed just before the command."""
 
 
 def clone_flags(rootful: bool) -> int:
@@ -163,6 +175,7 @@ def _after_spec(job: InitSetup, spec: SandboxSpec) -> list[int]:
     privileges.drop_capabilities()
     privileges.forbid_privilege_gain()
     privileges.hide_from_build()
+    seccomp.install(job.syscall_filter)
     return copy_out
 
 

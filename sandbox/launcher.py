@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import protocol
-from sandbox.errors import LauncherError, SpecError
+from sandbox.errors import LauncherError, SpecError, UidsExhaustedError
 from sandbox.protocol import Kind
 from sandbox.result import SandboxResult
 from sandbox.spec import SandboxSpec
+from sandbox.uids import DEFAULT_LOCK_DIR
 
 LogCallback = Callable[[bytes], None]
 
@@ -39,7 +40,10 @@ class LauncherConfig:
     ``python_path`` choose the interpreter and extra import paths for the
     launcher; ``user``/``group`` make a root caller start it as an ordinary user
     (rootless mode). ``spares`` PIDs 1 are cloned ahead of demand; each holds a
-    uid from the range and an empty cgroup while it waits.
+    uid from the range and an empty cgroup while it waits. ``uid_lock_dir``
+    holds one lock file per uid of the range for a root launcher; launchers that
+    share a range must share it. It is created 0700 if absent, and refused if it
+    is a symlink, owned by another user or open to group or others.
     """
 
     uid_base: int = 2_000_000_000
@@ -51,6 +55,7 @@ class LauncherConfig:
     group: int | None = None
     start_timeout: float = 30.0
     spares: int = 2
+    uid_lock_dir: str = DEFAULT_LOCK_DIR
 
 
 @dataclass
@@ -146,6 +151,7 @@ class Launcher:
             str(cfg.uid_count),
             "1" if cfg.use_cgroups else "0",
             str(cfg.spares),
+            cfg.uid_lock_dir,
         ]
         extra: dict[str, Any] = {}
         if cfg.user is not None:
@@ -240,9 +246,12 @@ class Launcher:
             self.info = LauncherInfo(**json.loads(payload))
             self._ready.set()
             return
+        if kind is Kind.START_FAILED:
+            self._fail_all(payload.decode(errors="replace"))
+            return
         with self._state_lock:
             handle = self._runs.get(run_id)
-            if kind in (Kind.RESULT, Kind.REJECTED):
+            if kind in (Kind.RESULT, Kind.REJECTED, Kind.UIDS_EXHAUSTED):
                 self._runs.pop(run_id, None)
         if handle is None:
             return
@@ -252,10 +261,13 @@ class Launcher:
             handle._complete(SandboxResult.from_dict(json.loads(payload)), None)
         elif kind is Kind.REJECTED:
             handle._complete(None, SpecError(payload.decode()))
+        elif kind is Kind.UIDS_EXHAUSTED:
+            handle._complete(None, UidsExhaustedError(payload.decode()))
 
     def _fail_all(self, message: str) -> None:
+        """The first cause is kept: a launcher that said why it stopped then closes."""
         with self._state_lock:
-            self._failure = message
+            self._failure = self._failure or message
             handles = list(self._runs.values())
             self._runs.clear()
         self._ready.set()

@@ -21,6 +21,10 @@ class Kind(IntEnum):
     LOG = 4
     RESULT = 5
     REJECTED = 6
+    UIDS_EXHAUSTED = 7
+    """A run refused for now: every build uid is held; the payload says which."""
+    START_FAILED = 8
+    """Sent instead of READY: the launcher cannot work; the payload says why."""
 
 
 def pack(kind: Kind, run_id: int, payload: bytes = b"") -> bytes:

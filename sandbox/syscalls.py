@@ -166,6 +166,25 @@ def clear_ambient_capabilities() -> None:
     _check(ret, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
 
 
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_BPF_INSTRUCTION_SIZE = 8
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def set_seccomp_filter(program: bytes) -> None:
+    """Install a compiled classic BPF program as a seccomp filter on this process."""
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // _BPF_INSTRUCTION_SIZE, ctypes.addressof(code))
+    ret = _libc.prctl(
+        _PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0
+    )
+    _check(ret, "prctl(PR_SET_SECCOMP)")
+
+
 _SYS_CLONE = 56
 _SIGCHLD = 17
 # Called through PyDLL so the GIL stays held across clone, as os.fork does.

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libcap-dev nix-bin bubblewrap busybox-static b3sum iproute2 util-linux procps gcc libc6-dev python3.11-minimal)
+packages=(libcap-dev nix-bin bubblewrap busybox-static b3sum iproute2 util-linux procps gcc libc6-dev python3.11-minimal libseccomp2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

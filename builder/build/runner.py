@@ -23,8 +23,9 @@ from builder.build.request import BuildRequest, is_inside
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
-from builder.errors import CancelledError, CommandFailedError
+from builder.errors import CancelledError, CommandFailedError, ResourceExhaustedError
 from sandbox import Bind, File, Launcher, Limits, SandboxResult, SandboxSpec, Scratch, hostpaths
+from sandbox.errors import UidsExhaustedError
 
 LogSink = Callable[[bytes], None]
 TAIL_LINES = 25
@@ -67,6 +68,8 @@ class BuildRunner:
                 cancel.attach(handle)
                 try:
                     result = handle.wait()
+                except UidsExhaustedError as exc:
+                    raise ResourceExhaustedError(str(exc)) from exc
                 finally:
                     cancel.detach()
             if cancel.cancelled:

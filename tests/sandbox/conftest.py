@@ -95,6 +95,7 @@ def _rootless_pythonpath() -> Path:
     import prctl
     import psutil
     import pyroute2
+    import pyseccomp
 
     import sandbox
 
@@ -102,7 +103,7 @@ def _rootless_pythonpath() -> Path:
     for package in (sandbox, psutil, pyroute2):
         source = Path(package.__file__).parent
         shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("*.pyc"))
-    for module in (prctl, _prctl):
+    for module in (prctl, _prctl, pyseccomp):
         shutil.copy(module.__file__, target)
     for path in [target, *target.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -114,7 +115,7 @@ def _rootless_python(uid: int, pythonpath: Path) -> str:
     for candidate in (sys.executable, f"/usr/bin/python{version}", "/usr/bin/python3"):
         try:
             probe = subprocess.run(
-                [candidate, "-c", "import prctl, psutil, pyroute2, sandbox"],
+                [candidate, "-c", "import prctl, psutil, pyroute2, pyseccomp, sandbox"],
                 env={"PYTHONPATH": str(pythonpath), "PATH": "/usr/bin:/bin"},
                 capture_output=True,
                 cwd="/",

@@ -20,7 +20,12 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
+
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452
+#endif
 
 static int verdict(long ret, const char *what) {
     if (ret < 0) printf("denied %s %s\n", what, strerrorname_np(errno));
@@ -100,6 +105,37 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "mknod"))
         return verdict(mknod("/tmp/disk", S_IFBLK | 0600, makedev(8, 0)), "mknod");
+    if (!strcmp(cmd, "chmod") || !strcmp(cmd, "fchmod") || !strcmp(cmd, "fchmodat") ||
+        !strcmp(cmd, "fchmodat2") || !strcmp(cmd, "chmod-i386")) {
+        /* probe CALL OCTAL-MODE PATH: each variant is its own system call. */
+        long mode = strtol(argv[2], NULL, 8);
+        const char *path = argv[3];
+        if (!strcmp(cmd, "chmod")) return verdict(syscall(SYS_chmod, path, mode), cmd);
+        if (!strcmp(cmd, "fchmod"))
+            return verdict(syscall(SYS_fchmod, open(path, O_RDONLY), mode), cmd);
+        if (!strcmp(cmd, "fchmodat"))
+            return verdict(syscall(SYS_fchmodat, AT_FDCWD, path, mode), cmd);
+        if (!strcmp(cmd, "fchmodat2"))
+            return verdict(syscall(SYS_fchmodat2, AT_FDCWD, path, mode, 0), cmd);
+#if defined(__x86_64__)
+        /* The i386 table through int 0x80 (chmod is 15 there); the path must
+         * lie below 4 GiB, which static data of this non-PIE binary does. */
+        static char low_path[4096];
+        strncpy(low_path, path, sizeof low_path - 1);
+        long ret;
+        __asm__ volatile("int $0x80" : "=a"(ret) : "a"(15L), "b"(low_path), "c"(mode) : "memory");
+        if (ret < 0) errno = -ret;
+        return verdict(ret < 0 ? -1 : ret, cmd);
+#else
+        return 2;
+#endif
+    }
+    if (!strcmp(cmd, "setxattr"))
+        return verdict(setxattr(argv[2], "user.probe", "1", 1, 0), cmd);
+    if (!strcmp(cmd, "lsetxattr"))
+        return verdict(lsetxattr(argv[2], "user.probe", "1", 1, 0), cmd);
+    if (!strcmp(cmd, "fsetxattr"))
+        return verdict(fsetxattr(open(argv[2], O_RDONLY), "user.probe", "1", 1, 0), cmd);
     if (!strcmp(cmd, "sethostname")) return verdict(sethostname("evil", 4), "sethostname");
     if (!strcmp(cmd, "pivot_root"))
         return verdict(syscall(SYS_pivot_root, "/tmp", "/tmp"), "pivot_root");

@@ -7,7 +7,9 @@ program, which prints ``denied <errno>`` when the kernel refuses a call.
 
 import contextlib
 import ctypes
+import errno
 import os
+import platform
 import socket
 import stat
 import subprocess
@@ -147,11 +149,52 @@ def test_setuid_root_input_gives_no_privilege(sandbox: Sandboxes, tools: Path) -
 
 def test_setuid_binary_made_in_scratch_gives_no_privilege(sandbox: Sandboxes) -> None:
     _, fields = sandbox.with_build_dir()
-    script = "cp /bin/probe p && chmod 4755 p && ls -l p && ./p setuid0"
+    script = "cp /bin/probe p; chmod 4755 p; ls -l p; ./p setuid0"
     result = sandbox.run(script, **fields)
-    assert b"-rwsr-xr-x" in result.log
+    assert b"-rwxr-xr-x" in result.log
     assert b"uid 1000 euid 1000" in result.log
     assert b"denied setuid" in result.log
+
+
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def test_chmod_cannot_set_setuid_or_setgid_in_scratch(sandbox: Sandboxes) -> None:
+    host, fields = sandbox.with_build_dir()
+    script = "touch f g; chmod 4755 f; echo f=$?; chmod 2755 g; echo g=$?; chmod 755 g; echo ok=$?"
+    result = sandbox.run(script, **fields)
+    assert result.log.count(b"Operation not permitted") == 2, result.log
+    assert b"f=1" in result.log
+    assert b"g=1" in result.log
+    assert b"ok=0" in result.log
+    assert stat.S_IMODE((host / "f").stat().st_mode) == 0o644
+    assert stat.S_IMODE((host / "g").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("call", ["chmod", "fchmod", "fchmodat", "fchmodat2", "chmod-i386"])
+def test_no_mode_change_system_call_sets_setuid_or_setgid(sandbox: Sandboxes, call: str) -> None:
+    """Each entry point is filtered on its own; modes without those bits still apply."""
+    if call == "chmod-i386" and platform.machine() != "x86_64":
+        pytest.skip("the i386 system call table exists only on x86_64")
+    host, fields = sandbox.with_build_dir()
+    script = (
+        f"touch f; probe {call} 4755 f; probe {call} 2755 f; probe {call} 6711 f; "
+        f"probe {call} 1750 f"
+    )
+    result = sandbox.run(script, **fields)
+    assert result.log.count(f"denied {call} EPERM".encode()) == 3, result.log
+    assert f"ok {call} 0".encode() in result.log, result.log
+    assert stat.S_IMODE((host / "f").stat().st_mode) == 0o1750
+
+
+@pytest.mark.parametrize("call", ["setxattr", "lsetxattr", "fsetxattr"])
+def test_extended_attributes_cannot_be_set(sandbox: Sandboxes, call: str) -> None:
+    host, fields = sandbox.with_build_dir()
+    result = sandbox.run(f"touch f; probe {call} f", **fields)
+    # ENOTSUP (95) shares its number with EOPNOTSUPP, the name libc gives it.
+    assert errno.ENOTSUP == errno.EOPNOTSUPP == 95
+    assert f"denied {call} EOPNOTSUPP".encode() in result.log, result.log
+    assert os.listxattr(host / "f") == []
 
 
 def test_no_capabilities_and_no_new_privileges(sandbox: Sandboxes) -> None:
