@@ -408,10 +408,10 @@ def test_link_limit_falls_back_to_a_copy(store: Store, monkeypatch: pytest.Monke
     node = store.ingest(write_tree(store.tmp / "src", 4, "links"))
     cache = store.cache()
     real_link = os.link
-    trees_tmp = os.fsencode(store.tmp / "cache" / "tmp")
 
-    def link_at_limit(src: bytes, dst: bytes) -> None:
-        if os.fsencode(dst).startswith(trees_tmp):
+    def link_at_limit(src: bytes, dst: bytes, *, dst_dir_fd: int | None = None) -> None:
+        # Trees link relative to their directory's descriptor; placing a blob does not.
+        if dst_dir_fd is not None:
             raise OSError(errno.EMLINK, "too many links")
         real_link(src, dst)
 
