@@ -314,9 +314,7 @@ def test_missing_directory_names_the_digest(store: Store) -> None:
 def test_missing_blob_names_the_digest_and_leaves_no_tree(store: Store) -> None:
     present = put_bytes(store.blobs, b"present")
     missing = Digest.of(b"never stored")
-    directory = Directory.of(
-        [FileNode(b"here", present, 7), FileNode(b"gone", missing, 12)]
-    )
+    directory = Directory.of([FileNode(b"here", present, 7), FileNode(b"gone", missing, 12)])
     store.directories.put(directory)
     cache = store.cache()
     with pytest.raises(FailedPreconditionError, match=re.escape(str(missing))):
