@@ -21,7 +21,7 @@ _FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def make_deep_tree(root: Path, depth: int = DEPTH) -> None:
-    """``root/level-xx/.../level-xx`` with a file at the top and one (holding NEEDLE) at the bottom."""
+    """``root/level-xx/.../level-xx``, a file at the top and one holding NEEDLE at the bottom."""
     root.mkdir()
     (root / "top").write_bytes(b"top file\n")
     fd = os.open(root, _FLAGS)

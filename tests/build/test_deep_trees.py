@@ -59,15 +59,17 @@ def test_export_of_a_deep_output(
 ) -> None:
     node = ingest_path(deep, *stores, b"out")
     out = tmp_path / "exported"
-    with few_descriptors():
-        export_outputs([node], out, *stores)
-        export_outputs([node], out, *stores)
-    assert depth_of(out / "out") == DEPTH
-    with at_bottom(out / "out") as bottom:
-        assert os.stat("bottom", dir_fd=bottom, follow_symlinks=False).st_mtime == 1
-        assert os.stat(".", dir_fd=bottom).st_mtime == 1
-    assert sorted(os.listdir(out)) == ["out"]
-    remove_tree(out)
+    try:
+        with few_descriptors():
+            export_outputs([node], out, *stores)
+            export_outputs([node], out, *stores)
+        assert depth_of(out / "out") == DEPTH
+        with at_bottom(out / "out") as bottom:
+            assert os.stat("bottom", dir_fd=bottom, follow_symlinks=False).st_mtime == 1
+            assert os.stat(".", dir_fd=bottom).st_mtime == 1
+        assert sorted(os.listdir(out)) == ["out"]
+    finally:
+        remove_tree(out)
 
 
 def test_matcache_fills_evicts_and_adopts_a_deep_tree(
@@ -75,19 +77,28 @@ def test_matcache_fills_evicts_and_adopts_a_deep_tree(
 ) -> None:
     node = ingest_path(deep, *stores)
     assert isinstance(node, DirectoryNode)
-    cache = MaterialisationCache(tmp_path / "cache", *stores, max_bytes=1 << 30)
+    try:
+        _fill_adopt_evict(node, tmp_path / "cache", stores)
+    finally:
+        remove_tree(tmp_path / "cache")
+
+
+def _fill_adopt_evict(
+    node: DirectoryNode, root: Path, stores: tuple[FsBlobService, SqliteDirectoryService]
+) -> None:
+    cache = MaterialisationCache(root, *stores, max_bytes=1 << 30)
     with few_descriptors(), cache.acquire(node) as acquired:
         assert acquired.host_path is not None
         assert depth_of(acquired.host_path) == DEPTH
     used = cache.stats().bytes_used
     cache.close()
     with few_descriptors():
-        adopted = MaterialisationCache(tmp_path / "cache", *stores, max_bytes=1 << 30)
+        adopted = MaterialisationCache(root, *stores, max_bytes=1 << 30)
     assert adopted.stats().bytes_used == used
     adopted.close()
     with few_descriptors():
-        evicting = MaterialisationCache(tmp_path / "cache", *stores, max_bytes=0)
-    assert os.listdir(tmp_path / "cache" / TREES_DIR) == []
+        evicting = MaterialisationCache(root, *stores, max_bytes=0)
+    assert os.listdir(root / TREES_DIR) == []
     assert evicting.stats().trees == 0
     evicting.close()
 

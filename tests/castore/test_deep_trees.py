@@ -36,7 +36,7 @@ STORES: Stores = {
 def few_descriptors(spare: int = 96) -> Iterator[None]:
     """Fewer descriptors than the tree has levels: a walk holding one per level fails."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert DEPTH > spare + OPEN_LIMIT
+    assert spare + OPEN_LIMIT < DEPTH
     resource.setrlimit(resource.RLIMIT_NOFILE, (open_descriptors() + spare, hard))
     try:
         yield
