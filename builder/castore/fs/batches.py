@@ -22,7 +22,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 BATCH_FILES = 64
-BATCH_DIRECTORIES = 16
+BATCH_DIRECTORIES = 8
 
 
 @dataclass
@@ -53,7 +53,7 @@ class DirectoryBatches(Generic[Item, Result]):
         self._pool = pool
         self._work = work
         self._collect_results = collect
-        self._limit = 4 * workers
+        self._limit = 2 * workers
         self._batch: _Batch[Item] = _Batch()
         self._in_flight: deque[tuple[Future[list[Result]], _Batch[Item]]] = deque()
 
