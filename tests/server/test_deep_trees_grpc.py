@@ -110,23 +110,34 @@ def test_unwritable_directories_left_behind_are_removed(served: Served) -> None:
     assert _builds_left(served) == []
 
 
-def _doubling_chain(served: Served) -> Directory:
-    """CHAIN directories, each naming the one below twice: 2**CHAIN leaves when expanded."""
-    client = GrpcDirectoryService(f"grpc+unix://{served.work.parent / 'builder.sock'}")
+def _doubling_chain(served: Served, depth: int = CHAIN, family: Family = Family.TVIX) -> Directory:
+    """``depth`` directories, each naming the one below twice: 2**depth leaves when expanded.
+
+    The castore's closure putter and recursive Get must handle it by unique
+    digests, or this alone would not finish.
+    """
+    url = f"grpc+unix://{served.work.parent / 'builder.sock'}"
+    client = GrpcDirectoryService(url, family)
     try:
         putter = client.put_multiple_start()
         current = Directory()
         putter.put(current)
-        for _ in range(CHAIN):
-            current = Directory(
-                directories=(current.node(b"a"), current.node(b"b")),
-            )
+        for _ in range(depth):
+            current = Directory(directories=(current.node(b"a"), current.node(b"b")))
             putter.put(current)
         assert putter.close() == current.digest
-        assert len(list(client.get_recursive(current.digest))) == CHAIN + 1
+        assert len(list(client.get_recursive(current.digest))) == depth + 1
     finally:
         client.close()
     return current
+
+
+@pytest.mark.parametrize("served", [None], indirect=True, ids=["bound"])
+@pytest.mark.parametrize("family", list(Family))
+def test_castore_handles_a_doubling_chain_by_unique_digests(served: Served, family: Family) -> None:
+    # 60 levels: 2**60 directories expanded, still a size below 2**64.
+    top = _doubling_chain(served, 60, family)
+    assert top.size > 1 << 60
 
 
 @pytest.mark.parametrize("served", [None], indirect=True, ids=["bound"])
