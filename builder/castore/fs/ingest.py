@@ -25,7 +25,7 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import display_path
 from builder.castore.fs.batches import DirectoryBatches
-from builder.castore.fs.descent import DIRECTORY_FLAGS, walk
+from builder.castore.fs.descent import walk
 from builder.castore.nodes import FileNode, Node, SymlinkNode, validate_root_node
 from builder.errors import InvalidArgumentError
 
@@ -55,7 +55,9 @@ def ingest_path(
     if stat.S_ISLNK(mode):
         node = SymlinkNode(name, os.readlink(raw))
     elif stat.S_ISREG(mode):
-        parent = os.open(os.path.dirname(raw) or b".", DIRECTORY_FLAGS)
+        # The caller's path to the file is the caller's to choose; only the
+        # file itself is opened without following a symlink.
+        parent = os.open(os.path.dirname(raw) or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             digest, size = _file_storer(blobs)(parent, os.path.basename(raw))
         finally:
