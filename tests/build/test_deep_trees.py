@@ -54,6 +54,22 @@ def test_remove_tree_removes_a_deep_tree(deep: Path) -> None:
     assert not os.path.lexists(deep)
 
 
+def test_ten_thousand_levels_with_few_descriptors(
+    tmp_path: Path, stores: tuple[FsBlobService, SqliteDirectoryService]
+) -> None:
+    root = tmp_path / "deeper"
+    try:
+        make_deep_tree(root, 10_000)
+        with few_descriptors():
+            node = ingest_path(root, *stores)
+            assert scan_needles(root, (NEEDLE.decode(),)) == (0,)
+            remove_tree(root)
+        assert isinstance(node, DirectoryNode)
+        assert not os.path.lexists(root)
+    finally:
+        remove_tree(root)
+
+
 def test_export_of_a_deep_output(
     deep: Path, tmp_path: Path, stores: tuple[FsBlobService, SqliteDirectoryService]
 ) -> None:
