@@ -26,13 +26,13 @@ def check_input_sizes(inputs: tuple[Node, ...], limit: int) -> None:
             if node.size > limit:
                 raise InvalidArgumentError(
                     f"{_where(i, node)}: directory size {node.size} exceeds the limit of "
-                    f"{limit} entries per build"
+                    f"{limit} (the server's maximum input size per build)"
                 )
             total += node.size
     if total > limit:
         raise InvalidArgumentError(
             f"inputs: directory sizes add up to {total}, more than the limit of {limit} "
-            "entries per build"
+            "(the server's maximum input size per build)"
         )
 
 
