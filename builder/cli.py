@@ -137,6 +137,7 @@ def _build_service(args: argparse.Namespace, store: Store, launcher: Launcher) -
         result_cache=not args.no_result_cache,
         cache_max_bytes=args.cache_max_bytes,
         log_retention_seconds=args.log_retention,
+        max_input_size=args.max_input_size or defaults.max_input_size,
     )
     return BuildService(config, store.blobs, store.directories, launcher)
 
@@ -329,6 +330,13 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
         default=3600.0,
         metavar="SECONDS",
         help="how long logs of finished builds stay available to GetLog",
+    )
+    parser.add_argument(
+        "--max-input-size",
+        type=int,
+        metavar="SIZE",
+        help="largest castore directory size (the size rule: about two per name) of a "
+        "build's inputs together (default: 8388608)",
     )
 
 

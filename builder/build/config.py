@@ -58,3 +58,9 @@ class BuildConfig:
     result_cache: bool = True
     log_retention_seconds: float = 3600.0
     build_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # By the castore size rule (about two per name): 8 Mi is some 4 million
+    # files and directories, an order of magnitude above the largest real
+    # store paths (source trees and TeX distributions reach a few hundred
+    # thousand), while a build's inputs at that bound still fit the
+    # materialisation cache's inodes and directory blocks on any disk.
+    max_input_size: int = 1 << 23

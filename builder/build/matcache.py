@@ -58,7 +58,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -68,7 +68,10 @@ from builder.build.matcache_tree import TreePlan, plan_tree, remove_tree, scan_t
 from builder.castore.blobs.service import BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
-from builder.castore.fs import fetch_closure
+from builder.castore.directory import Directory
+from builder.castore.fs import closure_member, fetch_closure
+from builder.castore.fs.batches import DirectoryBatches
+from builder.castore.fs.descent import walk
 from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
 
@@ -76,10 +79,8 @@ TREES_DIR = "trees"
 TMP_DIR = "tmp"
 
 # Fills place and link blobs on a few threads: the links, reads and copies are
-# system calls that release the GIL, and batching keeps the pool's per-task
-# cost below the per-file cost.
+# system calls that release the GIL (batching is ``DirectoryBatches``').
 _DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
-_BATCH = 64
 
 EntryKey = Digest | BlobKey
 """A tree by its directory digest, or a root file by its blob and variant."""
@@ -177,7 +178,8 @@ class MaterialisationCache:
         self._clear_tmp()
         self._blobs = CacheBlobs(self.root, self._tmp_dir, blobs)
         self._adopt()
-        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="matcache")
+        self._workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="matcache")
         self._evict()
 
     def acquire(self, node: Node) -> Acquired:
@@ -283,33 +285,41 @@ class MaterialisationCache:
 
     def _write_tree(self, tmp: bytes, plan: TreePlan) -> int:
         """Write the planned tree under ``tmp``; the bytes it costs beyond shared blobs."""
-        for relative in plan.directories[1:]:
-            os.mkdir(tmp + relative, 0o755)
-        for relative, target in plan.symlinks:
-            os.symlink(target, tmp + relative)
-        files = plan.files
-        futures = [
-            self._pool.submit(self._link_files, tmp, files[i : i + _BATCH])
-            for i in range(0, len(files), _BATCH)
-        ]
+        copied = 0
+
+        def count(results: list[int]) -> None:
+            nonlocal copied
+            copied += sum(results)
+
+        batches = DirectoryBatches(self._pool, self._workers, self._link_file, count)
+        directories = iter(range(plan.directories))
+
+        def fill(fd: int, directory: Directory) -> list[tuple[bytes, Directory]]:
+            number = next(directories)
+            for link in directory.symlinks:
+                os.symlink(link.target, link.name, dir_fd=fd)
+            for file in directory.files:
+                batches.add(number, fd, file)
+            children = []
+            for child in directory.directories:
+                os.mkdir(child.name, 0o755, dir_fd=fd)
+                children.append((child.name, closure_member(plan.closure, child)))
+            return children
+
         try:
-            copied = sum(f.result() for f in futures)
+            walk(tmp, plan.root, fill)
+            batches.finish()
         except BaseException:
-            for future in futures:
-                future.cancel()
-            wait(futures)
+            batches.abandon()
             raise
-        # Children before parents: a parent made read-only first would block them.
-        for relative in reversed(plan.directories[1:]):
-            os.chmod(tmp + relative, 0o555)
+        # Once every file is linked, and children before parents: a parent
+        # made read-only first would block them.
+        walk(tmp, plan.root, lambda _, directory: _subdirectories(directory, plan), _seal)
         return copied + plan.footprint
 
-    def _link_files(self, tmp: bytes, files: list[tuple[bytes, FileNode]]) -> int:
-        copied = 0
-        for relative, file in files:
-            self._blobs.ensure(file.digest, file.size, file.executable)
-            copied += self._blobs.link((file.digest, file.executable), tmp + relative)
-        return copied
+    def _link_file(self, dir_fd: int, file: FileNode) -> int:
+        self._blobs.ensure(file.digest, file.size, file.executable)
+        return self._blobs.link((file.digest, file.executable), dir_fd, file.name)
 
     def _release(self, entry: _Entry) -> None:
         with self._lock:
@@ -405,6 +415,14 @@ class MaterialisationCache:
         for _, entry in sorted(found, key=lambda pair: pair[0]):
             self._entries[entry.key] = entry
             self._tree_bytes += entry.charge
+
+
+def _subdirectories(directory: Directory, plan: TreePlan) -> list[tuple[bytes, Directory]]:
+    return [(child.name, closure_member(plan.closure, child)) for child in directory.directories]
+
+
+def _seal(parent: int, name: bytes, _: Directory) -> None:
+    os.chmod(name, 0o555, dir_fd=parent, follow_symlinks=False)
 
 
 def _describe(node: FileNode | DirectoryNode) -> str:

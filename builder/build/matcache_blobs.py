@@ -217,20 +217,19 @@ class CacheBlobs:
                     self._remember(key, placed)
                 future.set_result(placed)
         if placed.size != size:
-            raise IntegrityError(
-                f"blob {digest} has {placed.size} bytes, but a node says {size}"
-            )
+            raise IntegrityError(f"blob {digest} has {placed.size} bytes, but a node says {size}")
         return placed
 
-    def link(self, key: BlobKey, dest: bytes) -> int:
-        """Hardlink a placed blob to ``dest``; the bytes written if it had to be copied.
+    def link(self, key: BlobKey, dir_fd: int, name: bytes) -> int:
+        """Hardlink a placed blob as ``name`` in the directory open as ``dir_fd``; the
+        bytes written if it had to be copied.
 
         A copy is the fallback for an inode at the filesystem's link limit
         (ext4 allows 65,000), which a blob as common as the empty file reaches.
         """
         source = self.path(key)
         try:
-            os.link(source, dest)
+            os.link(source, name, dst_dir_fd=dir_fd)
             return 0
         except OSError as exc:
             if exc.errno != errno.EMLINK:
@@ -239,7 +238,8 @@ class CacheBlobs:
         try:
             size = os.fstat(src).st_size
             mode = 0o555 if key[1] else 0o444
-            dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            dst = os.open(name, flags, mode, dir_fd=dir_fd)
             try:
                 copy_range(src, dst, size)
                 os.fchmod(dst, mode)
@@ -320,9 +320,9 @@ class CacheBlobs:
     ) -> PlacedBlob:
         src = _open_stored(digest, source, size)
         try:
-            return self._commit(digest, size, executable, final, lambda dst: _copy_and_hash(
-                src, dst, size
-            ))
+            return self._commit(
+                digest, size, executable, final, lambda dst: _copy_and_hash(src, dst, size)
+            )
         finally:
             os.close(src)
 
@@ -342,7 +342,7 @@ class CacheBlobs:
                     hasher.update(chunk)
                     view = memoryview(chunk)
                     while view:
-                        view = view[os.write(dst, view):]
+                        view = view[os.write(dst, view) :]
             return written, hasher.digest()
 
         return self._commit(digest, size, executable, final, fill)
@@ -380,7 +380,7 @@ def _copy_and_hash(src: int, dst: int, size: int) -> tuple[int, bytes]:
         data = os.pread(src, size + 1, 0)
         view = memoryview(data)
         while view:
-            view = view[os.write(dst, view):]
+            view = view[os.write(dst, view) :]
         return len(data), blake3.blake3(data).digest()
     copy_range(src, dst, size)
     return os.fstat(dst).st_size, hash_fd(dst, size)

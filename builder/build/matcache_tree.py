@@ -1,10 +1,10 @@
 """The tree half of the materialisation cache: the shape of a tree, on paper and on disk.
 
-A fill first turns the closure into a flat plan (every directory, file and
-symlink with its path), so that checks happen before anything is written and
-the files can be handed to worker threads in batches. Removal and the
-start-up scan walk the disk with ``scandir`` types only, without a stat per
-file, which keeps both proportional to the number of names rather than bytes.
+A fill first checks the whole closure and counts what it expands to (the
+plan), so that checks happen before anything is written; writing then walks
+the closure again, directory by directory. Removal and the start-up scan walk
+the disk with ``scandir`` types only, without a stat per file, which keeps
+both proportional to the number of names rather than bytes.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import os
 from dataclasses import dataclass, field
 
 from builder.build.matcache_blobs import BlobKey
+from builder.build.removal import remove_collecting
 from builder.castore.digest import Digest
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member
-from builder.castore.nodes import DirectoryNode, FileNode
+from builder.castore.fs.descent import walk
+from builder.castore.nodes import DirectoryNode
 from builder.errors import IntegrityError, InvalidArgumentError
 
 # What a materialised directory costs beyond the blobs it links: one block.
@@ -25,31 +27,33 @@ DIRECTORY_BLOCK = 4096
 
 @dataclass
 class TreePlan:
-    """Paths are relative to the tree root and begin with ``/``; the root itself is ``b""``."""
+    """A closure checked for writing: how many directories it expands to, which blobs it needs."""
 
-    directories: list[bytes] = field(default_factory=lambda: [b""])
-    files: list[tuple[bytes, FileNode]] = field(default_factory=list)
-    symlinks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    root: Directory
+    closure: dict[Digest, Directory]
+    directories: int = 1
     blobs: list[BlobKey] = field(default_factory=list)
 
     @property
     def footprint(self) -> int:
-        return DIRECTORY_BLOCK * len(self.directories)
+        return DIRECTORY_BLOCK * self.directories
 
 
 def plan_tree(node: DirectoryNode, closure: dict[Digest, Directory]) -> TreePlan:
-    """Lay out every occurrence of every directory, checking each against the closure rules.
+    """Check every directory against the closure rules and count each occurrence.
 
     A directory that occurs twice is materialised twice: its two places are
-    different paths, even though they share one Directory.
+    different paths, even though they share one Directory. Nothing here holds
+    a path: summed over a deep tree, paths would cost memory quadratic in its
+    depth.
     """
-    plan = TreePlan()
+    plan = TreePlan(closure_member(closure, node), closure)
     sizes: dict[Digest, int] = {}
     keys: dict[BlobKey, None] = {}
     validated: set[Digest] = set()
-    stack = [(b"", closure_member(closure, node))]
+    stack = [plan.root]
     while stack:
-        relative, directory = stack.pop()
+        directory = stack.pop()
         if directory.digest not in validated:
             # Names become paths: one like ``..`` from a careless backend must
             # never reach the filesystem.
@@ -64,14 +68,10 @@ def plan_tree(node: DirectoryNode, closure: dict[Digest, Directory]) -> TreePlan
                 raise IntegrityError(
                     f"blob {file.digest} is listed with sizes {known} and {file.size}"
                 )
-            plan.files.append((relative + b"/" + file.name, file))
             keys[(file.digest, file.executable)] = None
-        for link in directory.symlinks:
-            plan.symlinks.append((relative + b"/" + link.name, link.target))
         for child in directory.directories:
-            path = relative + b"/" + child.name
-            plan.directories.append(path)
-            stack.append((path, closure_member(closure, child)))
+            plan.directories += 1
+            stack.append(closure_member(closure, child))
     plan.blobs = list(keys)
     return plan
 
@@ -90,14 +90,19 @@ def scan_tree(root: bytes) -> TreeScan:
     """
     names = 0
     directories = 1
-    stack = [root]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
+
+    def count(fd: int, _: None) -> list[tuple[bytes, None]]:
+        nonlocal names, directories
+        subdirectories = []
+        with os.scandir(fd) as entries:
             for entry in entries:
                 names += 1
                 if entry.is_dir(follow_symlinks=False):
                     directories += 1
-                    stack.append(entry.path)
+                    subdirectories.append((os.fsencode(entry.name), None))
+        return subdirectories
+
+    walk(root, None, count)
     return TreeScan(2 * names, DIRECTORY_BLOCK * directories)
 
 
@@ -107,25 +112,4 @@ def remove_tree(root: bytes) -> list[int]:
     The inodes let the blob half find the blobs that may have lost their last
     tree link, without a stat per file.
     """
-    if not os.path.isdir(root) or os.path.islink(root):
-        os.unlink(root)
-        return []
-    inodes: list[int] = []
-    stack: list[tuple[bytes, bool]] = [(root, False)]
-    while stack:
-        path, emptied = stack.pop()
-        if emptied:
-            os.rmdir(path)
-            continue
-        os.chmod(path, 0o700)
-        stack.append((path, True))
-        with os.scandir(path) as listing:
-            entries = list(listing)
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, False))
-            else:
-                if entry.is_file(follow_symlinks=False):
-                    inodes.append(entry.inode())
-                os.unlink(entry.path)
-    return inodes
+    return remove_collecting(root)

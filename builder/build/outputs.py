@@ -21,6 +21,7 @@ from builder.build.refscan import NeedleScanner
 from builder.build.removal import remove_tree
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.directories.service import DirectoryService
+from builder.castore.fs.descent import DIRECTORY_FLAGS, walk
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.fs.materialise import materialise_node
 from builder.castore.nodes import Node
@@ -59,25 +60,44 @@ def scan_needles(path: Path, needles: tuple[str, ...]) -> tuple[int, ...]:
     if not needles:
         return ()
     scanner = NeedleScanner(needles)
-    _scan(os.fsencode(path), scanner)
+    raw = os.fsencode(path)
+    mode = os.lstat(raw).st_mode
+    if stat.S_ISDIR(mode):
+        walk(raw, None, lambda fd, _: _scan_directory(fd, scanner))
+    else:
+        parent = os.open(os.path.dirname(raw) or b".", DIRECTORY_FLAGS)
+        try:
+            _scan_entry(parent, os.path.basename(raw), mode, scanner)
+        finally:
+            os.close(parent)
     return tuple(scanner.result())
 
 
-def _scan(path: bytes, scanner: NeedleScanner) -> None:
-    mode = os.lstat(path).st_mode
+def _scan_directory(fd: int, scanner: NeedleScanner) -> list[tuple[bytes, None]]:
+    """Scan the files and symlinks of one directory; its subdirectories, to be walked."""
+    subdirectories = []
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        name = os.fsencode(entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            subdirectories.append((name, None))
+        else:
+            _scan_entry(fd, name, entry.stat(follow_symlinks=False).st_mode, scanner)
+    return subdirectories
+
+
+def _scan_entry(dir_fd: int, name: bytes, mode: int, scanner: NeedleScanner) -> None:
     if stat.S_ISLNK(mode):
-        scanner.scan_whole(os.readlink(path))
+        scanner.scan_whole(os.readlink(name, dir_fd=dir_fd))
     elif stat.S_ISREG(mode):
         scanner.reset_stream()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=dir_fd)
         with open(fd, "rb", buffering=0) as file:
             while chunk := file.read(READ_CHUNK_SIZE):
                 scanner.feed(chunk)
         scanner.reset_stream()
-    elif stat.S_ISDIR(mode):
-        with os.scandir(path) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                _scan(entry.path, scanner)
 
 
 def collect_outputs(
@@ -138,8 +158,24 @@ def export_outputs(
 
 def _set_epoch_times(root: Path) -> None:
     """Timestamps are set bottom-up, since writing into a directory changes its own."""
-    if not os.path.islink(root):
-        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-            for name in [*filenames, *dirnames]:
-                os.utime(os.path.join(dirpath, name), (1, 1), follow_symlinks=False)
+    if not os.path.islink(root) and os.path.isdir(root):
+        walk(root, None, _stamp_entries, _stamp_directory)
     os.utime(root, (1, 1), follow_symlinks=False)
+
+
+def _stamp_entries(fd: int, _: None) -> list[tuple[bytes, None]]:
+    """Stamp what is not a directory now; directories once their contents are stamped."""
+    subdirectories = []
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        name = os.fsencode(entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            subdirectories.append((name, None))
+        else:
+            os.utime(name, (1, 1), dir_fd=fd, follow_symlinks=False)
+    return subdirectories
+
+
+def _stamp_directory(parent: int, name: bytes, _: None) -> None:
+    os.utime(name, (1, 1), dir_fd=parent, follow_symlinks=False)

@@ -16,7 +16,7 @@ from typing import Protocol
 from builder.build.cancel import CancelToken
 from builder.build.config import BuildConfig
 from builder.build.constraints import check_constraints
-from builder.build.inputs import missing_inputs, require_inputs
+from builder.build.inputs import check_input_sizes, missing_inputs, require_inputs
 from builder.build.logs import LogStore
 from builder.build.matcache import MaterialisationCache
 from builder.build.outputs import CollectedOutput
@@ -109,6 +109,7 @@ class BuildService:
         cancel = cancel or CancelToken()
         request.validate()
         check_constraints(request.constraints, self.config)
+        check_input_sizes(request.inputs, self.config.max_input_size)
         require_inputs(request.inputs, self.blobs, self.directories)
         build_id = uuid.uuid4().hex
 

@@ -2,6 +2,9 @@
 
 ``ingest`` turns a path into a root node, ``materialise`` turns a node back
 into a path, and ``nar`` renders a node the way Nix serialises a store path.
+``descent`` is how every walk of a tree on disk moves through it (by directory
+descriptors, without recursion), and ``batches`` how a walk hands its files to
+a thread pool.
 The helpers here are what the latter two share: a tree is always fetched as
 one closure before anything is written.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
@@ -24,15 +24,15 @@ from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import display_path
+from builder.castore.fs.batches import DirectoryBatches
+from builder.castore.fs.descent import walk
 from builder.castore.nodes import FileNode, Node, SymlinkNode, validate_root_node
 from builder.errors import InvalidArgumentError
 
 # Files are stored by a few threads: hashing and file I/O release the GIL, so
 # small-file trees gain from overlapping their many syscalls; beyond about one
-# thread per CPU they only contend for the GIL. Batching keeps the pool's
-# per-task overhead below the per-file cost.
+# thread per CPU they only contend for the GIL.
 _WORKERS = min(4, (os.cpu_count() or 1) + 1)
-_BATCH = 64
 
 StrPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
@@ -55,7 +55,13 @@ def ingest_path(
     if stat.S_ISLNK(mode):
         node = SymlinkNode(name, os.readlink(raw))
     elif stat.S_ISREG(mode):
-        digest, size = _file_storer(blobs)(raw)
+        # The caller's path to the file is the caller's to choose; only the
+        # file itself is opened without following a symlink.
+        parent = os.open(os.path.dirname(raw) or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            digest, size = _file_storer(blobs)(parent, os.path.basename(raw))
+        finally:
+            os.close(parent)
         node = FileNode(name, digest, size, bool(mode & stat.S_IXUSR))
     elif stat.S_ISDIR(mode):
         node = _TreeIngest(blobs).run(raw, directories).node(name)
@@ -82,25 +88,32 @@ def _unsupported(path: bytes, mode: int) -> InvalidArgumentError:
     )
 
 
-FileStorer = Callable[[bytes], tuple[Digest, int]]
+FileStorer = Callable[[int, bytes], tuple[Digest, int]]
+"""Stores the file ``name`` of the directory open as the descriptor given."""
 
 
 def _file_storer(blobs: BlobService) -> FileStorer:
     """The cheapest route the blob service offers for storing a whole host file."""
     import_file = getattr(blobs, "import_file", None)
     if import_file is not None:
-        return lambda path: import_file(os.fsdecode(path))
-    return lambda path: _stream_file(path, blobs)
+        # The service imports by path; a path through the directory's
+        # descriptor names the entry relative to it at any depth, and only
+        # its last component is looked up (with O_NOFOLLOW, by the service).
+        return lambda dir_fd, name: import_file(
+            os.fsdecode(b"/proc/self/fd/%d/%s" % (dir_fd, name))
+        )
+    return lambda dir_fd, name: _stream_file(dir_fd, name, blobs)
 
 
-def _stream_file(path: bytes, blobs: BlobService) -> tuple[Digest, int]:
+def _stream_file(dir_fd: int, name: bytes, blobs: BlobService) -> tuple[Digest, int]:
     # O_NONBLOCK keeps a file swapped for a FIFO since the walk from hanging us;
     # the fstat check then refuses it.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=dir_fd)
     with open(fd, "rb", buffering=0) as src:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise _unsupported(path, mode)
+            raise _unsupported(name, mode)
         buffer = bytearray(READ_CHUNK_SIZE)
         view = memoryview(buffer)
         writer = blobs.open_write()
@@ -117,12 +130,19 @@ def _stream_file(path: bytes, blobs: BlobService) -> tuple[Digest, int]:
 
 @dataclass
 class _PendingDirectory:
-    """A directory seen by the walk whose files may still be being stored."""
+    """A directory seen by the walk whose files may still be being stored.
 
-    path: bytes
+    Only its name and its parent's index are kept, never its path: summed
+    over a deep tree, paths would cost memory quadratic in the depth.
+    """
+
     name: bytes
     parent: int
     nodes: list[Node] = field(default_factory=list)
+
+
+_Stored = tuple[int, FileNode]
+"""A stored file and the index of the directory it belongs in."""
 
 
 class _TreeIngest:
@@ -131,60 +151,60 @@ class _TreeIngest:
     def __init__(self, blobs: BlobService) -> None:
         self._store_file = _file_storer(blobs)
         self._pending: list[_PendingDirectory] = []
-        self._batch: list[tuple[int, os.DirEntry[bytes]]] = []
-        self._futures: list[Future[list[tuple[int, FileNode]]]] = []
 
     def run(self, root: bytes, directories: DirectoryService) -> Directory:
+        self._root = root
         with ThreadPoolExecutor(_WORKERS, thread_name_prefix="ingest") as pool:
+            batches = DirectoryBatches(pool, _WORKERS, self._store, self._stored)
             try:
-                self._walk(root, pool)
-                for future in self._futures:
-                    for index, node in future.result():
-                        self._pending[index].nodes.append(node)
+                # Pre-order: every directory is listed before its descendants,
+                # so the reverse of this list is a valid leaves-first upload order.
+                self._pending.append(_PendingDirectory(b"", -1))
+                walk(root, 0, lambda fd, index: self._scan(fd, index, batches))
+                batches.finish()
             except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
+                batches.abandon()
                 raise
         return self._store_directories(directories)
 
-    def _walk(self, root: bytes, pool: ThreadPoolExecutor) -> None:
-        self._pending.append(_PendingDirectory(root, b"", -1))
-        # Pre-order: every directory is listed before its descendants, so the
-        # reverse of this list is a valid leaves-first upload order.
-        index = 0
-        while index < len(self._pending):
-            self._scan(index, pool)
-            index += 1
-        self._flush(pool)
-
-    def _scan(self, index: int, pool: ThreadPoolExecutor) -> None:
+    def _scan(
+        self, fd: int, index: int, batches: DirectoryBatches[tuple[int, bytes], _Stored]
+    ) -> list[tuple[bytes, int]]:
         current = self._pending[index]
-        with os.scandir(current.path) as entries:
-            for entry in entries:
-                if entry.is_symlink():
-                    current.nodes.append(SymlinkNode(entry.name, os.readlink(entry.path)))
-                elif entry.is_dir(follow_symlinks=False):
-                    self._pending.append(_PendingDirectory(entry.path, entry.name, index))
-                elif entry.is_file(follow_symlinks=False):
-                    self._batch.append((index, entry))
-                    if len(self._batch) >= _BATCH:
-                        self._flush(pool)
-                else:
-                    raise _unsupported(entry.path, entry.stat(follow_symlinks=False).st_mode)
+        subdirectories = []
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        for entry in entries:
+            name = os.fsencode(entry.name)
+            if entry.is_symlink():
+                current.nodes.append(SymlinkNode(name, os.readlink(name, dir_fd=fd)))
+            elif entry.is_dir(follow_symlinks=False):
+                subdirectories.append((name, len(self._pending)))
+                self._pending.append(_PendingDirectory(name, index))
+            elif entry.is_file(follow_symlinks=False):
+                batches.add(index, fd, (index, name))
+            else:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                raise _unsupported(self._display(index, name), mode)
+        return subdirectories
 
-    def _flush(self, pool: ThreadPoolExecutor) -> None:
-        if self._batch:
-            self._futures.append(pool.submit(self._store_batch, self._batch))
-            self._batch = []
+    def _store(self, dir_fd: int, item: tuple[int, bytes]) -> _Stored:
+        index, name = item
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        digest, size = self._store_file(dir_fd, name)
+        return index, FileNode(name, digest, size, bool(mode & stat.S_IXUSR))
 
-    def _store_batch(
-        self, batch: list[tuple[int, os.DirEntry[bytes]]]
-    ) -> list[tuple[int, FileNode]]:
-        stored = []
-        for index, entry in batch:
-            executable = bool(entry.stat(follow_symlinks=False).st_mode & stat.S_IXUSR)
-            digest, size = self._store_file(entry.path)
-            stored.append((index, FileNode(entry.name, digest, size, executable)))
-        return stored
+    def _stored(self, results: list[_Stored]) -> None:
+        for index, node in results:
+            self._pending[index].nodes.append(node)
+
+    def _display(self, index: int, name: bytes) -> bytes:
+        """The path of an entry, for messages only."""
+        names = [name]
+        while index > 0:
+            names.append(self._pending[index].name)
+            index = self._pending[index].parent
+        return os.path.join(self._root, *reversed(names))
 
     def _store_directories(self, directories: DirectoryService) -> Directory:
         built: list[Directory] = []

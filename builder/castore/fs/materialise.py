@@ -24,6 +24,7 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member, display_path, fetch_closure
 from builder.castore.fs.copy import copy_range
+from builder.castore.fs.descent import walk
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
 
@@ -42,7 +43,7 @@ def materialise_node(
     if isinstance(node, DirectoryNode):
         writer.tree(node, os.fsencode(dest), fetch_closure(node.digest, directories))
     elif isinstance(node, FileNode):
-        writer.file(node, os.fsencode(dest))
+        writer.file(node, None, os.fsencode(dest))
     else:
         os.symlink(node.target, dest)
 
@@ -54,36 +55,45 @@ class _Writer:
         self._local_path = getattr(blobs, "local_path", None)
 
     def tree(self, node: DirectoryNode, dest: bytes, closure: dict[Digest, Directory]) -> None:
-        # Explicit stack rather than recursion: depth is bounded only by PATH_MAX.
-        filled: list[bytes] = []
-        stack = [(node, dest)]
-        while stack:
-            current, path = stack.pop()
-            directory = closure_member(closure, current)
-            os.mkdir(path)
-            os.chmod(path, 0o755)
-            filled.append(path)
-            for file in directory.files:
-                self.file(file, os.path.join(path, file.name))
-            for link in directory.symlinks:
-                os.symlink(link.target, os.path.join(path, link.name))
-            stack.extend((child, os.path.join(path, child.name)) for child in directory.directories)
+        os.mkdir(dest, 0o700)
+        root = closure_member(closure, node)
+        walk(dest, root, lambda fd, directory: self._fill(fd, directory, closure), self._seal)
         if self._read_only:
-            # Children first: a parent made read-only earlier would block them.
-            for path in reversed(filled):
-                os.chmod(path, 0o555)
+            os.chmod(dest, 0o555)
 
-    def file(self, node: FileNode, dest: bytes) -> None:
+    def _fill(
+        self, fd: int, directory: Directory, closure: dict[Digest, Directory]
+    ) -> list[tuple[bytes, Directory]]:
+        """Write a directory's files and symlinks, create its subdirectories, and return them."""
+        os.fchmod(fd, 0o755)
+        for file in directory.files:
+            self.file(file, fd, file.name)
+        for link in directory.symlinks:
+            os.symlink(link.target, link.name, dir_fd=fd)
+        children = []
+        for child in directory.directories:
+            os.mkdir(child.name, 0o700, dir_fd=fd)
+            children.append((child.name, closure_member(closure, child)))
+        return children
+
+    def _seal(self, parent: int, name: bytes, _: Directory) -> None:
+        """Called once a subdirectory is complete, so children are sealed before parents."""
+        if self._read_only:
+            os.chmod(name, 0o555, dir_fd=parent, follow_symlinks=False)
+
+    def file(self, node: FileNode, dir_fd: int | None, name: bytes) -> None:
+        """Create ``name`` in the directory open as ``dir_fd`` (None: relative to the cwd)."""
         mode = 0o755 if node.executable else 0o644
         if self._read_only:
             mode &= 0o555
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, mode, dir_fd=dir_fd)
         try:
             os.fchmod(fd, mode)
             if self._local_path is not None:
-                self._copy_local(node, fd, dest)
+                self._copy_local(node, fd, name)
             else:
-                self._copy_stream(node, fd, dest)
+                self._copy_stream(node, fd, name)
         finally:
             os.close(fd)
 

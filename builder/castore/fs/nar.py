@@ -52,15 +52,13 @@ _NODE = _string(b"node")
 _ENTRY_END = _CLOSE
 
 
-def write_nar(
-    node: Node, out: Writable, blobs: BlobService, directories: DirectoryService
-) -> None:
+def write_nar(node: Node, out: Writable, blobs: BlobService, directories: DirectoryService) -> None:
     """Stream the NAR of ``node`` to ``out``; file contents are never held whole."""
     closure: dict[Digest, Directory] = (
         fetch_closure(node.digest, directories) if isinstance(node, DirectoryNode) else {}
     )
     out.write(_MAGIC)
-    # Explicit stack rather than recursion: depth is bounded only by PATH_MAX.
+    # Explicit stack rather than recursion: the tree's writer chose its depth.
     stack: list[bytes | Node] = [node]
     while stack:
         item = stack.pop()
@@ -100,8 +98,7 @@ def _write_contents(node: FileNode, out: Writable, blobs: BlobService) -> None:
         longer = bool(reader.read(1))
     if remaining or longer or hasher.digest() != node.digest:
         raise IntegrityError(
-            f"blob {node.digest} of file {node.name!r} does not match its node "
-            f"of {node.size} bytes"
+            f"blob {node.digest} of file {node.name!r} does not match its node of {node.size} bytes"
         )
 
 
@@ -116,9 +113,7 @@ class _HashingSink:
         return len(data)
 
 
-def nar_hash(
-    node: Node, blobs: BlobService, directories: DirectoryService
-) -> tuple[bytes, int]:
+def nar_hash(node: Node, blobs: BlobService, directories: DirectoryService) -> tuple[bytes, int]:
     """The SHA-256 digest and byte length of the NAR, as Nix records them for a store path."""
     sink = _HashingSink()
     write_nar(node, sink, blobs, directories)
