@@ -58,3 +58,5 @@ class BuildConfig:
     result_cache: bool = True
     log_retention_seconds: float = 3600.0
     build_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Seconds after which a work tree no running build uses is removed as leaked.
+    stale_work_age: float = 3600.0

@@ -139,3 +139,4 @@ class BuildService:
     def close(self) -> None:
         self._results.close()
         self.cache.close()
+        self._runner.close()
