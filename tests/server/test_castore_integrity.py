@@ -11,6 +11,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ import pytest
 
 from builder.build.request import request_to_proto
 from builder.castore.blobs.fs import FsBlobService
+from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.blobs.service import put_bytes, read_all
 from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
@@ -225,3 +227,55 @@ def test_blob_cached_by_an_earlier_build_is_verified_again(served: Served, tmp_p
         served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
     assert caught.value.code() == grpc.StatusCode.DATA_LOSS
     assert str(file.digest) in (caught.value.details() or "")
+
+
+@pytest.fixture
+def lying_reader() -> Iterator[tuple[str, list[bytes]]]:
+    """A server whose Read streams whatever the test puts in the list, whatever was asked."""
+    rpc = castore_rpc(Family.TVIX)
+    served: list[bytes] = []
+
+    def read(request: object, context: grpc.ServicerContext) -> Iterator[object]:
+        for data in served:
+            yield rpc.blobstore.BlobChunk(data=data)
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    handler = grpc.unary_stream_rpc_method_handler(
+        read,
+        request_deserializer=rpc.blobstore.ReadBlobRequest.FromString,
+        response_serializer=lambda m: m.SerializeToString(),
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("tvix.castore.v1.BlobService", {"Read": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"grpc+http://127.0.0.1:{port}", served
+    finally:
+        server.stop(None).wait()
+
+
+def test_blob_client_withholds_the_end_of_wrong_contents(
+    lying_reader: tuple[str, list[bytes]],
+) -> None:
+    url, served = lying_reader
+    genuine = [os.urandom(1000) for _ in range(3)]
+    digest = Digest.of(b"".join(genuine))
+    client = GrpcBlobService(url)
+    try:
+        served[:] = genuine
+        assert read_all(client, digest) == b"".join(genuine)
+        served[:] = [*genuine[:2], b"x" * 1000]
+        reader = client.open_read(digest)
+        assert reader is not None
+        received = b""
+        with reader, pytest.raises(IntegrityError, match="hash differently"):
+            while chunk := reader.read(500):
+                received += chunk
+        assert len(received) < 3000
+        served[:] = []
+        with pytest.raises(IntegrityError):
+            client.open_read(digest)
+    finally:
+        client.close()
