@@ -8,7 +8,9 @@ kernel drops the lock when the process dies, however it dies. A sweeper that
 can take the lock of a directory therefore knows its owner is gone and removes
 it; one it cannot lock belongs to a live process (possibly another server on
 the same data directory) and is left alone. No clock, pid or timeout decides
-whether an owner is alive.
+whether an owner is alive. The locked descriptor is close-on-exec, so only a
+child forked without exec (none is, after the store opens) could keep an
+owner looking alive after its death, and only until that child exits.
 
 Entries a live process leaked itself (a removal that failed, say) are swept by
 age instead: those of its own entries not in use and not modified for
@@ -27,6 +29,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from builder.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class OwnedDirectory:
 
     def __init__(self, parent: Path, remove: Remove, max_age: float = DEFAULT_MAX_AGE) -> None:
         if max_age <= 0:
-            raise ValueError(f"max_age must be positive, got {max_age}")
+            raise InvalidArgumentError(f"max_age must be positive, got {max_age}")
         self.parent = parent
         self._remove = remove
         self._max_age = max_age
@@ -131,8 +135,9 @@ class OwnedDirectory:
             return
         except OSError:
             # Not a directory (or a symlink): nothing an owner made; unlink the name.
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.unlink(path)
             return
         try:
             try:
