@@ -8,9 +8,9 @@ kernel drops the lock when the process dies, however it dies. A sweeper that
 can take the lock of a directory therefore knows its owner is gone and removes
 it; one it cannot lock belongs to a live process (possibly another server on
 the same data directory) and is left alone. No clock, pid or timeout decides
-whether an owner is alive. The locked descriptor is close-on-exec, so only a
-child forked without exec (none is, after the store opens) could keep an
-owner looking alive after its death, and only until that child exits.
+whether an owner is alive. The locked descriptor is close-on-exec, so the
+processes an owner spawns (the sandbox launcher execs its fork server) do not
+keep the lock, and with it the owner, alive after its death.
 
 Entries a live process leaked itself (a removal that failed, say) are swept by
 age instead: those of its own entries not in use and not modified for
