@@ -19,7 +19,7 @@ from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.castore.store import DATA_DIR_ENV, Store, default_data_dir
-from builder.castore.wire import node_to_proto
+from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
@@ -151,6 +151,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if not (args.tls_cert and args.tls_key):
             raise InvalidArgumentError("--tls-cert and --tls-key go together")
         tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if args.max_directory_entries < 1:
+        raise InvalidArgumentError("--max-directory-entries must be at least 1")
     token = None
     if args.token_file:
         token = args.token_file.read_text().strip()
@@ -158,7 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     store = _store(args)
     builds = _build_service(args, store, launcher)
     try:
-        serve(store, builds, args.listen, tls, token)
+        serve(store, builds, args.listen, tls, token, args.max_directory_entries)
     finally:
         builds.close()
         store.close()
@@ -428,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
     p.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    p.add_argument(
+        "--max-directory-entries",
+        type=int,
+        default=DEFAULT_MAX_DIRECTORY_ENTRIES,
+        help="most entries one Directory message may carry (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_serve)
     _store_options(p)
     _build_options(p)

@@ -64,3 +64,5 @@ class BuildConfig:
     # thousand), while a build's inputs at that bound still fit the
     # materialisation cache's inodes and directory blocks on any disk.
     max_input_size: int = 1 << 23
+    # Seconds after which a work tree no running build uses is removed as leaked.
+    stale_work_age: float = 3600.0

@@ -5,9 +5,13 @@ executable file exists as two inodes, ``blobs/`` (0444) and ``blobs-x/``
 (0555); every tree links to one of them instead of holding its own copy.
 
 Nothing enters either directory before its bytes were hashed and compared
-with the digest it is filed under, so a name there is a verified fact and is
-never hashed again: in this process (the ``present`` map) or in a later one
-(the start-up scan trusts the names). Hashing always covers the bytes the cache
+with the digest it is filed under. Bytes at rest can still rot, and the plain
+variant shares the store's inode, so damage to the store's file shows here
+too: a blob already present is therefore hashed again whenever a new tree or
+root-file entry links it (a mismatch is an ``IntegrityError`` and drops the
+cache's name for it, so that the next fill places it afresh). A tree already
+materialised is not re-read when it is reused; that is what makes a cache hit
+free. Hashing always covers the bytes the cache
 keeps: the store's inode itself when it is linked, the copy when it is copied,
 the bytes written when streamed, so a source changing mid-copy can never put
 other bytes under a digest.
@@ -28,7 +32,9 @@ eviction running meanwhile could remove a blob a moment before it is linked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import mmap
 import os
 import tempfile
@@ -45,6 +51,8 @@ from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
 from builder.castore.fs.copy import copy_range
 from builder.errors import FailedPreconditionError, IntegrityError
+
+logger = logging.getLogger(__name__)
 
 BlobKey = tuple[Digest, bool]
 """A blob digest and whether the executable variant is meant."""
@@ -201,7 +209,9 @@ class CacheBlobs:
                 owner = future is None
                 if future is None:
                     future = self._placing[key] = Future()
-        if placed is None:
+        if placed is not None:
+            self._verify_present(key, placed)
+        else:
             if not owner:
                 placed = future.result()
             else:
@@ -219,6 +229,31 @@ class CacheBlobs:
         if placed.size != size:
             raise IntegrityError(f"blob {digest} has {placed.size} bytes, but a node says {size}")
         return placed
+
+    def _verify_present(self, key: BlobKey, placed: PlacedBlob) -> None:
+        """Hash a blob placed earlier again; forget it if its bytes no longer match."""
+        path = self.path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = -1
+        try:
+            intact = fd >= 0 and hash_fd(fd, os.fstat(fd).st_size) == key[0]
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if intact:
+            return
+        logger.error("cached blob %s at %s does not match its digest", key[0], os.fsdecode(path))
+        with self._lock:
+            if self._present.get(key) is placed:
+                del self._present[key]
+                if self._by_inode.get(placed.inode) == key:
+                    del self._by_inode[placed.inode]
+                self.bytes -= placed.size
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        raise _mismatch(key[0], "the cached contents hash differently")
 
     def link(self, key: BlobKey, dir_fd: int, name: bytes) -> int:
         """Hardlink a placed blob as ``name`` in the directory open as ``dir_fd``; the

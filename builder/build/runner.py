@@ -3,7 +3,10 @@
 Each build gets a private work directory holding the host side of its scratch
 paths; inputs come from the materialisation cache as read-only bind mounts, so
 the work directory only ever holds what the build itself writes, and it is
-removed whatever happens.
+removed whatever happens. Work directories live in a directory owned by this
+process (``OwnedDirectory``), so those of a process that was killed are removed
+by the next one to start, and any this process failed to remove go once they
+are older than ``BuildConfig.stale_work_age``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from builder.build.request import BuildRequest, is_inside
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
+from builder.castore.owned_dir import OwnedDirectory
 from builder.errors import CancelledError, CommandFailedError, ResourceExhaustedError
 from sandbox import Bind, File, Launcher, Limits, SandboxResult, SandboxSpec, Scratch, hostpaths
 from sandbox.errors import UidsExhaustedError
@@ -45,8 +49,7 @@ class BuildRunner:
         self._directories = directories
         self._launcher = launcher
         self._cache = cache
-        self._builds_dir = config.work_dir / "builds"
-        self._builds_dir.mkdir(parents=True, exist_ok=True)
+        self._owned = OwnedDirectory(config.work_dir / "builds", remove_tree, config.stale_work_age)
 
     def run(
         self,
@@ -57,9 +60,10 @@ class BuildRunner:
         cancel = cancel or CancelToken()
         # The build sees its bind sources in /proc/self/mountinfo: a random
         # name tells it nothing about the build ids clients see.
-        work = self._builds_dir / secrets.token_hex(16)
-        work.mkdir()
+        name = secrets.token_hex(16)
+        work = self._owned.claim(name)
         try:
+            work.mkdir()
             with ExitStack() as stack:
                 spec, scratch_hosts = self._spec(request, work, stack)
                 if cancel.cancelled:
@@ -85,6 +89,11 @@ class BuildRunner:
             )
         finally:
             remove_tree(work)
+            self._owned.release(name)
+
+    def close(self) -> None:
+        """Remove this process's work directory; builds have ended by now."""
+        self._owned.close()
 
     def _spec(
         self, request: BuildRequest, work: Path, stack: ExitStack

@@ -140,3 +140,4 @@ class BuildService:
     def close(self) -> None:
         self._results.close()
         self.cache.close()
+        self._runner.close()

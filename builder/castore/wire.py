@@ -50,9 +50,7 @@ def _child_messages(directory: Directory, family: Family) -> dict[str, list[Any]
             getattr(mod, fn)(name=f.name, digest=f.digest, size=f.size, executable=f.executable)
             for f in directory.files
         ],
-        "symlinks": [
-            getattr(mod, sn)(name=s.name, target=s.target) for s in directory.symlinks
-        ],
+        "symlinks": [getattr(mod, sn)(name=s.name, target=s.target) for s in directory.symlinks],
     }
 
 
@@ -82,6 +80,32 @@ def directory_from_proto(msg: Any) -> Directory:
         ),
         tuple(SymlinkNode(s.name, s.target) for s in msg.symlinks),
     )
+
+
+# The most entries one Directory message may carry. Real trees stay far below
+# it (the largest directories in package sets hold tens of thousands of
+# entries), while converting and validating a message costs about 8 µs and
+# 160 bytes of memory per entry (1.5 million took 11.7 s and 235 MiB), so
+# 100,000 entries bound one message to under a second and about 16 MiB.
+DEFAULT_MAX_DIRECTORY_ENTRIES = 100_000
+
+
+def entry_count(message: Any) -> int:
+    """Entries of a Directory message of either family, counted without converting it."""
+    return len(message.directories) + len(message.files) + len(message.symlinks)
+
+
+def check_entry_count(message: Any, limit: int) -> None:
+    """Refuse a decoded Directory message with more entries than ``limit``, naming its digest.
+
+    The digest is only computed for a message being refused.
+    """
+    count = entry_count(message)
+    if count > limit:
+        digest = Digest.of(message.SerializeToString(deterministic=True))
+        raise InvalidArgumentError(
+            f"directory {digest} has {count} entries, more than the limit of {limit}"
+        )
 
 
 def decode_directory(data: bytes) -> Directory:

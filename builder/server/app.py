@@ -12,6 +12,7 @@ import grpc
 
 from builder.build.service import BuildService
 from builder.castore.store import Store
+from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.server.auth import BearerTokenInterceptor
 from builder.server.build_servicers import add_build_services
 from builder.server.castore_server import (
@@ -48,13 +49,14 @@ def create_server(
     tls: TlsConfig | None = None,
     token: str | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
+    max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
 ) -> BoundServer:
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
         options=SERVER_OPTIONS,
         interceptors=[BearerTokenInterceptor(token)] if token else None,
     )
-    names = add_castore_services(server, store.blobs, store.directories)
+    names = add_castore_services(server, store.blobs, store.directories, max_directory_entries)
     names += add_build_services(server, builds)
     checker = add_health_and_reflection(server, names)
     addresses = bind_all(server, listen, tls.credentials() if tls else None)
@@ -67,7 +69,10 @@ def serve(
     listen: list[str],
     tls: TlsConfig | None = None,
     token: str | None = None,
+    max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
 ) -> None:
-    bound = create_server(store, builds, listen, tls, token)
+    bound = create_server(
+        store, builds, listen, tls, token, max_directory_entries=max_directory_entries
+    )
     logger.info("listening on %s", ", ".join(bound.addresses))
     run_until_signalled(bound.server, bound.health)

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc_channel import CHANNEL_OPTIONS
-from builder.castore.wire import Family
+from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.castore_servicers import BlobServicer, DirectoryServicer
 from builder.server.listen import bind_all
 
@@ -48,13 +48,17 @@ def new_grpc_server(max_workers: int = DEFAULT_MAX_WORKERS) -> grpc.Server:
 
 
 def add_castore_services(
-    server: grpc.Server, blobs: BlobService, directories: DirectoryService
+    server: grpc.Server,
+    blobs: BlobService,
+    directories: DirectoryService,
+    max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
 ) -> list[str]:
     """Register Blob and Directory services of both families; return their full names."""
     names: list[str] = []
     for family in Family:
         names.append(BlobServicer(blobs, family).register(server))
-        names.append(DirectoryServicer(directories, family).register(server))
+        servicer = DirectoryServicer(directories, family, max_directory_entries)
+        names.append(servicer.register(server))
     return names
 
 

@@ -17,7 +17,13 @@ from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc_channel import castore_rpc
-from builder.castore.wire import Family, directory_from_proto, directory_to_proto
+from builder.castore.wire import (
+    DEFAULT_MAX_DIRECTORY_ENTRIES,
+    Family,
+    check_entry_count,
+    directory_from_proto,
+    directory_to_proto,
+)
 from builder.errors import CancelledError, InvalidArgumentError, NotFoundError
 from builder.server.status import rpc_errors
 
@@ -80,8 +86,14 @@ class BlobServicer:
 
 
 class DirectoryServicer:
-    def __init__(self, directories: DirectoryService, family: Family) -> None:
+    def __init__(
+        self,
+        directories: DirectoryService,
+        family: Family,
+        max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    ) -> None:
         self._directories = directories
+        self._max_entries = max_entries
         self._family = family
         self._messages = castore_rpc(family).directory
 
@@ -107,6 +119,7 @@ class DirectoryServicer:
         putter = self._directories.put_multiple_start()
         for index, message in enumerate(request_iterator):
             try:
+                check_entry_count(message, self._max_entries)
                 directory = directory_from_proto(message)
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(f"directory #{index}: {exc}") from exc

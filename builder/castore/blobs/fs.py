@@ -1,65 +1,86 @@
 """Blobs as files in a local directory, sharded by digest: the default store.
 
-A blob is written to a temporary file in the same filesystem and renamed into
-place only when complete, so a crash or an aborted upload never leaves a
-partial blob under a valid name. Stored files are read-only and never change,
-which lets callers copy or reflink them directly (``local_path``).
+A blob is written to a temporary file in the same filesystem, flushed to disk,
+and renamed into place only when complete, after which the shard directory is
+flushed too; so neither a crash nor a power loss nor an aborted upload ever
+leaves a partial blob under a valid name. Stored files are read-only and never
+change, which lets callers copy or reflink them directly (``local_path``).
+
+What is read is still checked against its digest (``VerifiedFileReader``),
+since bytes at rest can rot; and a put of a blob already stored re-hashes the
+stored file and replaces it if it no longer matches, so putting the genuine
+bytes again repairs a corrupt blob. Re-hashing the existing file is cheaper
+than always renaming the new one over it: that would force the new copy to
+disk (an fsync) for every duplicate put, while the hash reads what is usually
+still in the page cache.
+
+Temporary files live in a directory owned by this process (``OwnedDirectory``),
+so those of a process that was killed are removed by the next one to start.
+A full filesystem is a ``ResourceExhaustedError`` naming the store, with the
+temporary file removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import mmap
 import os
 import queue
 import stat
-import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import blake3
 
 from builder.castore.blobs.service import ChunkMeta
+from builder.castore.blobs.verified import VerifiedFileReader, hash_fd
 from builder.castore.digest import Digest
-from builder.errors import InvalidArgumentError
+from builder.castore.owned_dir import DEFAULT_MAX_AGE, OwnedDirectory, remove_flat
+from builder.errors import InvalidArgumentError, ResourceExhaustedError
 
-# Below this size a file is hashed from one read; above it, from a memory map
-# with BLAKE3's own threads, which outruns any Python-level read loop.
-_MMAP_THRESHOLD = 4 << 20
+# Below this size a file is imported from one read; above it, it is copied in
+# the kernel while a second thread hashes the copy.
+_SMALL_IMPORT = 4 << 20
 # Stretch copied per copy_file_range call in a large import; the hashing
 # thread works on the previous stretch meanwhile.
 _COPY_STEP = 16 << 20
-
-
-def _hash_file(fd: int, size: int) -> Digest:
-    if size == 0:
-        return Digest(blake3.blake3().digest())
-    if size < _MMAP_THRESHOLD:
-        return Digest(blake3.blake3(os.pread(fd, size, 0)).digest())
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-        return Digest(blake3.blake3(mapped, max_threads=blake3.blake3.AUTO).digest())
+# Errors that mean the filesystem (or the owner's quota) is full.
+_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _copy_and_hash(src: int, dst: int, size: int, hasher: blake3.blake3) -> int:
-    """Copy up to ``size`` bytes in the kernel, hashing the destination as it fills."""
+    """Copy up to ``size`` bytes in the kernel, hashing the destination as it fills.
+
+    ``dst`` must already be ``size`` bytes long so that it can be mapped. The
+    hashing thread always ends, and an error of its own is raised here.
+    """
     spans: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    failure: list[BaseException] = []
 
     def hash_spans() -> None:
-        with mmap.mmap(dst, size, prot=mmap.PROT_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                while (span := spans.get()) is not None:
-                    hasher.update(view[span[0] : span[1]])
-            finally:
-                view.release()
+        try:
+            with mmap.mmap(dst, size, prot=mmap.PROT_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    while (span := spans.get()) is not None:
+                        hasher.update(view[span[0] : span[1]])
+                finally:
+                    view.release()
+        except BaseException as exc:
+            failure.append(exc)
+            # Drain the queue so that the copying thread's final put is never lost.
+            while spans.get() is not None:
+                pass
 
     worker = threading.Thread(target=hash_spans, name="import-hash")
     worker.start()
     offset = 0
     try:
-        while offset < size:
+        while offset < size and not failure:
             step = os.copy_file_range(src, dst, min(_COPY_STEP, size - offset), offset, offset)
             if step == 0:
                 break
@@ -68,50 +89,72 @@ def _copy_and_hash(src: int, dst: int, size: int, hasher: blake3.blake3) -> int:
     finally:
         spans.put(None)
         worker.join()
+    if failure:
+        raise failure[0]
     return offset
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _sync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _FsWriter:
     def __init__(self, service: FsBlobService) -> None:
         self._service = service
-        fd, name = tempfile.mkstemp(dir=service.tmp_dir, prefix="put-")
-        self._file = os.fdopen(fd, "wb")
-        self._tmp = Path(name)
+        with service.space():
+            self._tmp, self._fd = service._create_tmp("put")
         self._hasher = blake3.blake3()
         self._done = False
 
     def write(self, data: bytes | memoryview) -> int:
         if self._done:
             raise InvalidArgumentError("blob writer already closed")
+        try:
+            with self._service.space():
+                _write_all(self._fd, data)
+        except BaseException:
+            self.abort()
+            raise
         self._hasher.update(data)
-        return self._file.write(data)
+        return len(data)
 
     def close(self) -> Digest:
         if self._done:
             raise InvalidArgumentError("blob writer already closed")
         self._done = True
-        self._file.close()
         digest = Digest(self._hasher.digest())
-        self._service._commit(self._tmp, digest)
+        try:
+            self._service._commit(self._tmp, self._fd, digest)
+        finally:
+            os.close(self._fd)
+            self._service._drop_tmp(self._tmp)
         return digest
 
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self._file.close()
-            self._tmp.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._service._drop_tmp(self._tmp)
 
 
 class FsBlobService:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, max_tmp_age: float = DEFAULT_MAX_AGE) -> None:
         self.root = Path(root)
-        self.tmp_dir = self.root / "tmp"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         self._root_name = str(self.root)
+        self._owned = OwnedDirectory(self.root / "tmp", remove_flat, max_tmp_age)
+        self.tmp_dir = self._owned.path
         self._tmp_name = str(self.tmp_dir)
-        # Unique per service instance, so processes sharing a store never
-        # collide on temporary names; O_EXCL guards the rest.
-        self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._counter = itertools.count()
         self._shards: set[str] = set()
 
@@ -124,13 +167,31 @@ class FsBlobService:
         return self.local_path(digest).exists()
 
     def open_read(self, digest: Digest) -> BinaryIO | None:
+        path = self._final_name(digest)
         try:
-            return open(self.local_path(digest), "rb")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        try:
+            return VerifiedFileReader(fd, digest, path)  # type: ignore[return-value]
+        except BaseException:
+            os.close(fd)
+            raise
 
     def open_write(self) -> _FsWriter:
         return _FsWriter(self)
+
+    @contextlib.contextmanager
+    def space(self) -> Iterator[None]:
+        """Report a full filesystem as the store being full, not as a bug."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            raise ResourceExhaustedError(
+                f"blob store {self._root_name} is out of space: {exc.strerror}"
+            ) from exc
 
     def import_file(self, path: str | Path) -> tuple[Digest, int]:
         """Store a host file by kernel copy and hash the copy, not the original.
@@ -150,85 +211,117 @@ class FsBlobService:
             if not stat.S_ISREG(status.st_mode):
                 raise InvalidArgumentError(f"cannot import {path}: not a regular file")
             size = status.st_size
-            if size < _MMAP_THRESHOLD:
-                return self._import_small(src)
-            return self._import_large(src, size)
+            with self.space():
+                if size < _SMALL_IMPORT:
+                    return self._import_small(src)
+                return self._import_large(src, size)
         finally:
             os.close(src)
 
     def _import_small(self, src: int) -> tuple[Digest, int]:
         parts = []
-        while chunk := os.read(src, _MMAP_THRESHOLD):
+        while chunk := os.read(src, _SMALL_IMPORT):
             parts.append(chunk)
         data = b"".join(parts)
         digest = Digest(blake3.blake3(data).digest())
         final = self._final_name(digest)
-        if os.path.exists(final):
+        if self._intact(final, digest):
             return digest, len(data)
-        tmp, fd = self._create_tmp()
+        tmp, fd = self._create_tmp("import")
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except BaseException:
-            os.unlink(tmp)
-            raise
+            _write_all(fd, data)
+            os.fdatasync(fd)
+            self._place(tmp, final)
         finally:
             os.close(fd)
-        self._place(tmp, final)
+            self._drop_tmp(tmp)
         return digest, len(data)
 
     def _import_large(self, src: int, size: int) -> tuple[Digest, int]:
-        tmp, fd = self._create_tmp()
+        tmp, fd = self._create_tmp("import")
         try:
-            with contextlib.suppress(OSError):
-                # Reserving the extents up front makes ext4 write them faster.
+            try:
+                # Reserving the extents up front makes ext4 write them faster,
+                # and finds a full filesystem before anything is copied.
                 os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno in _FULL:
+                    raise
+                os.ftruncate(fd, size)
             hasher = blake3.blake3()
             copied = _copy_and_hash(src, fd, size, hasher)
             if copied != size:
                 os.ftruncate(fd, copied)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+            digest = Digest(hasher.digest())
+            final = self._final_name(digest)
+            if not self._intact(final, digest):
+                os.fdatasync(fd)
+                self._place(tmp, final)
         finally:
             os.close(fd)
-        digest = Digest(hasher.digest())
-        self._place(tmp, self._final_name(digest))
+            self._drop_tmp(tmp)
         return digest, copied
 
     def _final_name(self, digest: Digest) -> str:
         hexdigest = digest.hex()
         return f"{self._root_name}/{hexdigest[:2]}/{hexdigest}"
 
-    def _create_tmp(self) -> tuple[str, int]:
+    def _create_tmp(self, kind: str) -> tuple[str, int]:
         """A new temporary file, created read-only so that no chmod is needed at commit."""
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         while True:
-            tmp = f"{self._tmp_name}/import-{self._token}-{next(self._counter)}"
+            name = f"{kind}-{next(self._counter)}"
+            tmp = str(self._owned.claim(name))
             try:
                 return tmp, os.open(tmp, flags, 0o444)
             except FileExistsError:
+                self._owned.release(name)
                 continue
+            except BaseException:
+                self._owned.release(name)
+                raise
+
+    def _drop_tmp(self, tmp: str) -> None:
+        """Remove a temporary file unless it was renamed into place, and stop tracking it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        self._owned.release(os.path.basename(tmp))
+
+    def _intact(self, final: str, digest: Digest) -> bool:
+        """Whether a blob is stored under ``final`` and still hashes to its digest."""
+        try:
+            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        try:
+            return hash_fd(fd, os.fstat(fd).st_size) == digest
+        finally:
+            os.close(fd)
 
     def _place(self, tmp: str, final: str) -> None:
+        """Rename a flushed temporary file into place and flush the directory entry too."""
         shard = os.path.dirname(final)
         if shard not in self._shards:
-            os.makedirs(shard, exist_ok=True)
+            try:
+                os.mkdir(shard)
+                _sync_directory(self._root_name)
+            except FileExistsError:
+                pass
             self._shards.add(shard)
         os.replace(tmp, final)
+        _sync_directory(shard)
 
-    def _commit(self, tmp: Path, digest: Digest) -> None:
-        final = self.local_path(digest)
-        if final.exists():
-            tmp.unlink()
-            return
-        final.parent.mkdir(exist_ok=True)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
+    def _commit(self, tmp: str, fd: int, digest: Digest) -> None:
+        with self.space():
+            final = self._final_name(digest)
+            if self._intact(final, digest):
+                return
+            os.fdatasync(fd)
+            self._place(tmp, final)
 
     def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
         return [] if self.has(digest) else None
 
     def close(self) -> None:
-        """Nothing is held open between calls."""
+        """Give up this process's temporary directory; nothing else is held open."""
+        self._owned.close()

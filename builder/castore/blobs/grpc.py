@@ -38,17 +38,30 @@ class _BlobReader(io.RawIOBase):
     seeking ahead skips streamed bytes, seeking back restarts the stream from
     the beginning and skips to the target. Both cost transfer, not memory.
     SEEK_END learns the size by reading to the end, since Stat does not report it.
+
+    Every stream is consumed from its start, so what arrives is hashed as it
+    arrives and checked against the digest when the stream ends; the last
+    bytes of a message are only handed out once the next message (or the end,
+    and with it the check) is known, so a reader never receives the complete
+    contents of a blob that does not match.
     """
 
-    def __init__(self, stub: Any, request: Any, call: Any, first: bytes | None) -> None:
+    def __init__(
+        self, stub: Any, request: Any, call: Any, first: bytes | None, digest: Digest
+    ) -> None:
         super().__init__()
         self._stub = stub
         self._request = request
         self._call = call
+        self._digest = digest
+        self._hasher = blake3.blake3(first or b"")
         self._pending = memoryview(first or b"")
+        self._next: bytes | None = None
         self._exhausted = first is None
         self._position = 0
         self._size: int | None = None
+        if self._exhausted:
+            self._check()
 
     def readable(self) -> bool:
         return True
@@ -59,22 +72,45 @@ class _BlobReader(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
-    def _pull(self) -> bool:
-        """Fetch the next non-empty message into ``_pending``; False at the end."""
+    def _receive(self) -> bytes | None:
+        """The next non-empty message, hashed; None (after the check) at the end."""
+        if self._next is not None:
+            data, self._next = self._next, None
+            return data
         while not self._exhausted:
             try:
                 message = next(self._call)
             except StopIteration:
                 self._exhausted = True
+                self._check()
                 break
             except grpc.RpcError as error:
                 raise error_from_rpc(error) from error
             if message.data:
-                self._pending = memoryview(message.data)
-                return True
+                self._hasher.update(message.data)
+                return bytes(message.data)
+        return None
+
+    def _check(self) -> None:
+        if self._hasher.digest() != self._digest:
+            raise IntegrityError(
+                f"server sent contents for blob {self._digest} that hash differently"
+            )
+
+    def _pull(self) -> bool:
+        """Fetch the next non-empty message into ``_pending``; False at the end."""
+        data = self._receive()
+        if data is not None:
+            self._pending = memoryview(data)
+            return True
         if self._size is None:
             self._size = self._position
         return False
+
+    def _look_ahead(self) -> None:
+        """Learn whether more follows ``_pending`` (or check the blob) before it is used up."""
+        if self._next is None and not self._exhausted:
+            self._next = self._receive()
 
     def readinto(self, buffer: Any) -> int:
         if self.closed:
@@ -82,6 +118,8 @@ class _BlobReader(io.RawIOBase):
         if not self._pending and not self._pull():
             return 0
         target = memoryview(buffer).cast("B")
+        if len(target) >= len(self._pending):
+            self._look_ahead()
         count = min(len(target), len(self._pending))
         target[:count] = self._pending[:count]
         self._pending = self._pending[count:]
@@ -110,6 +148,8 @@ class _BlobReader(io.RawIOBase):
         self._call.cancel()
         self._call = self._stub.Read(self._request)
         self._pending = memoryview(b"")
+        self._next = None
+        self._hasher = blake3.blake3()
         self._exhausted = False
         self._position = 0
 
@@ -223,7 +263,7 @@ class GrpcBlobService:
             if status_code_of(error) == grpc.StatusCode.NOT_FOUND:
                 return None
             raise error_from_rpc(error) from error
-        raw = _BlobReader(self._stub, request, call, first)
+        raw = _BlobReader(self._stub, request, call, first, digest)
         return io.BufferedReader(raw, buffer_size=READ_CHUNK_SIZE)
 
     def open_write(self) -> _GrpcBlobWriter:

@@ -17,6 +17,7 @@ around it and re-uploads little.
 from __future__ import annotations
 
 import io
+import logging
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ from builder.castore.digest import Digest
 from builder.castore.objectstore_url import open_store, translate_errors
 from builder.errors import BuilderError, IntegrityError, InvalidArgumentError
 from builder.proto.tvix.castore.protos.rpc_blobstore_pb2 import StatBlobResponse
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_AVG_CHUNK_SIZE = 256 * 1024
 
@@ -294,6 +297,11 @@ class _ChunkedReader(io.RawIOBase):
         self._hasher.update(piece)
         self._hashed += len(piece)
         if self._hashed == self._size and self._hasher.digest() != self._digest:
+            logger.error(
+                "stored blob %s (index %s) does not match its digest",
+                self._digest,
+                index_key(self._digest),
+            )
             raise IntegrityError(f"blob {self._digest}: its chunks hash to a different digest")
 
 
@@ -390,6 +398,12 @@ class ObjectStoreBlobService:
         if data is None:
             raise IntegrityError(f"blob {blob}: chunk {chunk.digest} is missing from the store")
         if len(data) != chunk.size or blake3.blake3(data).digest() != chunk.digest:
+            logger.error(
+                "stored chunk %s of blob %s at %s does not match its digest or size",
+                chunk.digest,
+                blob,
+                chunk_key(chunk.digest),
+            )
             raise IntegrityError(
                 f"blob {blob}: chunk {chunk.digest} does not match its digest or size"
             )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 from builder.castore.digest import Digest
 from builder.castore.directory import Directory
+from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.errors import InvalidArgumentError, NotFoundError
 
 Lookup = Callable[[Digest], Directory | None]
@@ -33,8 +34,7 @@ def walk_breadth_first(lookup: Lookup, root: Digest) -> Iterator[Directory]:
             found = lookup(child.digest)
             if found is None:
                 raise NotFoundError(
-                    f"directory {child.digest} (child {child.name!r} of {current.digest}) "
-                    "not found"
+                    f"directory {child.digest} (child {child.name!r} of {current.digest}) not found"
                 )
             queue.append(found)
 
@@ -42,13 +42,19 @@ def walk_breadth_first(lookup: Lookup, root: Digest) -> Iterator[Directory]:
 class ClosureValidator:
     """Accumulates a leaves-to-root stream and checks order, sizes and connectivity."""
 
-    def __init__(self, lookup: Lookup) -> None:
+    def __init__(self, lookup: Lookup, max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES) -> None:
         self._lookup = lookup
+        self._max_entries = max_entries
         self._received: dict[Digest, Directory] = {}
         self._order: list[Directory] = []
 
     def add(self, directory: Directory) -> None:
         index = len(self._order)
+        if len(directory) > self._max_entries:
+            raise InvalidArgumentError(
+                f"directory #{index} ({directory.digest}) has {len(directory)} entries, "
+                f"more than the limit of {self._max_entries}"
+            )
         try:
             directory.validate()
         except InvalidArgumentError as exc:
@@ -94,8 +100,13 @@ class ClosureValidator:
 class ValidatingPutter:
     """A DirectoryPutter that commits the validated closure in one call."""
 
-    def __init__(self, lookup: Lookup, commit: Callable[[list[Directory]], None]) -> None:
-        self._validator = ClosureValidator(lookup)
+    def __init__(
+        self,
+        lookup: Lookup,
+        commit: Callable[[list[Directory]], None],
+        max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    ) -> None:
+        self._validator = ClosureValidator(lookup, max_entries)
         self._commit = commit
         self._closed = False
 
@@ -119,7 +130,10 @@ class ClosureCommitting:
     A backend supplies ``get`` and an atomic ``_commit`` of a validated,
     leaves-first closure; single puts and streamed puts then go through the
     same validation, so no backend can accept what another would refuse.
+    ``max_entries`` bounds each directory put; a backend may set it per instance.
     """
+
+    max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES
 
     def get(self, digest: Digest) -> Directory | None:
         raise NotImplementedError
@@ -136,4 +150,4 @@ class ClosureCommitting:
         return putter.close()
 
     def put_multiple_start(self) -> ValidatingPutter:
-        return ValidatingPutter(self.get, self._commit)
+        return ValidatingPutter(self.get, self._commit, self.max_entries)

@@ -22,11 +22,24 @@ from builder.castore.grpc_channel import (
     status_code_of,
 )
 from builder.castore.grpc_upload import Upload
-from builder.castore.wire import Family, directory_from_proto, directory_to_proto
-from builder.errors import IntegrityError, InvalidArgumentError
+from builder.castore.wire import (
+    DEFAULT_MAX_DIRECTORY_ENTRIES,
+    Family,
+    directory_from_proto,
+    directory_to_proto,
+    entry_count,
+)
+from builder.errors import IntegrityError, InvalidArgumentError, ResourceExhaustedError
 
 
-def _received(message: Any) -> Directory:
+def _received(message: Any, max_entries: int, wanted: Digest) -> Directory:
+    """Convert a directory the server sent, refusing an oversized one before any conversion."""
+    count = entry_count(message)
+    if count > max_entries:
+        raise ResourceExhaustedError(
+            f"server sent a directory with {count} entries for {wanted}, "
+            f"more than the limit of {max_entries}"
+        )
     try:
         return directory_from_proto(message)
     except InvalidArgumentError as exc:
@@ -61,9 +74,14 @@ class _GrpcDirectoryPutter:
 
 class GrpcDirectoryService:
     def __init__(
-        self, url: str, family: Family = Family.TVIX, security: ChannelSecurity | None = None
+        self,
+        url: str,
+        family: Family = Family.TVIX,
+        security: ChannelSecurity | None = None,
+        max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     ) -> None:
         self.url = url
+        self._max_entries = max_entries
         self._family = family
         self._channel = open_channel(url, security)
         rpc = castore_rpc(family)
@@ -82,7 +100,7 @@ class GrpcDirectoryService:
             raise error_from_rpc(error) from error
         finally:
             call.cancel()
-        directory = _received(message)
+        directory = _received(message, self._max_entries, digest)
         if directory.digest != digest:
             raise IntegrityError(f"asked for directory {digest}, received {directory.digest}")
         return directory
@@ -99,7 +117,7 @@ class GrpcDirectoryService:
         seen: set[Digest] = set()
         try:
             for message in call:
-                directory = _received(message)
+                directory = _received(message, self._max_entries, digest)
                 if directory.digest not in expected:
                     problem = "again" if directory.digest in seen else "without being referenced"
                     raise IntegrityError(

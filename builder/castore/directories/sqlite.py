@@ -2,7 +2,10 @@
 
 Each thread gets its own connection (SQLite connections are not shareable
 across threads without serialising every read); WAL mode lets readers proceed
-while a closure is being committed in one transaction.
+while a closure is being committed in one transaction. ``synchronous=FULL``
+flushes the log at every commit, so a closure reported as stored survives a
+power loss (NORMAL in WAL mode may lose the last commits). A full disk rolls
+the transaction back and is reported as the database being full.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directory import Directory
 from builder.castore.wire import decode_directory
+from builder.errors import ResourceExhaustedError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS directories (
@@ -43,29 +47,40 @@ class SqliteDirectoryService(ClosureCommitting):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
-                self._path, uri=self._path.startswith("file:"), check_same_thread=False,
+                self._path,
+                uri=self._path.startswith("file:"),
+                check_same_thread=False,
                 timeout=30,
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
         return conn
 
     def get(self, digest: Digest) -> Directory | None:
-        row = self._connection().execute(
-            "SELECT data FROM directories WHERE digest = ?", (bytes(digest),)
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT data FROM directories WHERE digest = ?", (bytes(digest),))
+            .fetchone()
+        )
         return None if row is None else decode_directory(row[0])
 
     def _commit(self, directories: list[Directory]) -> None:
         conn = self._connection()
-        with conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO directories (digest, data) VALUES (?, ?)",
-                [(bytes(d.digest), d.encoded) for d in directories],
-            )
+        try:
+            with conn:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO directories (digest, data) VALUES (?, ?)",
+                    [(bytes(d.digest), d.encoded) for d in directories],
+                )
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise ResourceExhaustedError(
+                f"directory database {self._path} is out of space: {exc}"
+            ) from exc
 
     def close(self) -> None:
         with self._lock:
