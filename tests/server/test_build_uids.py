@@ -97,7 +97,7 @@ def test_an_unprivileged_user_cannot_stop_builds(root: None, tmp_path: Path) -> 
 def _wait_for_build_dir(served: Served, name: str) -> Path:
     deadline = time.monotonic() + WAIT
     while True:
-        found = list(served.work.glob(f"builds/*/scratch-0/{name}"))
+        found = list(served.work.glob(f"builds/owner-*/*/scratch-0/{name}"))
         if found:
             return found[0].parent
         assert time.monotonic() < deadline, f"no build wrote {name}"

@@ -51,7 +51,8 @@ def served(
 
 
 def _builds_left(served: Served) -> list[str]:
-    return os.listdir(served.work / "builds")
+    builds = served.work / "builds"
+    return [tree for owner in os.listdir(builds) for tree in os.listdir(builds / owner)]
 
 
 def _depth(root: Path) -> int:
