@@ -58,3 +58,6 @@ class BuildConfig:
     result_cache: bool = True
     log_retention_seconds: float = 3600.0
     build_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # A build with network access shares the host's network namespace: it can
+    # reach every local service, so only the operator may grant it.
+    allow_network: bool = False

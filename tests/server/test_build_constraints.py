@@ -70,8 +70,30 @@ def _listener() -> tuple[socket.socket, int]:
     return server, server.getsockname()[1]
 
 
+@pytest.fixture
+def network_served(tmp_path: Path, launcher: Launcher) -> Served:  # noqa: F811
+    gen = _serve(tmp_path, launcher, allow_network=True)
+    yield next(gen)
+    next(gen, None)
+
+
+def test_network_access_refused_unless_the_operator_allows_it(served: Served) -> None:
+    request = _request(
+        "echo x > /nix/store/out",
+        constraints=Constraints(system=X86, provide_bin_sh=True, network_access=True),
+    )
+    _fails(
+        served,
+        request,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "constraints.network_access: this builder does not allow network access "
+        "(start it with --allow-network)",
+    )
+
+
 @pytest.mark.parametrize("network", [False, True])
-def test_network_access_only_when_asked(served: Served, network: bool) -> None:
+def test_network_access_only_when_asked(network_served: Served, network: bool) -> None:
+    served = network_served
     server, port = _listener()
     accepted: list[bytes] = []
 
