@@ -23,8 +23,23 @@ from builder.build.request import BuildRequest, is_inside
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
-from builder.errors import CancelledError, CommandFailedError
-from sandbox import Bind, File, Launcher, Limits, SandboxResult, SandboxSpec, Scratch
+from builder.errors import (
+    CancelledError,
+    CommandFailedError,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from sandbox import (
+    Bind,
+    File,
+    Launcher,
+    LauncherError,
+    Limits,
+    SandboxResult,
+    SandboxSpec,
+    Scratch,
+    SpecError,
+)
 
 LogSink = Callable[[bytes], None]
 TAIL_LINES = 25
@@ -62,12 +77,7 @@ class BuildRunner:
                 spec, scratch_hosts = self._spec(request, work, stack)
                 if cancel.cancelled:
                     raise CancelledError("build cancelled before it started")
-                handle = self._launcher.submit(spec, on_log)
-                cancel.attach(handle)
-                try:
-                    result = handle.wait()
-                finally:
-                    cancel.detach()
+                result = self._sandboxed(spec, on_log, cancel)
             if cancel.cancelled:
                 raise CancelledError("build cancelled")
             if not result.ok:
@@ -81,6 +91,34 @@ class BuildRunner:
             )
         finally:
             remove_tree(work)
+
+    def _sandboxed(
+        self, spec: SandboxSpec, on_log: LogSink | None, cancel: CancelToken
+    ) -> SandboxResult:
+        """Run the spec, telling a request the sandbox refuses from a sandbox that failed.
+
+        The spec is checked here first, so a refusal is the request's fault;
+        the launcher checks it again with the same rules, so a rejection from
+        its side means the host could not start the sandbox (no free build
+        uid, a clone that failed).
+        """
+        try:
+            spec.validate()
+        except SpecError as error:
+            raise InvalidArgumentError(f"the sandbox refuses this request: {error}") from error
+        try:
+            handle = self._launcher.submit(spec, on_log)
+            cancel.attach(handle)
+            try:
+                return handle.wait()
+            finally:
+                cancel.detach()
+        except LauncherError as error:
+            raise UnavailableError(f"the sandbox launcher is not available: {error}") from error
+        except SpecError as error:
+            raise UnavailableError(
+                f"the sandbox launcher could not start the build: {error}"
+            ) from error
 
     def _spec(
         self, request: BuildRequest, work: Path, stack: ExitStack

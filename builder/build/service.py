@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +50,11 @@ class BuildOutcome:
     build_id: str
     outputs: list[CollectedOutput]
     cached: bool
+
+
+def new_build_id() -> str:
+    """A fresh build id; a server takes one before building so its log names the build."""
+    return uuid.uuid4().hex
 
 
 class BuildExecutor(Protocol):
@@ -99,18 +105,40 @@ class BuildService:
     def build_cores(self) -> int:
         return self.config.build_cores
 
+    @property
+    def capacity(self) -> int:
+        """Builds admitted at once (running or queued); a server sizes its threads by it."""
+        return self._slots.capacity
+
+    @property
+    def admitted(self) -> int:
+        return self._slots.admitted
+
+    @property
+    def queued(self) -> int:
+        return self._slots.waiting
+
+    def admit(self) -> AbstractContextManager[None]:
+        """Hold a place for one build from the moment its caller turns up, or refuse it.
+
+        Raises ResourceExhaustedError at once when running and queued builds
+        fill every job slot and the queue.
+        """
+        return self._slots.admit()
+
     def build(
         self,
         request: BuildRequest,
         on_event: EventSink | None = None,
         cancel: CancelToken | None = None,
+        build_id: str | None = None,
     ) -> BuildOutcome:
         emit = on_event or (lambda event: None)
         cancel = cancel or CancelToken()
+        build_id = build_id or new_build_id()
         request.validate()
         check_constraints(request.constraints, self.config)
         require_inputs(request.inputs, self.blobs, self.directories)
-        build_id = uuid.uuid4().hex
 
         if self.config.result_cache:
             recorded = self._results.lookup(request)

@@ -1,8 +1,13 @@
-"""Job slots with a bounded queue in front of them.
+"""Job slots with a bounded queue in front of them, and admission to both.
 
 A server must say no early rather than pile up work it cannot start: beyond
 the queue's length a build is refused with RESOURCE_EXHAUSTED, and a queued
 build whose client goes away leaves the queue at once.
+
+Admission is the same bound counted earlier, from the moment a caller turns
+up: a server admits a build before doing any work for it (checking inputs,
+asking the result cache, waiting for a slot), so that a caller it cannot serve
+is refused at once and never holds one of its threads while waiting.
 """
 
 from __future__ import annotations
@@ -19,10 +24,40 @@ class JobSlots:
     def __init__(self, slots: int, queue_length: int) -> None:
         if slots < 1:
             raise ValueError("at least one job slot is needed")
+        if queue_length < 0:
+            raise ValueError("the queue length cannot be negative")
         self._free = slots
         self._queue_length = queue_length
         self._waiting = 0
+        self._capacity = slots + queue_length
+        self._admitted = 0
         self._cond = threading.Condition()
+
+    @property
+    def capacity(self) -> int:
+        """How many builds may be admitted at once: one per slot plus the queue."""
+        return self._capacity
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of ``capacity`` places for a build, or refuse it at once.
+
+        While every build that asks for a slot was admitted first, the queue
+        can never overflow: admission is the exact bound.
+        """
+        with self._cond:
+            if self._admitted >= self._capacity:
+                raise ResourceExhaustedError(
+                    f"this builder is at capacity: {self._admitted} builds running or queued "
+                    f"({self._capacity - self._queue_length} job slots, queue length "
+                    f"{self._queue_length}); try again later"
+                )
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._admitted -= 1
 
     @contextmanager
     def slot(self, cancel: CancelToken) -> Iterator[None]:
@@ -52,3 +87,7 @@ class JobSlots:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted

@@ -40,10 +40,14 @@ DEFAULT_GRACE_SECONDS = 10.0
 SERVER_OPTIONS: list[tuple[str, int]] = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
-def new_grpc_server(max_workers: int = DEFAULT_MAX_WORKERS) -> grpc.Server:
+def new_grpc_server(
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    interceptors: list[grpc.ServerInterceptor] | None = None,
+) -> grpc.Server:
     return grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
         options=SERVER_OPTIONS,
+        interceptors=interceptors,
     )
 
 
