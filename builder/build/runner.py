@@ -24,6 +24,7 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
 from builder.errors import (
+    BuildFailedError,
     CancelledError,
     CommandFailedError,
     InvalidArgumentError,
@@ -86,9 +87,17 @@ class BuildRunner:
             for output in request.outputs:
                 scratch = next(s for s in request.scratch_paths if is_inside(output, s))
                 locations.append((output, scratch_hosts[scratch], output[len(scratch) + 1 :]))
-            return collect_outputs(
-                locations, request.refscan_needles, self._blobs, self._directories
-            )
+            try:
+                return collect_outputs(
+                    locations, request.refscan_needles, self._blobs, self._directories
+                )
+            except (BuildFailedError, InvalidArgumentError) as error:
+                # The command succeeded but left outputs that cannot be
+                # stored: the build failed, in terms of the paths it knows.
+                message = str(error)
+                for scratch, host in scratch_hosts.items():
+                    message = message.replace(f"{host}/", f"/{scratch}/")
+                raise CommandFailedError(f"build failed: {message}", result.exit_code) from error
         finally:
             remove_tree(work)
 

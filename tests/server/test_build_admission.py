@@ -54,11 +54,19 @@ class Load:
     def finished(self) -> list[grpc.Future]:
         return [call for call in self.calls if call.done()]
 
-    def cancel(self) -> None:
-        for call in self.calls:
-            call.cancel()
-        _wait_for(lambda: all(call.done() for call in self.calls), "cancelled calls to end")
-        _wait_for(lambda: not processes_with(self.marker), "cancelled builds to be killed")
+
+def _cancel(served: Served, *loads: Load) -> None:
+    """Cancel every call first: a queued build would start when a running one goes."""
+    calls = [call for load in loads for call in load.calls]
+    for call in calls:
+        call.cancel()
+    _wait_for(lambda: all(call.done() for call in calls), "cancelled calls to end")
+    markers = {load.marker for load in loads}
+    _wait_for(
+        lambda: not any(processes_with(marker) for marker in markers),
+        "cancelled builds to be killed",
+    )
+    _wait_for(lambda: served.service.admitted == 0, "admitted builds to leave")
 
 
 @pytest.fixture
@@ -125,8 +133,7 @@ def test_exact_capacity_and_a_responsive_server(served_small: Served, tmp_path: 
         _other_calls_answer_at_once(served, tmp_path / "builder.sock", build_id)
         assert len(load.finished()) == 7
     finally:
-        load.cancel()
-    _wait_for(lambda: served.service.admitted == 0, "admitted builds to leave")
+        _cancel(served, load)
 
 
 def test_default_capacity_refuses_exactly_the_excess(
@@ -146,8 +153,7 @@ def test_default_capacity_refuses_exactly_the_excess(
         _other_calls_answer_at_once(served, tmp_path / "builder.sock", build_id)
         assert len(load.finished()) == 20
     finally:
-        load.cancel()
-    _wait_for(lambda: served.service.admitted == 0, "admitted builds to leave")
+        _cancel(served, load)
 
 
 def test_a_caller_that_leaves_gives_its_place_back(served_small: Served) -> None:
@@ -161,7 +167,4 @@ def test_a_caller_that_leaves_gives_its_place_back(served_small: Served) -> None
         extra = Load(served, "sleep 7303", 2)
         _check_refusals(extra, 1)
     finally:
-        for started in (load, extra):
-            if started is not None:
-                started.cancel()
-        _wait_for(lambda: served.service.admitted == 0, "admitted builds to leave")
+        _cancel(served, load, *([extra] if extra else []))
