@@ -88,7 +88,8 @@ def translated_errors(
         yield
     except BuilderError as error:
         if subject:
-            logger.warning("%s failed: %s", where, status_of(error)[1])
+            code, message = status_of(error)
+            logger.warning("%s failed: %s %s", where, code.name, message)
         _abort(context, error)
     except grpc.RpcError as error:
         # Only the request iterator raises this in a servicer: the client went
