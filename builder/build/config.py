@@ -61,3 +61,6 @@ class BuildConfig:
     # A build with network access shares the host's network namespace: it can
     # reach every local service, so only the operator may grant it.
     allow_network: bool = False
+    # GetLog calls following a running build at once; each holds a server
+    # thread until the build ends, so a server reserves threads for this many.
+    log_followers: int = 16

@@ -9,11 +9,12 @@ records the result.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from builder.build.admission import Admission
 from builder.build.cancel import CancelToken
 from builder.build.config import BuildConfig
 from builder.build.constraints import check_constraints
@@ -96,6 +97,10 @@ class BuildService:
         self._slots = JobSlots(config.job_slots, config.queue_length)
         self._results = ResultCache(config.work_dir / "results.sqlite")
         self.logs = LogStore(config.log_retention_seconds)
+        self._followers = Admission(
+            config.log_followers,
+            lambda held: f"{held} clients already follow build logs; try again later",
+        )
 
     @property
     def job_slots(self) -> int:
@@ -125,6 +130,20 @@ class BuildService:
         fill every job slot and the queue.
         """
         return self._slots.admit()
+
+    @property
+    def log_followers(self) -> int:
+        """Clients following a log now; ``config.log_followers`` at most."""
+        return self._followers.held
+
+    def follow_log(self, build_id: str, stop: Callable[[], bool]) -> Iterator[bytes]:
+        """A build's log so far and as it grows, for a bounded number of clients at once.
+
+        Raises NotFoundError for a build whose log is not kept, and
+        ResourceExhaustedError when too many clients follow logs already.
+        """
+        with self._followers.hold():
+            yield from self.logs.get(build_id).follow(stop)
 
     def build(
         self,

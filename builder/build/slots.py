@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
+from builder.build.admission import Admission
 from builder.build.cancel import CancelToken
 from builder.errors import CancelledError, ResourceExhaustedError
 
@@ -29,35 +30,27 @@ class JobSlots:
         self._free = slots
         self._queue_length = queue_length
         self._waiting = 0
-        self._capacity = slots + queue_length
-        self._admitted = 0
         self._cond = threading.Condition()
+        self._admission = Admission(
+            slots + queue_length,
+            lambda held: (
+                f"this builder is at capacity: {held} builds running or queued "
+                f"({slots} job slots, queue length {queue_length}); try again later"
+            ),
+        )
 
     @property
     def capacity(self) -> int:
         """How many builds may be admitted at once: one per slot plus the queue."""
-        return self._capacity
+        return self._admission.limit
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self) -> AbstractContextManager[None]:
         """Hold one of ``capacity`` places for a build, or refuse it at once.
 
         While every build that asks for a slot was admitted first, the queue
         can never overflow: admission is the exact bound.
         """
-        with self._cond:
-            if self._admitted >= self._capacity:
-                raise ResourceExhaustedError(
-                    f"this builder is at capacity: {self._admitted} builds running or queued "
-                    f"({self._capacity - self._queue_length} job slots, queue length "
-                    f"{self._queue_length}); try again later"
-                )
-            self._admitted += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._admitted -= 1
+        return self._admission.hold()
 
     @contextmanager
     def slot(self, cancel: CancelToken) -> Iterator[None]:
@@ -90,4 +83,4 @@ class JobSlots:
 
     @property
     def admitted(self) -> int:
-        return self._admitted
+        return self._admission.held

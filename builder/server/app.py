@@ -49,15 +49,17 @@ def create_server(
     token: str | None = None,
     reserve_workers: int = DEFAULT_MAX_WORKERS,
 ) -> BoundServer:
-    """Assemble the server with one thread per admitted build plus ``reserve_workers``.
+    """Assemble the server with one thread per admitted build and log follower, plus
+    ``reserve_workers``.
 
-    A build RPC holds its thread until the build ends, queued or running;
-    builds past the service's capacity are refused on arrival. Sizing the
-    pool this way leaves the reserve to health, castore and event calls
-    under any build load, instead of letting them wait behind builds.
+    A build RPC holds its thread until the build ends, queued or running, and
+    a GetLog call until the build it follows ends; callers past either bound
+    are refused on arrival. Sizing the pool this way leaves the reserve to
+    health, castore and other calls under any build load, instead of letting
+    them wait behind builds.
     """
     server = new_grpc_server(
-        builds.capacity + reserve_workers,
+        builds.capacity + builds.config.log_followers + reserve_workers,
         [BearerTokenInterceptor(token)] if token else None,
     )
     names = add_castore_services(server, store.blobs, store.directories)

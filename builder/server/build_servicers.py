@@ -170,8 +170,7 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
 
     @rpc_errors
     def GetLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        log = self._service.logs.get(request.build_id)
-        for data in log.follow(stop=lambda: not context.is_active()):
+        for data in self._service.follow_log(request.build_id, lambda: not context.is_active()):
             yield _log_chunk(data)
 
 

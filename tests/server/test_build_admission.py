@@ -168,3 +168,38 @@ def test_a_caller_that_leaves_gives_its_place_back(served_small: Served) -> None
         _check_refusals(extra, 1)
     finally:
         _cancel(served, load, *([extra] if extra else []))
+
+
+def test_log_followers_are_bounded_too(tmp_path: Path, launcher: Launcher) -> None:  # noqa: F811
+    gen = _serve(tmp_path, launcher, job_slots=1, log_followers=2)
+    served = next(gen)
+    load = Load(served, "sleep 7305", 0)
+    try:
+        msg = request_to_proto(_request(f"{load.marker}; echo x > /nix/store/out"), Family.SNIX)
+        stream = served.events().StreamBuild(msg, timeout=600)
+        load.calls.append(stream)
+        started = next(stream)
+        followers = [
+            served.events().GetLog(
+                build_events_pb2.GetLogRequest(build_id=started.started.build_id), timeout=600
+            )
+            for _ in range(2)
+        ]
+        load.calls.extend(followers)
+        _wait_for(lambda: served.service.log_followers == 2, "two log followers")
+        with pytest.raises(grpc.RpcError) as info:
+            list(
+                served.events().GetLog(
+                    build_events_pb2.GetLogRequest(build_id=started.started.build_id),
+                    timeout=PROMPTLY,
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "follow build logs" in info.value.details()
+        health = health_pb2_grpc.HealthStub(served.channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=SERVICE_CALL_TIMEOUT)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        _cancel(served, load)
+        _wait_for(lambda: served.service.log_followers == 0, "log followers to leave")
+        next(gen, None)
