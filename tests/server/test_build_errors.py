@@ -14,6 +14,8 @@ import grpc
 import pytest
 
 from builder.build.request import request_to_proto
+from builder.castore.digest import Digest
+from builder.castore.grpc_channel import castore_rpc
 from builder.castore.wire import Family
 from builder.server.castore_server import new_grpc_server
 from builder.server.status import INTERNAL_MESSAGE, rpc_errors
@@ -143,6 +145,17 @@ def test_an_undecodable_request_is_invalid_argument(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf message" in info.value.details()
     _logged(logs, rf"^{re.escape(method)} from \S+: undecodable request")
+
+
+def test_an_undecodable_message_in_an_upload_stream_is_invalid_argument(served: Served) -> None:
+    rpc = castore_rpc(Family.SNIX)
+    chunks = [rpc.blobstore.BlobChunk(data=b"fine so far").SerializeToString(), b"\xff\xff"]
+    put = served.channel.stream_unary("/snix.castore.v1.BlobService/Put")
+    with pytest.raises(grpc.RpcError) as info:
+        put(iter(chunks), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "BlobChunk" in info.value.details()
+    assert not served.store.blobs.has(Digest.of(b"fine so far"))
 
 
 class _Servicer:
