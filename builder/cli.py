@@ -120,7 +120,9 @@ def cmd_castore_serve(args: argparse.Namespace) -> None:
         serve_castore(store.blobs, store.directories, args.listen)
 
 
-def _build_service(args: argparse.Namespace, store: Store, launcher: Launcher) -> BuildService:
+def _build_service(
+    args: argparse.Namespace, store: Store, launcher: Launcher, allow_network: bool
+) -> BuildService:
     from builder.build.config import BuildConfig, BuildLimits
     from builder.build.service import BuildService
 
@@ -138,6 +140,7 @@ def _build_service(args: argparse.Namespace, store: Store, launcher: Launcher) -
         cache_max_bytes=args.cache_max_bytes,
         log_retention_seconds=args.log_retention,
         max_input_size=args.max_input_size or defaults.max_input_size,
+        allow_network=allow_network,
     )
     return BuildService(config, store.blobs, store.directories, launcher)
 
@@ -158,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         token = args.token_file.read_text().strip()
     launcher = Launcher().start()
     store = _store(args)
-    builds = _build_service(args, store, launcher)
+    builds = _build_service(args, store, launcher, args.allow_network)
     try:
         serve(store, builds, args.listen, tls, token, args.max_directory_entries)
     finally:
@@ -207,7 +210,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     message = load_request_message(Path(args.request))
     launcher = Launcher().start()
     store = _store(args)
-    builds = _build_service(args, store, launcher)
+    # The user runs this on their own machine, as with Nix: fixed-output
+    # builds fetch from the network.
+    builds = _build_service(args, store, launcher, allow_network=True)
     try:
         request = _with_imports(request_from_proto(message), args.imports, store)
         outcome = builds.build(request, _print_event)
@@ -297,7 +302,7 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
         args.no_result_cache = True
     launcher = Launcher().start()
     store = _store(args)
-    builds = _build_service(args, store, launcher)
+    builds = _build_service(args, store, launcher, allow_network=True)
     try:
         nix_build(builds, data_dir, args.derivation, args.import_to_nix, args.check)
     finally:
@@ -435,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_DIRECTORY_ENTRIES,
         help="most entries one Directory message may carry (default: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="let builds that ask for network access share this host's network",
     )
     p.set_defaults(func=cmd_serve)
     _store_options(p)

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from builder.castore.grpc_channel import open_channel
 from tests.processes import processes_with
+from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -102,8 +103,9 @@ def build(remote: str, *args: str, data: Path) -> subprocess.CompletedProcess[by
     )
 
 
-def _request_file(tmp: Path, script: str, name: str = "req.json") -> Path:
+def _request_file(tmp: Path, script: str, name: str = "req.json", network: bool = False) -> Path:
     path = tmp / name
+    constraints = {"system": "x86_64-linux", "provideBinSh": True, "networkAccess": network}
     path.write_text(
         json.dumps(
             {
@@ -112,7 +114,7 @@ def _request_file(tmp: Path, script: str, name: str = "req.json") -> Path:
                 "scratchPaths": ["build", "nix/store"],
                 "inputsDir": "nix/store",
                 "outputs": ["nix/store/out"],
-                "constraints": {"system": "x86_64-linux", "provideBinSh": True},
+                "constraints": constraints,
             }
         )
     )
@@ -291,6 +293,30 @@ def test_reflection_lists_every_service(server: Server) -> None:
     } <= names
 
 
+# Network access
+
+
+def test_network_access_needs_the_operators_consent(server: Server, tmp_path: Path) -> None:
+    request = _request_file(tmp_path, "echo x > /nix/store/out", network=True)
+    result = build(server.address, str(request), data=tmp_path)
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "constraints.network_access: this builder does not allow network access" in stderr
+    assert "--allow-network" in stderr
+
+
+def test_allow_network_lets_a_build_reach_the_host(tmp_path: Path) -> None:
+    with serving(tmp_path, f"grpc+unix://{tmp_path}/builder.sock", "--allow-network") as started:
+        with host_listener() as (port, accepted):
+            script = NETWORK_PROBE.format(port=port)
+            request = _request_file(tmp_path, script, network=True)
+            out = tmp_path / "out"
+            result = build(started.address, str(request), "--out", str(out), data=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (out / "out").read_text() == "yes\n"
+        assert accepted == [b"reached\n"]
+
+
 # Bearer token
 
 
@@ -325,6 +351,17 @@ def test_token_required(token_server: Server, tmp_path: Path) -> None:
     assert accepted.returncode == 0, accepted.stderr
     assert b"uploaded 1 blobs" in accepted.stderr
     assert (tmp_path / "out" / "out").read_text() == "through an authenticated upload\n"
+
+
+def test_token_over_plaintext_tcp_is_warned_about(tmp_path: Path, token_server: Server) -> None:
+    (tmp_path / "token").write_text("s3cret-token\n")
+    token = ("--token-file", str(tmp_path / "token"))
+    with serving(tmp_path, "grpc+http://127.0.0.1:0", *token) as started:
+        log = started.log.read_text()
+    warning = log.index("the bearer token travels in clear text")
+    assert warning < log.index("listening on")
+    assert started.address.removeprefix("grpc+http://") in log[:warning]
+    assert "clear text" not in token_server.log.read_text()
 
 
 def test_health_needs_no_token(token_server: Server) -> None:

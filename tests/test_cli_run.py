@@ -12,6 +12,8 @@ import pytest
 
 from builder.build.request import BuildRequest, Constraints, request_to_proto
 from builder.castore.wire import Family
+from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
+from tests.server.test_build_grpc import _request
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -155,3 +157,19 @@ def test_binary_request_of_the_tvix_family(tmp_path: Path) -> None:
     result = run(str(path), "--out", str(tmp_path / "o"), data=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o" / "out").read_text() == "binary\n"
+
+
+def test_network_access_is_allowed_on_ones_own_machine(tmp_path: Path) -> None:
+    with host_listener() as (port, accepted):
+        request = _request(
+            NETWORK_PROBE.format(port=port),
+            constraints=Constraints(
+                system="x86_64-linux", provide_bin_sh=True, network_access=True
+            ),
+        )
+        path = tmp_path / "req.pb"
+        path.write_bytes(request_to_proto(request, Family.SNIX).SerializeToString())
+        result = run(str(path), "--out", str(tmp_path / "o"), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "out").read_text() == "yes\n"
+    assert accepted == [b"reached\n"]

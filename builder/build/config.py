@@ -66,3 +66,9 @@ class BuildConfig:
     max_input_size: int = 1 << 23
     # Seconds after which a work tree no running build uses is removed as leaked.
     stale_work_age: float = 3600.0
+    # A build with network access shares the host's network namespace: it can
+    # reach every local service, so only the operator may grant it.
+    allow_network: bool = False
+    # GetLog calls following a running build at once; each holds a server
+    # thread until the build ends, so a server reserves threads for this many.
+    log_followers: int = 16

@@ -24,13 +24,17 @@ def check_constraints(constraints: Constraints, config: BuildConfig) -> None:
     for i, path in enumerate(constraints.available_ro_paths):
         if path not in config.allowed_ro_paths:
             raise FailedPreconditionError(
-                f"constraints.available_ro_paths[{i}]: {path!r} is not on the operator's "
-                "allow-list"
+                f"constraints.available_ro_paths[{i}]: {path!r} is not on the operator's allow-list"
             )
         if not os.path.exists(path):
             raise FailedPreconditionError(
                 f"constraints.available_ro_paths[{i}]: {path!r} does not exist on this host"
             )
+    if constraints.network_access and not config.allow_network:
+        raise FailedPreconditionError(
+            "constraints.network_access: this builder does not allow network access "
+            "(start it with --allow-network)"
+        )
     if constraints.provide_bin_sh and config.shell is None:
         raise FailedPreconditionError(
             "constraints.provide_bin_sh: no static shell is configured on this builder"

@@ -27,8 +27,26 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
 from builder.castore.owned_dir import OwnedDirectory
-from builder.errors import CancelledError, CommandFailedError, ResourceExhaustedError
-from sandbox import Bind, File, Launcher, Limits, SandboxResult, SandboxSpec, Scratch, hostpaths
+from builder.errors import (
+    BuildFailedError,
+    CancelledError,
+    CommandFailedError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from sandbox import (
+    Bind,
+    File,
+    Launcher,
+    LauncherError,
+    Limits,
+    SandboxResult,
+    SandboxSpec,
+    Scratch,
+    SpecError,
+    hostpaths,
+)
 from sandbox.errors import UidsExhaustedError
 
 LogSink = Callable[[bytes], None]
@@ -68,14 +86,7 @@ class BuildRunner:
                 spec, scratch_hosts = self._spec(request, work, stack)
                 if cancel.cancelled:
                     raise CancelledError("build cancelled before it started")
-                handle = self._launcher.submit(spec, on_log)
-                cancel.attach(handle)
-                try:
-                    result = handle.wait()
-                except UidsExhaustedError as exc:
-                    raise ResourceExhaustedError(str(exc)) from exc
-                finally:
-                    cancel.detach()
+                result = self._sandboxed(spec, on_log, cancel)
             if cancel.cancelled:
                 raise CancelledError("build cancelled")
             if not result.ok:
@@ -84,9 +95,17 @@ class BuildRunner:
             for output in request.outputs:
                 scratch = next(s for s in request.scratch_paths if is_inside(output, s))
                 locations.append((output, scratch_hosts[scratch], output[len(scratch) + 1 :]))
-            return collect_outputs(
-                locations, request.refscan_needles, self._blobs, self._directories
-            )
+            try:
+                return collect_outputs(
+                    locations, request.refscan_needles, self._blobs, self._directories
+                )
+            except (BuildFailedError, InvalidArgumentError) as error:
+                # The command succeeded but left outputs that cannot be
+                # stored: the build failed, in terms of the paths it knows.
+                message = str(error)
+                for scratch, host in scratch_hosts.items():
+                    message = message.replace(f"{host}/", f"/{scratch}/")
+                raise CommandFailedError(f"build failed: {message}", result.exit_code) from error
         finally:
             remove_tree(work)
             self._owned.release(name)
@@ -94,6 +113,36 @@ class BuildRunner:
     def close(self) -> None:
         """Remove this process's work directory; builds have ended by now."""
         self._owned.close()
+
+    def _sandboxed(
+        self, spec: SandboxSpec, on_log: LogSink | None, cancel: CancelToken
+    ) -> SandboxResult:
+        """Run the spec, telling a request the sandbox refuses from a sandbox that failed.
+
+        The spec is checked here first, so a refusal is the request's fault;
+        the launcher checks it again with the same rules, so a rejection from
+        its side means the host could not start the sandbox (no free build
+        uid, a clone that failed).
+        """
+        try:
+            spec.validate()
+        except SpecError as error:
+            raise InvalidArgumentError(f"the sandbox refuses this request: {error}") from error
+        try:
+            handle = self._launcher.submit(spec, on_log)
+            cancel.attach(handle)
+            try:
+                return handle.wait()
+            finally:
+                cancel.detach()
+        except UidsExhaustedError as error:
+            raise ResourceExhaustedError(str(error)) from error
+        except LauncherError as error:
+            raise UnavailableError(f"the sandbox launcher is not available: {error}") from error
+        except SpecError as error:
+            raise UnavailableError(
+                f"the sandbox launcher could not start the build: {error}"
+            ) from error
 
     def _spec(
         self, request: BuildRequest, work: Path, stack: ExitStack

@@ -9,10 +9,12 @@ records the result.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from builder.build.admission import Admission
 from builder.build.cancel import CancelToken
 from builder.build.config import BuildConfig
 from builder.build.constraints import check_constraints
@@ -49,6 +51,11 @@ class BuildOutcome:
     build_id: str
     outputs: list[CollectedOutput]
     cached: bool
+
+
+def new_build_id() -> str:
+    """A fresh build id; a server takes one before building so its log names the build."""
+    return uuid.uuid4().hex
 
 
 class BuildExecutor(Protocol):
@@ -90,6 +97,10 @@ class BuildService:
         self._slots = JobSlots(config.job_slots, config.queue_length)
         self._results = ResultCache(config.work_dir / "results.sqlite")
         self.logs = LogStore(config.log_retention_seconds)
+        self._followers = Admission(
+            config.log_followers,
+            lambda held: f"{held} clients already follow build logs; try again later",
+        )
 
     @property
     def job_slots(self) -> int:
@@ -99,19 +110,55 @@ class BuildService:
     def build_cores(self) -> int:
         return self.config.build_cores
 
+    @property
+    def capacity(self) -> int:
+        """Builds admitted at once (running or queued); a server sizes its threads by it."""
+        return self._slots.capacity
+
+    @property
+    def admitted(self) -> int:
+        return self._slots.admitted
+
+    @property
+    def queued(self) -> int:
+        return self._slots.waiting
+
+    def admit(self) -> AbstractContextManager[None]:
+        """Hold a place for one build from the moment its caller turns up, or refuse it.
+
+        Raises ResourceExhaustedError at once when running and queued builds
+        fill every job slot and the queue.
+        """
+        return self._slots.admit()
+
+    @property
+    def log_followers(self) -> int:
+        """Clients following a log now; ``config.log_followers`` at most."""
+        return self._followers.held
+
+    def follow_log(self, build_id: str, stop: Callable[[], bool]) -> Iterator[bytes]:
+        """A build's log so far and as it grows, for a bounded number of clients at once.
+
+        Raises NotFoundError for a build whose log is not kept, and
+        ResourceExhaustedError when too many clients follow logs already.
+        """
+        with self._followers.hold():
+            yield from self.logs.get(build_id).follow(stop)
+
     def build(
         self,
         request: BuildRequest,
         on_event: EventSink | None = None,
         cancel: CancelToken | None = None,
+        build_id: str | None = None,
     ) -> BuildOutcome:
         emit = on_event or (lambda event: None)
         cancel = cancel or CancelToken()
+        build_id = build_id or new_build_id()
         request.validate()
         check_constraints(request.constraints, self.config)
         check_input_sizes(request.inputs, self.config.max_input_size)
         require_inputs(request.inputs, self.blobs, self.directories)
-        build_id = uuid.uuid4().hex
 
         if self.config.result_cache:
             recorded = self._results.lookup(request)

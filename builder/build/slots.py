@@ -1,16 +1,22 @@
-"""Job slots with a bounded queue in front of them.
+"""Job slots with a bounded queue in front of them, and admission to both.
 
 A server must say no early rather than pile up work it cannot start: beyond
 the queue's length a build is refused with RESOURCE_EXHAUSTED, and a queued
 build whose client goes away leaves the queue at once.
+
+Admission is the same bound counted earlier, from the moment a caller turns
+up: a server admits a build before doing any work for it (checking inputs,
+asking the result cache, waiting for a slot), so that a caller it cannot serve
+is refused at once and never holds one of its threads while waiting.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
+from builder.build.admission import Admission
 from builder.build.cancel import CancelToken
 from builder.errors import CancelledError, ResourceExhaustedError
 
@@ -19,10 +25,32 @@ class JobSlots:
     def __init__(self, slots: int, queue_length: int) -> None:
         if slots < 1:
             raise ValueError("at least one job slot is needed")
+        if queue_length < 0:
+            raise ValueError("the queue length cannot be negative")
         self._free = slots
         self._queue_length = queue_length
         self._waiting = 0
         self._cond = threading.Condition()
+        self._admission = Admission(
+            slots + queue_length,
+            lambda held: (
+                f"this builder is at capacity: {held} builds running or queued "
+                f"({slots} job slots, queue length {queue_length}); try again later"
+            ),
+        )
+
+    @property
+    def capacity(self) -> int:
+        """How many builds may be admitted at once: one per slot plus the queue."""
+        return self._admission.limit
+
+    def admit(self) -> AbstractContextManager[None]:
+        """Hold one of ``capacity`` places for a build, or refuse it at once.
+
+        While every build that asks for a slot was admitted first, the queue
+        can never overflow: admission is the exact bound.
+        """
+        return self._admission.hold()
 
     @contextmanager
     def slot(self, cancel: CancelToken) -> Iterator[None]:
@@ -52,3 +80,7 @@ class JobSlots:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def admitted(self) -> int:
+        return self._admission.held

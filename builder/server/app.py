@@ -4,23 +4,23 @@ the streaming extension, health and reflection, optional TLS and token auth."""
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from builder.build.service import BuildService
+from builder.castore.grpc_channel import UNIX_SCHEME
 from builder.castore.store import Store
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.server.auth import BearerTokenInterceptor
 from builder.server.build_servicers import add_build_services
 from builder.server.castore_server import (
     DEFAULT_MAX_WORKERS,
-    SERVER_OPTIONS,
     BoundServer,
     add_castore_services,
     add_health_and_reflection,
+    new_grpc_server,
     run_until_signalled,
 )
 from builder.server.listen import bind_all
@@ -48,18 +48,34 @@ def create_server(
     listen: list[str],
     tls: TlsConfig | None = None,
     token: str | None = None,
-    max_workers: int = DEFAULT_MAX_WORKERS,
+    reserve_workers: int = DEFAULT_MAX_WORKERS,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
 ) -> BoundServer:
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
-        options=SERVER_OPTIONS,
-        interceptors=[BearerTokenInterceptor(token)] if token else None,
+    """Assemble the server with one thread per admitted build and log follower, plus
+    ``reserve_workers``.
+
+    A build RPC holds its thread until the build ends, queued or running, and
+    a GetLog call until the build it follows ends; callers past either bound
+    are refused on arrival. Sizing the pool this way leaves the reserve to
+    health, castore and other calls under any build load, instead of letting
+    them wait behind builds.
+    """
+    server = new_grpc_server(
+        builds.capacity + builds.config.log_followers + reserve_workers,
+        [BearerTokenInterceptor(token)] if token else None,
     )
     names = add_castore_services(server, store.blobs, store.directories, max_directory_entries)
     names += add_build_services(server, builds)
     checker = add_health_and_reflection(server, names)
     addresses = bind_all(server, listen, tls.credentials() if tls else None)
+    if token and tls is None:
+        for address in addresses:
+            if not address.startswith(UNIX_SCHEME):
+                logger.warning(
+                    "%s has no TLS: the bearer token travels in clear text to anyone "
+                    "on the path (add --tls-cert and --tls-key)",
+                    address,
+                )
     return BoundServer(server, addresses, checker)
 
 

@@ -7,6 +7,7 @@ client hangs up, and the outcome becomes the family's response message.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -16,16 +17,18 @@ import grpc
 
 from builder.build.cancel import CancelToken
 from builder.build.request import request_from_proto
-from builder.build.service import BuildOutcome, BuildService, LogData, Started
+from builder.build.service import BuildOutcome, BuildService, LogData, Started, new_build_id
 from builder.castore.wire import Family, node_to_proto
-from builder.errors import BuilderError, CommandFailedError
+from builder.errors import CommandFailedError
 from builder.proto.builder.v1 import build_events_pb2 as events_pb2
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import build_pb2 as tvix_build
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
-from builder.server.status import rpc_errors, status_of
+from builder.server.status import call_description, rpc_errors, translated_errors
+
+logger = logging.getLogger(__name__)
 
 
 def tvix_response(request: Any, outcome: BuildOutcome) -> Any:
@@ -55,21 +58,35 @@ def _cancel_on_hangup(context: grpc.ServicerContext) -> CancelToken:
     return cancel
 
 
+TVIX_SERVICE = "tvix.build.v1.BuildService"
+SNIX_SERVICE = "snix.build.v1.BuildService"
+EVENTS_SERVICE = "builder.v1.BuildEvents"
+
+
 class BuildServicer:
-    """``DoBuild`` for one family: the families differ only in the response message."""
+    """``DoBuild`` for one family: the families differ only in the response message.
+
+    Every build RPC is admitted before anything else happens, so a caller the
+    builder cannot serve is refused at once instead of holding a server thread.
+    """
 
     def __init__(
-        self, service: BuildService, respond: Callable[[Any, BuildOutcome], Any]
+        self, service: BuildService, name: str, respond: Callable[[Any, BuildOutcome], Any]
     ) -> None:
         self._service = service
+        self._method = f"/{name}/DoBuild"
         self._respond = respond
 
-    @rpc_errors
     def DoBuild(self, request: Any, context: grpc.ServicerContext) -> Any:
-        outcome = self._service.build(
-            request_from_proto(request), cancel=_cancel_on_hangup(context)
-        )
-        return self._respond(request, outcome)
+        build_id = new_build_id()
+        with (
+            translated_errors(context, self._method, f"build {build_id}"),
+            self._service.admit(),
+        ):
+            outcome = self._service.build(
+                request_from_proto(request), cancel=_cancel_on_hangup(context), build_id=build_id
+            )
+            return self._respond(request, outcome)
 
 
 _DONE = object()
@@ -81,13 +98,41 @@ def _log_chunk(data: bytes) -> Any:
     return events_pb2.LogChunk(stream=events_pb2.LogChunk.STREAM_UNSPECIFIED, data=data)
 
 
+def _failed_event(error: CommandFailedError) -> Any:
+    return events_pb2.BuildEvent(
+        failed=events_pb2.Failed(
+            message=str(error),
+            exit_code=-1 if error.exit_code is None else error.exit_code,
+            signal=error.signal or 0,
+            limit=error.limit or "",
+        )
+    )
+
+
 class BuildEventsServicer(events_grpc.BuildEventsServicer):
     def __init__(self, service: BuildService) -> None:
         self._service = service
 
-    @rpc_errors
     def StreamBuild(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        """Run the build on its own thread and relay its events as they happen."""
+        method = f"/{EVENTS_SERVICE}/StreamBuild"
+        build_id = new_build_id()
+        subject = f"build {build_id}"
+        with translated_errors(context, method, subject), self._service.admit():
+            for item in self._relay(request, context, build_id):
+                if isinstance(item, CommandFailedError):
+                    logger.warning(
+                        "%s failed: %s", call_description(context, method, subject), item
+                    )
+                    yield _failed_event(item)
+                else:
+                    yield item
+
+    def _relay(self, request: Any, context: grpc.ServicerContext, build_id: str) -> Iterator[Any]:
+        """Run the build on its own thread and relay its events as they happen.
+
+        A command that failed arrives as its error, for the caller to report;
+        any other error is raised here, on the thread serving the call.
+        """
         build_request = request_from_proto(request)
         cancel = _cancel_on_hangup(context)
         events: queue.Queue[object] = queue.Queue()
@@ -104,21 +149,10 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
 
         def run() -> None:
             try:
-                outcome = self._service.build(build_request, on_event, cancel)
+                outcome = self._service.build(build_request, on_event, cancel, build_id)
                 events.put(
                     events_pb2.BuildEvent(
                         completed=events_pb2.Completed(response=snix_response(outcome))
-                    )
-                )
-            except CommandFailedError as error:
-                events.put(
-                    events_pb2.BuildEvent(
-                        failed=events_pb2.Failed(
-                            message=str(error),
-                            exit_code=-1 if error.exit_code is None else error.exit_code,
-                            signal=error.signal or 0,
-                            limit=error.limit or "",
-                        )
                     )
                 )
             except BaseException as error:  # handed to the streaming thread below
@@ -129,30 +163,25 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
         worker = threading.Thread(target=run, name="stream-build", daemon=True)
         worker.start()
         while (item := events.get()) is not _DONE:
-            if isinstance(item, BuilderError):
+            if isinstance(item, BaseException) and not isinstance(item, CommandFailedError):
                 raise item
-            if isinstance(item, BaseException):
-                code, message = status_of(item)
-                context.abort(code, message)
             yield item
         worker.join()
 
     @rpc_errors
     def GetLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        log = self._service.logs.get(request.build_id)
-        for data in log.follow(stop=lambda: not context.is_active()):
+        for data in self._service.follow_log(request.build_id, lambda: not context.is_active()):
             yield _log_chunk(data)
 
 
 def add_build_services(server: grpc.Server, service: BuildService) -> list[str]:
     """Register both families' BuildService and BuildEvents; return their full names."""
-    tvix_rpc.add_BuildServiceServicer_to_server(BuildServicer(service, tvix_response), server)
+    tvix_rpc.add_BuildServiceServicer_to_server(
+        BuildServicer(service, TVIX_SERVICE, tvix_response), server
+    )
     snix_rpc.add_BuildServiceServicer_to_server(
-        BuildServicer(service, lambda request, outcome: snix_response(outcome)), server
+        BuildServicer(service, SNIX_SERVICE, lambda request, outcome: snix_response(outcome)),
+        server,
     )
     events_grpc.add_BuildEventsServicer_to_server(BuildEventsServicer(service), server)
-    return [
-        "tvix.build.v1.BuildService",
-        "snix.build.v1.BuildService",
-        "builder.v1.BuildEvents",
-    ]
+    return [TVIX_SERVICE, SNIX_SERVICE, EVENTS_SERVICE]

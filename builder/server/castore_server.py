@@ -25,6 +25,7 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc_channel import CHANNEL_OPTIONS
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.castore_servicers import BlobServicer, DirectoryServicer
+from builder.server.decoding import RequestDecodingInterceptor
 from builder.server.listen import bind_all
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,15 @@ DEFAULT_GRACE_SECONDS = 10.0
 SERVER_OPTIONS: list[tuple[str, int]] = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
-def new_grpc_server(max_workers: int = DEFAULT_MAX_WORKERS) -> grpc.Server:
+def new_grpc_server(
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    interceptors: list[grpc.ServerInterceptor] | None = None,
+) -> grpc.Server:
+    """A server whose requests are decoded inside each call, after ``interceptors`` ran."""
     return grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
         options=SERVER_OPTIONS,
+        interceptors=[*(interceptors or []), RequestDecodingInterceptor()],
     )
 
 

@@ -67,21 +67,51 @@ def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
+def call_description(context: grpc.ServicerContext, method: str, subject: str | None = None) -> str:
+    """How logs name a call: what it is about, the method and the peer."""
+    where = f"{method} from {context.peer()}"
+    return f"{subject}: {where}" if subject else where
+
+
 @contextmanager
-def translated_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
-    """Abort the call with the status an exception raised inside stands for."""
+def translated_errors(
+    context: grpc.ServicerContext, method: str, subject: str | None = None
+) -> Iterator[None]:
+    """Abort the call with the status an exception raised inside stands for.
+
+    Bugs are always logged, with their traceback. With a ``subject`` (a build
+    and its id), every failure is logged under it, since an operator asked
+    about a failed build has nothing else to find it by.
+    """
+    where = call_description(context, method, subject)
     try:
         yield
     except BuilderError as error:
+        if subject:
+            code, message = status_of(error)
+            logger.warning("%s failed: %s %s", where, code.name, message)
         _abort(context, error)
     except grpc.RpcError as error:
         # Only the request iterator raises this in a servicer: the client went
         # away mid-stream, so there is nobody left to tell anything interesting.
-        logger.debug("%s: request stream broke: %s", method, error)
+        logger.debug("%s: request stream broke: %s", where, error)
         context.abort(grpc.StatusCode.CANCELLED, "request stream was cancelled")
     except Exception as error:
-        logger.exception("%s failed unexpectedly", method)
+        if context.code() is not None:
+            # context.abort raised this after setting the call's status, which
+            # is the answer the code inside chose; replacing it would hide why.
+            if subject:
+                logger.warning("%s failed: %s", where, _chosen_status(context))
+            raise
+        logger.exception("%s failed unexpectedly", where)
         _abort(context, error)
+
+
+def _chosen_status(context: grpc.ServicerContext) -> str:
+    details = context.details()
+    if isinstance(details, bytes):
+        details = details.decode(errors="replace")
+    return f"{context.code().name} {details}"
 
 
 Method = TypeVar("Method", bound=Callable[..., Any])

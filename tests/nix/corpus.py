@@ -76,7 +76,13 @@ def our_builder(work: Path, jobs: int = 2, result_cache: bool = True) -> Iterato
     with Launcher() as launcher:
         blobs = FsBlobService(work / "blobs")
         directories = SqliteDirectoryService(work / "directories.sqlite")
-        config = BuildConfig(work_dir=work / "build", job_slots=jobs, result_cache=result_cache)
+        # As `builder nix build` on one's own machine: fixed-output builds get the network.
+        config = BuildConfig(
+            work_dir=work / "build",
+            job_slots=jobs,
+            result_cache=result_cache,
+            allow_network=True,
+        )
         service = BuildService(config, blobs, directories, launcher)
         session = NixSession(service, work / "nix-paths.sqlite", os.environ)
         try:

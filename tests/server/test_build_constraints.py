@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -62,37 +65,70 @@ def test_no_bin_sh_unless_asked(served: Served) -> None:
     _fails(served, request, grpc.StatusCode.INTERNAL, "build failed")
 
 
-def _listener() -> tuple[socket.socket, int]:
+@contextmanager
+def host_listener() -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP listener on the host's loopback: its port, and what each connection sent.
+
+    The list is complete once the context has exited.
+    """
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
-    server.settimeout(3)
-    return server, server.getsockname()[1]
-
-
-@pytest.mark.parametrize("network", [False, True])
-def test_network_access_only_when_asked(served: Served, network: bool) -> None:
-    server, port = _listener()
     accepted: list[bytes] = []
 
     def accept() -> None:
-        try:
-            conn, _ = server.accept()
-            accepted.append(conn.recv(100))
-            conn.close()
-        except TimeoutError:
-            pass
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    accepted.append(conn.recv(100))
 
     thread = threading.Thread(target=accept)
     thread.start()
+    try:
+        yield server.getsockname()[1], accepted
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join()
+
+
+NETWORK_PROBE = (
+    "echo reached | nc -w 2 127.0.0.1 {port} && echo yes > /nix/store/out "
+    "|| echo no > /nix/store/out"
+)
+
+
+@pytest.fixture
+def network_served(tmp_path: Path, launcher: Launcher) -> Served:  # noqa: F811
+    gen = _serve(tmp_path, launcher, allow_network=True)
+    yield next(gen)
+    next(gen, None)
+
+
+def test_network_access_refused_unless_the_operator_allows_it(served: Served) -> None:
     request = _request(
-        f"echo reached | nc -w 2 127.0.0.1 {port} && echo yes > /nix/store/out "
-        "|| echo no > /nix/store/out",
-        constraints=Constraints(system=X86, provide_bin_sh=True, network_access=network),
+        "echo x > /nix/store/out",
+        constraints=Constraints(system=X86, provide_bin_sh=True, network_access=True),
     )
-    response = served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
-    thread.join()
-    server.close()
+    _fails(
+        served,
+        request,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "constraints.network_access: this builder does not allow network access "
+        "(start it with --allow-network)",
+    )
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_network_access_only_when_asked(network_served: Served, network: bool) -> None:
+    served = network_served
+    with host_listener() as (port, accepted):
+        request = _request(
+            NETWORK_PROBE.format(port=port),
+            constraints=Constraints(system=X86, provide_bin_sh=True, network_access=network),
+        )
+        response = served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
     assert response.outputs[0].output.file.size == (4 if network else 3)
     assert accepted == ([b"reached\n"] if network else [])
 
