@@ -138,9 +138,7 @@ def served(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
         assert server.wait(timeout=30) == 0
 
 
-def test_serve_then_use_as_remote_store(
-    served: str, env: dict[str, str], tmp_path: Path
-) -> None:
+def test_serve_then_use_as_remote_store(served: str, env: dict[str, str], tmp_path: Path) -> None:
     remote_env = {**env, "BUILDER_DATA_DIR": str(tmp_path / "client-data")}
     digest = _tree_digest(
         builder("castore", "import", "--store", served, str(EXAMPLE), env=remote_env).stdout

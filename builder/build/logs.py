@@ -70,7 +70,8 @@ class LogStore:
         cutoff = time.monotonic() - self._retention
         with self._lock:
             for build_id in [
-                b for b, log in self._logs.items()
+                b
+                for b, log in self._logs.items()
                 if log.finished_at is not None and log.finished_at < cutoff
             ]:
                 del self._logs[build_id]

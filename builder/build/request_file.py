@@ -27,9 +27,7 @@ def load_request_message(path: Path) -> Any:
         elif path.suffix in (".pb", ".binpb"):
             message.ParseFromString(path.read_bytes())
         else:
-            raise InvalidArgumentError(
-                f"{path}: unknown request format; use .json, .txtpb or .pb"
-            )
+            raise InvalidArgumentError(f"{path}: unknown request format; use .json, .txtpb or .pb")
     except (json_format.ParseError, text_format.ParseError, DecodeError) as exc:
         raise InvalidArgumentError(f"{path}: {exc}") from exc
     return message

@@ -148,9 +148,7 @@ class Composition:
         try:
             spec = self._config[kind][name]
         except KeyError:
-            raise ConfigError(
-                f"no {kind} service named {name!r} in [{SECTIONS[kind]}]"
-            ) from None
+            raise ConfigError(f"no {kind} service named {name!r} in [{SECTIONS[kind]}]") from None
         if not isinstance(spec, Mapping) or "type" not in spec:
             raise ConfigError(f"{SECTIONS[kind]}.{name}: needs a 'type'")
         return spec

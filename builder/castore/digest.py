@@ -19,9 +19,7 @@ class Digest(bytes):
     def __new__(cls, value: bytes | bytearray | memoryview) -> Digest:
         raw = bytes(value)
         if len(raw) != DIGEST_SIZE:
-            raise InvalidArgumentError(
-                f"digest must be {DIGEST_SIZE} bytes, got {len(raw)}"
-            )
+            raise InvalidArgumentError(f"digest must be {DIGEST_SIZE} bytes, got {len(raw)}")
         return super().__new__(cls, raw)
 
     @classmethod
@@ -42,7 +40,7 @@ class Digest(bytes):
         """Accept the ``blake3-<base64>`` form and, for convenience, 64 hex digits."""
         try:
             if text.startswith(TEXT_PREFIX):
-                return cls(base64.b64decode(text[len(TEXT_PREFIX):], validate=True))
+                return cls(base64.b64decode(text[len(TEXT_PREFIX) :], validate=True))
             if len(text) == 2 * DIGEST_SIZE:
                 return cls(bytes.fromhex(text))
         except (binascii.Error, ValueError) as exc:

@@ -84,9 +84,7 @@ class Directory:
                         f"{kind}: {problem} name {node.name!r} after {previous!r}"
                     )
                 if node.name in seen:
-                    raise InvalidArgumentError(
-                        f"{kind}: duplicate name {node.name!r} across lists"
-                    )
+                    raise InvalidArgumentError(f"{kind}: duplicate name {node.name!r} across lists")
                 seen.add(node.name)
                 previous = node.name
         if self.size >= 2**64:

@@ -91,9 +91,7 @@ def parse_endpoint(url: str) -> Endpoint:
     parts = urlsplit(url)
     if parts.scheme == UNIX_SCHEME:
         if parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
-            raise InvalidArgumentError(
-                f"{url!r}: expected grpc+unix:///absolute/path.sock"
-            )
+            raise InvalidArgumentError(f"{url!r}: expected grpc+unix:///absolute/path.sock")
         return Endpoint(url, f"unix:{parts.path}", parts.path)
     if parts.scheme == HTTP_SCHEME:
         if parts.path not in ("", "/") or parts.query or parts.fragment:

@@ -44,9 +44,7 @@ class Store:
             composition = Composition(store_config(spec))
         else:
             composition = Composition.from_file(spec)
-        return cls(
-            composition.blob_service(ROOT), composition.directory_service(ROOT), composition
-        )
+        return cls(composition.blob_service(ROOT), composition.directory_service(ROOT), composition)
 
     def close(self) -> None:
         self.composition.close()

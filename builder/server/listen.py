@@ -31,9 +31,7 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def bind(
-    server: grpc.Server, url: str, credentials: grpc.ServerCredentials | None = None
-) -> str:
+def bind(server: grpc.Server, url: str, credentials: grpc.ServerCredentials | None = None) -> str:
     """Bind one address and return it with the port actually chosen (for port 0).
 
     With ``credentials``, TCP addresses are served over TLS; unix sockets stay

@@ -29,10 +29,6 @@ from tests.benchmarks.nix_peer import BUSYBOX, instantiate, nix_env
 SETTLE = 0.05
 
 
-
-
-
-
 def timed(action: Callable[[], None]) -> float:
     start = time.perf_counter()
     action()

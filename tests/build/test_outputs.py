@@ -55,9 +55,7 @@ def test_missing_output_fails(tmp_path: Path, store) -> None:
 def test_symlink_output_is_stored_not_followed(tmp_path: Path, store) -> None:
     (tmp_path / "build").mkdir()
     os.symlink("/etc/passwd", tmp_path / "build/out")
-    (collected,) = collect_outputs(
-        [("build/out", tmp_path / "build", "out")], ("passwd",), *store
-    )
+    (collected,) = collect_outputs([("build/out", tmp_path / "build", "out")], ("passwd",), *store)
     assert collected.node == SymlinkNode(b"out", b"/etc/passwd")
     assert collected.needles == (0,)
 

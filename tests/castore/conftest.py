@@ -19,8 +19,6 @@ def blob_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Blo
 
 
 @pytest.fixture(params=sorted(DIRECTORY_BACKENDS))
-def directory_service(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[DirectoryService]:
+def directory_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DirectoryService]:
     with DIRECTORY_BACKENDS[request.param](tmp_path) as service:
         yield service

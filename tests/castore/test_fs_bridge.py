@@ -185,9 +185,9 @@ def test_round_trip(store: str, tree: Tree, read_only: bool) -> None:
                     assert mode == (0o555 if read_only else 0o755), raw
                 else:
                     executable = mode & stat.S_IXUSR
-                    assert mode == (0o555 if executable else 0o444) | (
-                        0 if read_only else 0o200
-                    ), raw
+                    assert mode == (0o555 if executable else 0o444) | (0 if read_only else 0o200), (
+                        raw
+                    )
 
             assert ingest_path(tmp / "out", blobs, directories, name=b"src") == node
             remove_tree(tmp / "out")

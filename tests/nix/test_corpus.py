@@ -171,7 +171,7 @@ def test_export_matches_nix_store_export_byte_for_byte(corpus: Corpus) -> None:
         capture_output=True, env=NIX_ENV, check=True,
     ).stdout  # fmt: skip
     assert ours == closure
-    assert ours.endswith(theirs[: -8] + b"\0" * 8)
+    assert ours.endswith(theirs[:-8] + b"\0" * 8)
 
 
 def built_closure_order(export: bytes) -> list[str]:
@@ -236,9 +236,7 @@ def test_cli_builds_on_a_remote_server(corpus: Corpus, tmp_path: Path) -> None:
         assert built.returncode == 0, built.stderr
         lines = built.stdout.strip().splitlines()
         expected = _built(corpus, "chain")
-        assert lines == [
-            f"{info.path} sha256:{nix_base32(info.nar_sha256)}" for info in expected
-        ]
+        assert lines == [f"{info.path} sha256:{nix_base32(info.nar_sha256)}" for info in expected]
         for info in expected:
             assert nix_base32(corpus.nix_facts[info.path].nar_sha256) in built.stdout
         refused = _cli(

@@ -12,9 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _files(root: Path) -> set[Path]:
     return {
-        p.relative_to(root)
-        for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
+        p.relative_to(root) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     }
 
 

@@ -480,7 +480,9 @@ def test_stale_socket_is_replaced_and_other_files_are_kept(tmp_path: Path) -> No
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()
-    server, url = running(FsBlobService(tmp_path / "b"), MemoryDirectoryService(), f"grpc+unix://{path}")
+    server, url = running(
+        FsBlobService(tmp_path / "b"), MemoryDirectoryService(), f"grpc+unix://{path}"
+    )
     try:
         client = GrpcBlobService(url, Family.SNIX)
         assert not client.has(Digest.of(b"x"))
@@ -490,12 +492,16 @@ def test_stale_socket_is_replaced_and_other_files_are_kept(tmp_path: Path) -> No
     regular = tmp_path / "not-a-socket"
     regular.write_text("keep me")
     with pytest.raises(FailedPreconditionError, match="is not a socket"):
-        create_castore_server(MemoryBlobService(), MemoryDirectoryService(), [f"grpc+unix://{regular}"])
+        create_castore_server(
+            MemoryBlobService(), MemoryDirectoryService(), [f"grpc+unix://{regular}"]
+        )
     assert regular.read_text() == "keep me"
 
 
 def test_ipv6_loopback(tmp_path: Path) -> None:
-    server, url = running(FsBlobService(tmp_path / "b"), MemoryDirectoryService(), "grpc+http://[::1]:0")
+    server, url = running(
+        FsBlobService(tmp_path / "b"), MemoryDirectoryService(), "grpc+http://[::1]:0"
+    )
     try:
         assert re.fullmatch(r"grpc\+http://\[::1\]:\d+", url)
         client = GrpcBlobService(url)
