@@ -237,13 +237,22 @@ class Summary:
 
 
 def latencies(contenders: dict[str, Callable[[], None]], runs: int) -> dict[str, Summary]:
+    """Time each contender once per round, in a rotating order.
+
+    Whoever runs right after a slow contender (Nix) finds caches and the
+    scheduler in another state than whoever runs after a fast one; rotating
+    the order spreads that over all of them, so two servers running the same
+    code come out alike.
+    """
     for _ in range(WARMUP):
         for action in contenders.values():
             action()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(runs):
-        for name, action in contenders.items():
-            times[name].append(timed(action))
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for run in range(runs):
+        shift = run % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(timed(contenders[name]))
     return {name: Summary.of(values) for name, values in times.items()}
 
 
