@@ -101,7 +101,7 @@ class ForkServer:
         )
         self.pid = os.getpid()
         self.loopback_request = netns.encode_in_child()
-        self.syscall_filter = seccomp.compile_filter()
+        seccomp.confine_self(seccomp.compile_filter())
         self.cgroups = (
             CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
         )
@@ -294,7 +294,6 @@ class ForkServer:
             rlimit_processes=cgroup is None or not cgroup.controls_pids,
             rlimit_memory=cgroup is None or not cgroup.controls_memory,
             loopback_request=self.loopback_request,
-            syscall_filter=self.syscall_filter,
         )
         gc.freeze()
         try:

@@ -31,7 +31,6 @@ from sandbox import (
     namespaces,
     netns,
     privileges,
-    seccomp,
     syscalls,
 )
 from sandbox.cgroups import BuildCgroup
@@ -67,8 +66,6 @@ class InitSetup:
     rlimit_processes: bool
     rlimit_memory: bool
     loopback_request: bytes
-    syscall_filter: bytes
-    """Compiled once by the launcher (see seccomp.py), installed just before the command."""
 
 
 def clone_flags(rootful: bool) -> int:
@@ -175,7 +172,6 @@ def _after_spec(job: InitSetup, spec: SandboxSpec) -> list[int]:
     privileges.drop_capabilities()
     privileges.forbid_privilege_gain()
     privileges.hide_from_build()
-    seccomp.install(job.syscall_filter)
     return copy_out
 
 

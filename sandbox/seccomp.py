@@ -9,9 +9,12 @@ depend on them. Everything else is allowed; isolation is the namespaces' job.
 A 64-bit x86 process can also enter the kernel through the i386 and x32 system
 call tables, so on x86_64 the program covers those too.
 
-libseccomp compiles the program once, in the launcher, before any PID 1 is
-cloned; each PID 1 installs the compiled program with one system call just
-before it starts the command, which carries it into everything it starts.
+libseccomp compiles the program once and the launcher installs it on itself
+at start-up, before any PID 1 is cloned: a filter is inherited by every child
+and kept across execve, so each PID 1, the command and everything it starts
+carry it without a per-build cost (installing it in each PID 1 took about
+0.15 ms of every build). Nothing the launcher or PID 1 does needs what the
+filter refuses.
 """
 
 import errno
@@ -20,7 +23,7 @@ import stat
 
 import pyseccomp
 
-from sandbox import syscalls
+from sandbox import privileges, syscalls
 from sandbox.errors import SetupError
 
 _MODE_ARGUMENTS = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
@@ -57,6 +60,11 @@ def _compile() -> bytes:
         return program.read()
 
 
-def install(program: bytes) -> None:
-    """Filter this process and all it starts from now on; needs no_new_privs first."""
+def confine_self(program: bytes) -> None:
+    """Filter this process and all it starts from now on.
+
+    no_new_privs comes first: an unprivileged process may install a filter
+    only with it, and the launcher never execs anything that needs privileges.
+    """
+    privileges.forbid_privilege_gain()
     syscalls.set_seccomp_filter(program)
