@@ -7,7 +7,10 @@ visible to readers only then (and only if complete).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from builder.castore.digest import Digest
@@ -52,6 +55,24 @@ class BlobService(Protocol):
     def close(self) -> None:
         """Release connections and handles; the service is not used afterwards."""
         ...
+
+
+HostFileImport = Callable[[str | Path], tuple[Digest, int]]
+"""Stores a host file, returning its digest and size."""
+
+
+@runtime_checkable
+class HostFileImporter(Protocol):
+    """A blob service that stores host files itself, cheaper than streaming them in.
+
+    ``import_files`` opens a batch whose blobs become visible (and durable)
+    together when it ends, so that a tree of many small files pays for making
+    its blobs durable once rather than once per file.
+    """
+
+    def import_file(self, path: str | Path) -> tuple[Digest, int]: ...
+
+    def import_files(self) -> AbstractContextManager[HostFileImport]: ...
 
 
 def put_bytes(service: BlobService, data: bytes) -> Digest:

@@ -13,13 +13,19 @@ tree mixing old and new files, but never a blob stored under a wrong digest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.blobs.service import (
+    READ_CHUNK_SIZE,
+    BlobService,
+    HostFileImport,
+    HostFileImporter,
+)
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
@@ -59,7 +65,8 @@ def ingest_path(
         # file itself is opened without following a symlink.
         parent = os.open(os.path.dirname(raw) or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            digest, size = _file_storer(blobs)(parent, os.path.basename(raw))
+            importer = blobs.import_file if isinstance(blobs, HostFileImporter) else None
+            digest, size = _file_storer(blobs, importer)(parent, os.path.basename(raw))
         finally:
             os.close(parent)
         node = FileNode(name, digest, size, bool(mode & stat.S_IXUSR))
@@ -92,17 +99,14 @@ FileStorer = Callable[[int, bytes], tuple[Digest, int]]
 """Stores the file ``name`` of the directory open as the descriptor given."""
 
 
-def _file_storer(blobs: BlobService) -> FileStorer:
+def _file_storer(blobs: BlobService, importer: HostFileImport | None) -> FileStorer:
     """The cheapest route the blob service offers for storing a whole host file."""
-    import_file = getattr(blobs, "import_file", None)
-    if import_file is not None:
-        # The service imports by path; a path through the directory's
-        # descriptor names the entry relative to it at any depth, and only
-        # its last component is looked up (with O_NOFOLLOW, by the service).
-        return lambda dir_fd, name: import_file(
-            os.fsdecode(b"/proc/self/fd/%d/%s" % (dir_fd, name))
-        )
-    return lambda dir_fd, name: _stream_file(dir_fd, name, blobs)
+    if importer is None:
+        return lambda dir_fd, name: _stream_file(dir_fd, name, blobs)
+    # The service imports by path; a path through the directory's descriptor
+    # names the entry relative to it at any depth, and only its last component
+    # is looked up (with O_NOFOLLOW, by the service).
+    return lambda dir_fd, name: importer(os.fsdecode(b"/proc/self/fd/%d/%s" % (dir_fd, name)))
 
 
 def _stream_file(dir_fd: int, name: bytes, blobs: BlobService) -> tuple[Digest, int]:
@@ -149,22 +153,28 @@ class _TreeIngest:
     """Walks a directory, stores its files on a pool and its directories in one batch."""
 
     def __init__(self, blobs: BlobService) -> None:
-        self._store_file = _file_storer(blobs)
+        self._blobs = blobs
         self._pending: list[_PendingDirectory] = []
 
     def run(self, root: bytes, directories: DirectoryService) -> Directory:
+        """Store every file, then (once the files are durable) every directory."""
         self._root = root
-        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="ingest") as pool:
-            batches = DirectoryBatches(pool, _WORKERS, self._store, self._stored)
-            try:
-                # Pre-order: every directory is listed before its descendants,
-                # so the reverse of this list is a valid leaves-first upload order.
-                self._pending.append(_PendingDirectory(b"", -1))
-                walk(root, 0, lambda fd, index: self._scan(fd, index, batches))
-                batches.finish()
-            except BaseException:
-                batches.abandon()
-                raise
+        with contextlib.ExitStack() as stack:
+            importer = None
+            if isinstance(self._blobs, HostFileImporter):
+                importer = stack.enter_context(self._blobs.import_files())
+            self._store_file = _file_storer(self._blobs, importer)
+            with ThreadPoolExecutor(_WORKERS, thread_name_prefix="ingest") as pool:
+                batches = DirectoryBatches(pool, _WORKERS, self._store, self._stored)
+                try:
+                    # Pre-order: every directory is listed before its descendants,
+                    # so the reverse of this list is a valid leaves-first upload order.
+                    self._pending.append(_PendingDirectory(b"", -1))
+                    walk(root, 0, lambda fd, index: self._scan(fd, index, batches))
+                    batches.finish()
+                except BaseException:
+                    batches.abandon()
+                    raise
         return self._store_directories(directories)
 
     def _scan(

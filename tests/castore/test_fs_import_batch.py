@@ -1,0 +1,101 @@
+"""Batch imports into the fs blob store: durable together, visible together, or not at all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import builder.castore.blobs.fs as fs_blobs
+from builder.castore.blobs.fs import FsBlobService
+from builder.castore.blobs.service import read_all
+from builder.castore.directories.memory import MemoryDirectoryService
+from builder.castore.fs.ingest import ingest_path
+
+
+def _files(tmp_path: Path, count: int) -> list[Path]:
+    source = tmp_path / "source"
+    source.mkdir()
+    paths = []
+    for i in range(count):
+        path = source / f"f{i}"
+        path.write_bytes(f"file {i}\n".encode())
+        paths.append(path)
+    return paths
+
+
+def test_blobs_of_a_batch_become_visible_when_it_ends(tmp_path: Path) -> None:
+    blobs = FsBlobService(tmp_path / "blobs")
+    paths = _files(tmp_path, 3)
+    with blobs.import_files() as import_one:
+        digests = [import_one(path)[0] for path in paths]
+        assert not any(blobs.has(digest) for digest in digests)
+    for path, digest in zip(paths, digests, strict=True):
+        assert read_all(blobs, digest) == path.read_bytes()
+    assert os.listdir(blobs.tmp_dir) == []
+
+
+def test_a_failed_batch_leaves_nothing(tmp_path: Path) -> None:
+    blobs = FsBlobService(tmp_path / "blobs")
+    paths = _files(tmp_path, 3)
+    digests = []
+    with pytest.raises(RuntimeError), blobs.import_files() as import_one:
+        digests = [import_one(path)[0] for path in paths]
+        raise RuntimeError("the caller failed")
+    assert len(digests) == 3
+    assert not any(blobs.has(digest) for digest in digests)
+    assert os.listdir(blobs.tmp_dir) == []
+
+
+def test_bytes_are_flushed_before_names_and_names_before_the_batch_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = FsBlobService(tmp_path / "blobs")
+    paths = _files(tmp_path, 4)
+    events: list[str] = []
+    real_sync, real_replace = fs_blobs._sync_filesystem, os.replace
+
+    def sync(path: str) -> None:
+        events.append("sync")
+        real_sync(path)
+
+    def replace(src: str, dst: str) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fs_blobs, "_sync_filesystem", sync)
+    monkeypatch.setattr(os, "replace", replace)
+    with blobs.import_files() as import_one:
+        for path in paths:
+            import_one(path)
+        assert events == []
+    assert events == ["sync", "rename", "rename", "rename", "rename", "sync"]
+
+
+def test_tree_ingest_flushes_once_per_tree_not_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-file flushes cost two journal commits each; a tree pays two syncfs in all."""
+    blobs = FsBlobService(tmp_path / "blobs")
+    _files(tmp_path, 50)
+    flushes: list[str] = []
+    real_sync, real_fdatasync = fs_blobs._sync_filesystem, os.fdatasync
+
+    def sync(path: str) -> None:
+        flushes.append("syncfs")
+        real_sync(path)
+
+    def fdatasync(fd: int) -> None:
+        flushes.append("fdatasync")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(fs_blobs, "_sync_filesystem", sync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    directories = MemoryDirectoryService()
+    node = ingest_path(tmp_path / "source", blobs, directories)
+    stored = directories.get(node.digest)
+    assert stored is not None
+    assert all(blobs.has(file.digest) for file in stored.files)
+    assert len(stored.files) == 50
+    assert flushes == ["syncfs", "syncfs"]
