@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import filecmp
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.requirements import require_nix
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hello-tree"
@@ -76,13 +77,9 @@ def test_data_dir_flag_overrides_environment(env: dict[str, str], tmp_path: Path
 
 
 def test_nar_matches_nix_store_dump(env: dict[str, str]) -> None:
-    nix_store = shutil.which("nix-store")
-    if nix_store is None:
-        if os.environ.get("CI"):
-            pytest.fail("nix-store missing: scripts/setup.sh installs nix-bin")
-        pytest.skip("nix-store not installed")
+    require_nix()
     ours = builder("castore", "nar", str(EXAMPLE), env=env).stdout
-    theirs = subprocess.run([nix_store, "--dump", str(EXAMPLE)], capture_output=True, check=True)
+    theirs = subprocess.run(["nix-store", "--dump", str(EXAMPLE)], capture_output=True, check=True)
     assert ours == theirs.stdout
     hashed = builder("castore", "nar", "--hash", str(EXAMPLE), env=env).stdout.decode().split()
     expected = subprocess.run(

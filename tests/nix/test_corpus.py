@@ -8,7 +8,6 @@ the NAR hashes and references of all outputs must agree.
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
@@ -31,21 +30,18 @@ from tests.nix.corpus import (
     NIX_ENV,
     busybox_dir,
     instantiate,
-    nix_available,
     nix_realise,
     our_builder,
 )
+from tests.requirements import require_nix
 
 ROOT = Path(__file__).resolve().parents[2]
 DETERMINISTIC = [name for name in FILES if name not in FAILING]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def require_nix() -> None:
-    if not nix_available():
-        if os.environ.get("CI"):
-            pytest.fail("nix-instantiate and nix-store are required in CI (scripts/setup.sh)")
-        pytest.skip("Nix is not installed")
+def nix_tools() -> None:
+    require_nix()
 
 
 @dataclass
