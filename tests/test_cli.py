@@ -7,13 +7,13 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.requirements import require_nix
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hello-tree"
@@ -124,11 +124,12 @@ def served(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
+
+        def listening() -> bool:
             assert server.poll() is None, server.stderr.read() if server.stderr else b""
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+            return socket.exists()
+
+        wait_for(listening, "the server to listen")
         yield url
     finally:
         server.terminate()

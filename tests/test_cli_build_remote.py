@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,11 +71,14 @@ def serving(
             extra_groups=None if user is None else [],
         )
     try:
-        deadline = time.monotonic() + 30
-        while not (found := LISTENING.search(log.read_text())):
+
+        def listening() -> re.Match[str] | None:
             assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+            return LISTENING.search(log.read_text())
+
+        wait_for(listening, "the server to listen")
+        found = listening()
+        assert found is not None
         yield Server(found.group(1), process, log)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -232,11 +234,12 @@ def test_signal_cancels_the_remote_build(
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not processes_with(marker):
+
+        def started() -> bool:
             assert client.poll() is None, client.communicate()
-            assert time.monotonic() < deadline, "build never started"
-            time.sleep(0.05)
+            return bool(processes_with(marker))
+
+        wait_for(started, "the remote build to start")
         client.send_signal(signum)
         _, stderr = client.communicate(timeout=60)
     finally:

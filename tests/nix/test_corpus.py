@@ -11,7 +11,6 @@ import io
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.nix.corpus import (
     our_builder,
 )
 from tests.requirements import require_nix
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DETERMINISTIC = [name for name in FILES if name not in FAILING]
@@ -222,11 +222,12 @@ def test_cli_builds_on_a_remote_server(corpus: Corpus, tmp_path: Path) -> None:
         env=NIX_ENV, cwd=ROOT, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
+
+        def listening() -> bool:
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+            return socket.exists()
+
+        wait_for(listening, "the server to listen")
         drv = corpus.drvs["chain"]
         built = _cli("build", drv, "--remote", f"grpc+unix://{socket}", data=tmp_path / "client")
         assert built.returncode == 0, built.stderr
