@@ -7,6 +7,7 @@ the suite pass without checking what those tests are for.
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import NoReturn
 
@@ -19,6 +20,12 @@ NIX_TOOLS = ("nix-instantiate", "nix-store", "nix-hash")
 def missing(what: str) -> NoReturn:
     """Fail the running test because the machine lacks ``what``."""
     pytest.fail(f"missing {what} ({SETUP})", pytrace=False)
+
+
+def require_root() -> None:
+    """Build users, cgroups and Nix without its daemon are the root user's."""
+    if os.geteuid() != 0:
+        missing("root")
 
 
 def require_nix() -> None:
