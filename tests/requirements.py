@@ -22,10 +22,10 @@ def missing(what: str) -> NoReturn:
     pytest.fail(f"missing {what} ({SETUP})", pytrace=False)
 
 
-def require_root() -> None:
-    """Build users, cgroups and Nix without its daemon are the root user's."""
+def require_root(because: str) -> None:
+    """Fail unless the suite runs as root; ``because`` says what needs it."""
     if os.geteuid() != 0:
-        missing("root")
+        missing(f"root ({because})")
 
 
 def require_nix() -> None:

@@ -55,7 +55,7 @@ NIX_CONFIG = "build-users-group =\nsubstituters =\nsandbox = true\n"
 def nix_view(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """Run the probe in Nix's sandbox; return its output and the busybox store path."""
     require_nix()
-    require_root()
+    require_root("Nix builds without its daemon only as root")
     work = tmp_path_factory.mktemp("nix-parity")
     (work / "bb").mkdir()
     shutil.copy("/bin/busybox", work / "bb" / "busybox")

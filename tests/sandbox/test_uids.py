@@ -29,7 +29,7 @@ WAIT = 60.0
 
 @pytest.fixture
 def root() -> None:
-    require_root()
+    require_root("build uids are only handed out by a root launcher")
 
 
 @pytest.fixture
