@@ -18,12 +18,12 @@ NIX_TOOLS = ("nix-instantiate", "nix-store", "nix-hash")
 
 
 def missing(what: str) -> NoReturn:
-    """Fail the running test because the machine lacks ``what``."""
+    """A failure rather than a skip, so that CI cannot pass without the test."""
     pytest.fail(f"missing {what} ({SETUP})", pytrace=False)
 
 
 def require_root(because: str) -> None:
-    """Fail unless the suite runs as root; ``because`` says what needs it."""
+    """Build users, mounts and cgroups are root's; ``because`` names what the test needs."""
     if os.geteuid() != 0:
         missing(f"root ({because})")
 
