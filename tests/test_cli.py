@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import filecmp
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.requirements import require_nix
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hello-tree"
@@ -76,13 +77,9 @@ def test_data_dir_flag_overrides_environment(env: dict[str, str], tmp_path: Path
 
 
 def test_nar_matches_nix_store_dump(env: dict[str, str]) -> None:
-    nix_store = shutil.which("nix-store")
-    if nix_store is None:
-        if os.environ.get("CI"):
-            pytest.fail("nix-store missing: scripts/setup.sh installs nix-bin")
-        pytest.skip("nix-store not installed")
+    require_nix()
     ours = builder("castore", "nar", str(EXAMPLE), env=env).stdout
-    theirs = subprocess.run([nix_store, "--dump", str(EXAMPLE)], capture_output=True, check=True)
+    theirs = subprocess.run(["nix-store", "--dump", str(EXAMPLE)], capture_output=True, check=True)
     assert ours == theirs.stdout
     hashed = builder("castore", "nar", "--hash", str(EXAMPLE), env=env).stdout.decode().split()
     expected = subprocess.run(
@@ -127,11 +124,12 @@ def served(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
+
+        def listening() -> bool:
             assert server.poll() is None, server.stderr.read() if server.stderr else b""
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+            return socket.exists()
+
+        wait_for(listening, "the server to listen")
         yield url
     finally:
         server.terminate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from builder.build.request import BuildRequest, Constraints, request_to_proto
 from builder.castore.wire import Family
+from tests.requirements import missing
 from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
 from tests.server.test_build_grpc import _request
 
@@ -128,9 +130,11 @@ COMPILE_C_IMPORTS = (
 
 
 @pytest.mark.skipif(
-    not os.path.isdir("/usr/lib/gcc/x86_64-linux-gnu"), reason="needs the host's x86_64 gcc"
+    platform.machine() != "x86_64", reason="the example imports the x86_64 toolchain"
 )
 def test_compile_c_with_the_hosts_toolchain(tmp_path: Path) -> None:
+    if not os.path.isdir("/usr/lib/gcc/x86_64-linux-gnu"):
+        missing("the host's gcc (/usr/lib/gcc/x86_64-linux-gnu; Debian package gcc)")
     imports = [arg for spec in COMPILE_C_IMPORTS for arg in ("--import", spec)]
     out = tmp_path / "out"
     result = run(str(EXAMPLES / "compile-c.json"), *imports, "--out", str(out), data=tmp_path)

@@ -12,7 +12,9 @@ figures are compared with what the same command costs as a sandboxed
    the result cache is off and every request differs anyway, and the latency
    of a result-cache hit is printed as an extra line;
 2. builds per second with 8 concurrent clients, against 8 concurrent
-   ``nix-store --realise`` processes.
+   ``nix-store --realise`` processes;
+3. how long a running build outlives its client cancelling the call (the
+   suite checks only that it ends, with a margin for loaded machines).
 
 With ``--baseline REV`` a second server runs the code of an earlier commit
 (exported with ``git archive``) and joins the interleaved latency runs, so the
@@ -54,10 +56,13 @@ from builder.castore.wire import Family, node_to_proto
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.benchmarks.nix_peer import instantiate, nix_env
+from tests.processes import processes_with
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 WARMUP = 5
 CLIENTS = 8
+CANCEL_RUNS = 10
 SCRIPT = 'echo x > "$out"'
 NIX_SCRIPT = "echo x > $out"
 INPUT_NAME = "0" * 32 + "-bench-input"
@@ -151,7 +156,7 @@ def ingest_input(server: Server, source: Path) -> Any:
     return node_to_proto(node, Family.SNIX)
 
 
-def build_request(input_entry: Any, iteration: str) -> Any:
+def build_request(input_entry: Any, iteration: str, script: str = SCRIPT) -> Any:
     """The trivial build in Nix's layout; ``iteration`` makes each request distinct."""
     message = snix_build.BuildRequest
     env = {
@@ -161,7 +166,7 @@ def build_request(input_entry: Any, iteration: str) -> Any:
     }
     return message(
         inputs=[input_entry],
-        command_args=["/bin/sh", "-c", SCRIPT],
+        command_args=["/bin/sh", "-c", script],
         working_dir="build",
         scratch_paths=["build", "nix/store"],
         inputs_dir="nix/store",
@@ -254,6 +259,22 @@ def latencies(contenders: dict[str, Callable[[], None]], runs: int) -> dict[str,
         for name in names[shift:] + names[:shift]:
             times[name].append(timed(contenders[name]))
     return {name: Summary.of(values) for name, values in times.items()}
+
+
+def cancel_latency(stub: Any, input_entry: Any, runs: int) -> Summary:
+    """From a client cancelling a running DoBuild to the build's processes being gone."""
+    seconds = []
+    for run in range(runs):
+        marker = f"sleep {3600 + run}.25"
+        script = f"{marker}; {SCRIPT}"
+        call = stub.DoBuild.future(build_request(input_entry, "cancel", script), timeout=600)
+        wait_for(lambda m=marker: processes_with(m), "the build to start")
+        start = time.perf_counter()
+        call.cancel()
+        while processes_with(marker):
+            pass
+        seconds.append(time.perf_counter() - start)
+    return Summary.of(seconds)
 
 
 def throughput(client: Callable[[], bool], seconds: float) -> tuple[int, float]:
@@ -382,6 +403,7 @@ def main() -> None:
 
         ours_builds, ours_elapsed = throughput(ours_client, seconds)
         nix_builds, nix_elapsed = throughput(nix_client, seconds)
+        cancelled = cancel_latency(uncached_stub, uncached_input, CANCEL_RUNS)
 
     ours_p50, nix_p50, bwrap_p50 = (figures[n].p50 for n in ("ours", "nix", "bwrap"))
     print(f"1. Trivial build, warm input: {runs} timed runs each after {WARMUP} warm-up")
@@ -402,7 +424,10 @@ def main() -> None:
     row(f"peer: {CLIENTS} concurrent nix-store --realise loops", f"{nix_rate:6.1f} builds/s")
     row("ours / nix", f"{ours_rate / nix_rate:.2f}")
     row("extra: nix sequential, 1 / p50 of 1.", f"{1 / nix_p50:6.1f} builds/s")
-    print("3. Cold and warm materialisation: see tests/benchmarks/bench_matcache.py")
+    print(f"3. Cancellation: a client cancels a running DoBuild, {CANCEL_RUNS} runs")
+    row("ours: until the build's processes are gone", latency_figure(cancelled))
+    row("goal", "p90 < 1000 ms")
+    print("4. Cold and warm materialisation: see tests/benchmarks/bench_matcache.py")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode
 from tests.castore.test_deep_trees import few_descriptors
 from tests.deep_trees import DEPTH, NEEDLE, at_bottom, depth_of, make_deep_tree
+from tests.requirements import require_root
 
 UNPRIVILEGED = 64124
 
@@ -158,8 +159,7 @@ def reachable() -> Iterator[Path]:
 
 
 def test_remove_tree_fixes_modes_and_never_follows_symlinks(reachable: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.fail("dropping to another uid needs root")
+    require_root("dropping to another uid")
     tmp_path = reachable
     canary = tmp_path / "canary"
     (canary / "inner").mkdir(parents=True)

@@ -32,6 +32,7 @@ from builder.castore.nodes import Node, SymlinkNode
 from builder.errors import BuilderError
 from sandbox import Launcher, LauncherConfig
 from tests.canary import make_canary, snapshot
+from tests.requirements import require_root
 
 COMPONENTS = ["build", "nix", "store", "evil", "aaa-dir", "bbb-file", "out", "sub", ".", "..", ""]
 SENSIBLE_SCRATCH = [("build", "nix"), ("build", "nix/store"), ("nix",), ("build",)]
@@ -77,8 +78,7 @@ class Host:
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[Host]:
-    if os.geteuid() != 0:
-        pytest.fail("the root launcher needs root")
+    require_root("the root launcher")
     workspace = Path(tempfile.mkdtemp(prefix="host-paths-property-", dir="/tmp"))
     workspace.chmod(0o755)
     canary = make_canary(workspace / "canary", 0, mode=0o755)

@@ -9,7 +9,7 @@ import threading
 import blake3
 import pytest
 
-from builder.castore.blobs.service import BlobService, put_bytes, read_all
+from builder.castore.blobs.service import BlobService, ChunkMeta, put_bytes, read_all
 from builder.castore.digest import EMPTY_DIGEST, Digest
 
 HELLO = Digest.parse("5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c")
@@ -76,16 +76,17 @@ def test_idempotent_put(blob_service: BlobService) -> None:
 
 
 def test_chunks_cover_the_blob(blob_service: BlobService) -> None:
+    """The chunks read in order are the blob; no chunks means the blob is its only piece."""
     data = os.urandom(1_500_000)
     digest = put_bytes(blob_service, data)
     chunks = blob_service.chunks(digest)
     assert chunks is not None
-    if chunks:
-        assert sum(c.size for c in chunks) == len(data)
-        offset = 0
-        for chunk in chunks:
-            assert read_all(blob_service, chunk.digest) == data[offset : offset + chunk.size]
-            offset += chunk.size
+    pieces = chunks or [ChunkMeta(digest, len(data))]
+    assert sum(piece.size for piece in pieces) == len(data)
+    offset = 0
+    for piece in pieces:
+        assert read_all(blob_service, piece.digest) == data[offset : offset + piece.size]
+        offset += piece.size
 
 
 def test_concurrent_writers_of_the_same_blob(blob_service: BlobService) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.registry import DEFAULT_REGISTRY
 from builder.castore.store import DATA_DIR_ENV, Store
 from builder.castore.store_url import service_config
+from tests.waiting import wait_for
 
 
 def test_layered_config_from_toml(tmp_path: Path) -> None:
@@ -82,21 +82,24 @@ def test_shared_instance_built_once() -> None:
 
 
 def test_concurrent_requests_build_once() -> None:
+    """The one construction waits until every thread has asked, so that all of them overlap."""
     calls: list[int] = []
+    asking: list[int] = []
 
     def slow(params: Params) -> MemoryBlobService:
         calls.append(1)
-        time.sleep(0.05)
+        wait_for(lambda: len(asking) == 8, "every thread to ask for the service")
         return MemoryBlobService()
+
+    def ask() -> None:
+        asking.append(1)
+        results.append(composition.blob_service("x"))
 
     registry = Registry()
     registry.register("blob", "slow", slow)
     composition = Composition({"blobservices": {"x": {"type": "slow"}}}, registry)
     results: list[object] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(composition.blob_service("x")))
-        for _ in range(8)
-    ]
+    threads = [threading.Thread(target=ask) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:

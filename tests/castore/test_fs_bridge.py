@@ -35,6 +35,7 @@ from builder.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from tests.requirements import missing
 
 # A tree is a nested value: ("file", contents, mode), ("link", target) or
 # ("dir", {name: tree}); snapshots read from disk use the same shape with the
@@ -303,7 +304,7 @@ def test_block_device_is_rejected(tmp_path: Path, store: Store) -> None:
     try:
         os.mknod(path, stat.S_IFBLK | 0o600, os.makedev(7, 200))
     except PermissionError:
-        pytest.skip("creating a block device node needs CAP_MKNOD")
+        missing("CAP_MKNOD, to create a block device node")
     _assert_rejected(path, "block device", store)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,17 +23,12 @@ from builder.castore.fs.nar import nar_hash, nix_base32, write_nar
 from builder.castore.nodes import FileNode
 from builder.errors import IntegrityError
 from tests.castore.test_fs_bridge import Tree, directory_trees, files, links, write_tree
+from tests.requirements import require_nix
 
 
 @pytest.fixture(scope="module", autouse=True)
 def nix_tools() -> None:
-    """Nix is the reference; CI installs it (scripts/setup.sh), so there it must be present."""
-    missing = [tool for tool in ("nix-store", "nix-hash") if shutil.which(tool) is None]
-    if missing:
-        message = f"{', '.join(missing)} not found: install nix-bin (scripts/setup.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_nix()
 
 
 def nix_dump(path: Path) -> bytes:

@@ -32,10 +32,6 @@ FAILING = {"failing", "failing-dependency", "fixed-mismatch"}
 NIX_ENV = nix_environment()
 
 
-def nix_available() -> bool:
-    return all(shutil.which(tool) for tool in ("nix-instantiate", "nix-store"))
-
-
 def busybox_dir(parent: Path) -> Path:
     """A directory holding only a copy of the host's busybox, to import as a store path."""
     directory = parent / "busybox"

@@ -8,11 +8,9 @@ the NAR hashes and references of all outputs must agree.
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +29,19 @@ from tests.nix.corpus import (
     NIX_ENV,
     busybox_dir,
     instantiate,
-    nix_available,
     nix_realise,
     our_builder,
 )
+from tests.requirements import require_nix
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DETERMINISTIC = [name for name in FILES if name not in FAILING]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def require_nix() -> None:
-    if not nix_available():
-        if os.environ.get("CI"):
-            pytest.fail("nix-instantiate and nix-store are required in CI (scripts/setup.sh)")
-        pytest.skip("Nix is not installed")
+def nix_tools() -> None:
+    require_nix()
 
 
 @dataclass
@@ -226,11 +222,12 @@ def test_cli_builds_on_a_remote_server(corpus: Corpus, tmp_path: Path) -> None:
         env=NIX_ENV, cwd=ROOT, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
+
+        def listening() -> bool:
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+            return socket.exists()
+
+        wait_for(listening, "the server to listen")
         drv = corpus.drvs["chain"]
         built = _cli("build", drv, "--remote", f"grpc+unix://{socket}", data=tmp_path / "client")
         assert built.returncode == 0, built.stderr

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -17,6 +15,7 @@ import pytest
 
 from sandbox import Bind, Launcher, LauncherConfig, Limits, SandboxSpec
 from tests.processes import processes_with
+from tests.waiting import wait_for
 
 from .conftest import Sandboxes
 
@@ -27,15 +26,6 @@ def build_cgroups(launcher: Launcher) -> set[str]:
     """Names of the launcher's build groups (one directory per v1 hierarchy)."""
     assert launcher.info is not None
     return {p.name for parent in launcher.info.cgroup_parents for p in Path(parent).glob("build-*")}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 SCENARIOS = {
@@ -54,14 +44,18 @@ def test_nothing_survives_a_run(sandbox: Sandboxes, scenario: str) -> None:
     _, fields = sandbox.with_build_dir()
     handle = sandbox.launcher.submit(sandbox.spec(script, limits=limits, **fields))
     if scenario == "cancel":
-        time.sleep(0.3)
+        wait_for(lambda: len(processes_with("sleep 1001.5")) == 2, "both sleeps to run")
         handle.cancel()
     result = handle.wait(30)
     if scenario == "cancel":
         assert result.stopped_by == "cancelled"
     assert processes_with("sleep 1001.5") == []
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
-    assert len(build_cgroups(sandbox.launcher)) == spares
+    # The launcher refills its spare groups after it has reported a run's result.
+    wait_for(
+        lambda: len(build_cgroups(sandbox.launcher)) == spares,
+        f"{spares} spare build groups and none left by the build",
+    )
     if sandbox.rootful:
         assert spares == sandbox.launcher.config.spares
 
@@ -102,11 +96,11 @@ def test_sigkilled_controller_leaves_nothing(
     assert client.stdout is not None
     pid, root_dir, *cgroup_parents = client.stdout.readline().split()
     assert client.stdout.readline() == "started\n"
-    assert len(processes_with("sleep 1002.5")) == 2
+    wait_for(lambda: len(processes_with("sleep 1002.5")) == 2, "both sleeps to run")
     client.send_signal(signal.SIGKILL)
     client.wait()
-    assert wait_until(lambda: not psutil.pid_exists(int(pid))), "launcher outlived its client"
-    assert wait_until(lambda: processes_with("sleep 1002.5") == [])
+    wait_for(lambda: not psutil.pid_exists(int(pid)), "the launcher to die with its client")
+    wait_for(lambda: processes_with("sleep 1002.5") == [], "the build to die with its client")
     assert not Path(root_dir).exists()
     for parent in cgroup_parents:
         assert not Path(parent).exists()
@@ -124,9 +118,9 @@ def test_builds_die_with_a_sigkilled_launcher(tools: Path) -> None:
             ro_binds=[Bind(str(tools), "/bin")],
         )
         launcher.submit(spec)
-        assert wait_until(lambda: len(processes_with("sleep 1003.5")) == 2)
+        wait_for(lambda: len(processes_with("sleep 1003.5")) == 2, "both sleeps to run")
         os.kill(launcher.info.pid, signal.SIGKILL)
-        assert wait_until(lambda: processes_with("sleep 1003.5") == [])
+        wait_for(lambda: processes_with("sleep 1003.5") == [], "the build to die with its launcher")
     finally:
         launcher.stop()
     with Launcher():

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from sandbox import Bind, Scratch
+from tests.requirements import require_nix, require_root
 
-from .conftest import Sandboxes, unavailable
+from .conftest import Sandboxes
 
 PROBE = r"""
 b=$BB
@@ -53,8 +54,8 @@ NIX_CONFIG = "build-users-group =\nsubstituters =\nsandbox = true\n"
 @pytest.fixture(scope="module")
 def nix_view(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """Run the probe in Nix's sandbox; return its output and the busybox store path."""
-    if shutil.which("nix-store") is None or os.geteuid() != 0:
-        unavailable("comparing with Nix needs nix-bin and root")
+    require_nix()
+    require_root("Nix builds without its daemon only as root")
     work = tmp_path_factory.mktemp("nix-parity")
     (work / "bb").mkdir()
     shutil.copy("/bin/busybox", work / "bb" / "busybox")

@@ -21,8 +21,7 @@ from sandbox import (
     Scratch,
     UidsExhaustedError,
 )
-
-from .conftest import unavailable
+from tests.requirements import require_root
 
 UID_BASE = 1_990_100_000
 WAIT = 60.0
@@ -30,8 +29,7 @@ WAIT = 60.0
 
 @pytest.fixture
 def root() -> None:
-    if os.geteuid() != 0:
-        unavailable("build uids are only handed out by a root launcher")
+    require_root("build uids are only handed out by a root launcher")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ that keeps answering health, castore and event calls whatever the build load."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,17 +18,12 @@ from builder.proto.builder.v1 import build_events_pb2
 from sandbox import Launcher
 from tests.processes import processes_with
 from tests.server.test_build_grpc import Served, _request, _serve, launcher  # noqa: F401
+from tests.waiting import wait_for
 
-# Generous: a refusal takes microseconds, but the machine is shared.
+# Generous: a refusal or a health check takes milliseconds, but the machine is shared;
+# a call that waited for a build instead would wait for hours.
 PROMPTLY = 15.0
-SERVICE_CALL_TIMEOUT = 1.0
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+SERVICE_CALL_TIMEOUT = 10.0
 
 
 class Load:
@@ -60,13 +55,13 @@ def _cancel(served: Served, *loads: Load) -> None:
     calls = [call for load in loads for call in load.calls]
     for call in calls:
         call.cancel()
-    _wait_for(lambda: all(call.done() for call in calls), "cancelled calls to end")
+    wait_for(lambda: all(call.done() for call in calls), "cancelled calls to end")
     markers = {load.marker for load in loads}
-    _wait_for(
+    wait_for(
         lambda: not any(processes_with(marker) for marker in markers),
         "cancelled builds to be killed",
     )
-    _wait_for(lambda: served.service.admitted == 0, "admitted builds to leave")
+    wait_for(lambda: served.service.admitted == 0, "admitted builds to leave")
 
 
 @pytest.fixture
@@ -112,7 +107,7 @@ def _other_calls_answer_at_once(served: Served, socket: Path, build_id: str) -> 
 
 
 def _check_refusals(load: Load, expected: int) -> None:
-    _wait_for(lambda: len(load.finished()) >= expected, f"{expected} refusals", PROMPTLY)
+    wait_for(lambda: len(load.finished()) >= expected, f"{expected} refusals", PROMPTLY)
     assert time.monotonic() - load.sent_at < PROMPTLY
     refused = load.finished()
     assert len(refused) == expected
@@ -127,8 +122,8 @@ def test_exact_capacity_and_a_responsive_server(served_small: Served, tmp_path: 
     load = Load(served, "sleep 7301", 10)
     try:
         _check_refusals(load, 7)
-        _wait_for(lambda: len(processes_with(load.marker)) > 0, "the admitted build to run")
-        _wait_for(lambda: served.service.queued == 2, "two admitted builds to queue")
+        wait_for(lambda: len(processes_with(load.marker)) > 0, "the admitted build to run")
+        wait_for(lambda: served.service.queued == 2, "two admitted builds to queue")
         assert served.service.admitted == 3
         _other_calls_answer_at_once(served, tmp_path / "builder.sock", build_id)
         assert len(load.finished()) == 7
@@ -145,8 +140,8 @@ def test_default_capacity_refuses_exactly_the_excess(
     load = Load(served, "sleep 7302", capacity + 20)
     try:
         _check_refusals(load, 20)
-        _wait_for(lambda: served.service.admitted == capacity, "every admitted build")
-        _wait_for(
+        wait_for(lambda: served.service.admitted == capacity, "every admitted build")
+        wait_for(
             lambda: served.service.queued == served.service.config.queue_length,
             "a full queue",
         )
@@ -161,9 +156,9 @@ def test_a_caller_that_leaves_gives_its_place_back(served_small: Served) -> None
     load = Load(served, "sleep 7303", 3)
     extra: Load | None = None
     try:
-        _wait_for(lambda: served.service.admitted == 3, "three admitted builds")
+        wait_for(lambda: served.service.admitted == 3, "three admitted builds")
         load.calls[1].cancel()
-        _wait_for(lambda: served.service.admitted == 2, "the cancelled build to leave")
+        wait_for(lambda: served.service.admitted == 2, "the cancelled build to leave")
         extra = Load(served, "sleep 7303", 2)
         _check_refusals(extra, 1)
     finally:
@@ -186,7 +181,7 @@ def test_log_followers_are_bounded_too(tmp_path: Path, launcher: Launcher) -> No
             for _ in range(2)
         ]
         load.calls.extend(followers)
-        _wait_for(lambda: served.service.log_followers == 2, "two log followers")
+        wait_for(lambda: served.service.log_followers == 2, "two log followers")
         with pytest.raises(grpc.RpcError) as info:
             list(
                 served.events().GetLog(
@@ -201,5 +196,5 @@ def test_log_followers_are_bounded_too(tmp_path: Path, launcher: Launcher) -> No
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         _cancel(served, load)
-        _wait_for(lambda: served.service.log_followers == 0, "log followers to leave")
+        wait_for(lambda: served.service.log_followers == 0, "log followers to leave")
         next(gen, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,15 @@ from builder.castore.fs.ingest import ingest_path
 from builder.castore.wire import Family
 from builder.proto.builder.v1 import build_events_pb2
 from sandbox import Launcher
-from tests.server.test_build_grpc import Served, _request, _serve, launcher  # noqa: F401
+from tests.processes import processes_with
+from tests.server.test_build_grpc import (  # noqa: F401
+    Served,
+    _request,
+    _serve,
+    cut_sleep_short,
+    launcher,
+)
+from tests.waiting import wait_for
 
 X86 = "x86_64-linux"
 
@@ -143,13 +150,15 @@ def test_eviction_spares_a_tree_in_use(tmp_path: Path, launcher: Launcher) -> No
             src.mkdir()
             (src / "data").write_text(name * 100)
             nodes.append(ingest_path(src, served.store.blobs, served.store.directories))
+        marker = "sleep 4175"
         slow = _request(
-            "sleep 2; cat /nix/store/aaa-first/data > /nix/store/out", inputs=(nodes[0],)
+            f"{marker}; cat /nix/store/aaa-first/data > /nix/store/out", inputs=(nodes[0],)
         )
-        future = served.snix().DoBuild.future(request_to_proto(slow, Family.SNIX), timeout=60)
-        time.sleep(0.5)
+        future = served.snix().DoBuild.future(request_to_proto(slow, Family.SNIX), timeout=600)
+        wait_for(lambda: processes_with(marker), "the build holding the first tree to run")
         quick = _request("cat /nix/store/bbb-second/data > /nix/store/out", inputs=(nodes[1],))
         served.snix().DoBuild(request_to_proto(quick, Family.SNIX), timeout=60)
+        cut_sleep_short(marker)
         assert future.result().outputs[0].output.file.size == len("aaa-first") * 100
         stats = served.service.cache.stats()
         assert stats.evictions >= 2

@@ -6,7 +6,6 @@ other launcher on the host uses.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -21,6 +20,7 @@ from builder.build.request import request_to_proto
 from builder.castore.wire import Family
 from sandbox import Launcher, LauncherConfig
 from sandbox.uids import DEFAULT_LOCK_DIR
+from tests.requirements import require_root
 from tests.server.test_build_grpc import Served, _request, _serve
 
 NOBODY = 65534
@@ -53,8 +53,7 @@ sys.stdin.read()
 
 @pytest.fixture
 def root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("build uids are only handed out by a root launcher")
+    require_root("build uids are only handed out by a root launcher")
 
 
 @contextmanager

@@ -26,12 +26,14 @@ from builder.castore.grpc_channel import castore_rpc, open_channel
 from builder.castore.wire import Family
 from builder.errors import ResourceExhaustedError
 from builder.server.castore_server import create_castore_server
+from tests.requirements import require_root
 
 SPACE = 4 << 20
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
+    require_root("mounting a small tmpfs")
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
     subprocess.run(

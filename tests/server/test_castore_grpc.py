@@ -11,7 +11,6 @@ import re
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.memory import MemoryDirectoryService
-from builder.castore.directories.service import DirectoryService
+from builder.castore.directories.service import DirectoryPutter, DirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory as ModelDirectory
 from builder.castore.grpc_channel import (
@@ -54,6 +53,7 @@ from builder.errors import (
 from builder.server.castore_server import create_castore_server
 from builder.server.castore_servicers import BLOB_CHUNK_SIZE
 from builder.server.status import INTERNAL_MESSAGE, STATUS_OF_ERROR, status_of
+from tests.waiting import wait_for
 
 EMPTY_BLOB = blake3.blake3(b"").digest()
 SHORT_DIGEST = b"\x01" * 31
@@ -138,17 +138,22 @@ def running(
     return bound.server, bound.addresses[0]
 
 
-@pytest.fixture(params=[(Family.TVIX, "unix"), (Family.SNIX, "tcp")], ids=["tvix-unix", "snix-tcp"])
+FAMILY_TRANSPORTS = [(Family.TVIX, "unix"), (Family.SNIX, "tcp")]
+FAMILY_TRANSPORT_IDS = ["tvix-unix", "snix-tcp"]
+
+
+def listen_url(transport: str, tmp_path: Path) -> str:
+    if transport == "unix":
+        return f"grpc+unix://{tmp_path / 'castore.sock'}"
+    return "grpc+http://127.0.0.1:0"
+
+
+@pytest.fixture(params=FAMILY_TRANSPORTS, ids=FAMILY_TRANSPORT_IDS)
 def castore(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Castore]:
     family, transport = request.param
     blobs = FsBlobService(tmp_path / "blobs")
     directories = SqliteDirectoryService(tmp_path / "dirs.sqlite")
-    listen = (
-        f"grpc+unix://{tmp_path / 'castore.sock'}"
-        if transport == "unix"
-        else "grpc+http://127.0.0.1:0"
-    )
-    server, url = running(blobs, directories, listen)
+    server, url = running(blobs, directories, listen_url(transport, tmp_path))
     channel = open_channel(url)
     try:
         yield Castore(family, url, channel, tmp_path / "blobs", tmp_path / "dirs.sqlite")
@@ -222,25 +227,22 @@ def test_truncated_upload_stores_nothing(castore: Castore, how: str) -> None:
         for _ in range(3):
             yield castore.chunk(block)
         sent.set()
-        release.wait(10)
+        release.wait(60)
         if how == "request iterator fails":
             raise OSError("upload source broke")
 
     future = castore.blobs.Put.future(requests())
-    assert sent.wait(10)
-    deadline = time.monotonic() + 10
-    while sum(p.stat().st_size for p in castore.blob_files()) < 2 << 20:
-        assert time.monotonic() < deadline, "server never received the first chunks"
-        time.sleep(0.01)
+    assert sent.wait(60)
+    wait_for(
+        lambda: sum(p.stat().st_size for p in castore.blob_files()) >= 2 << 20,
+        "the server to receive the first chunks",
+    )
     if how == "client cancels":
         future.cancel()
     release.set()
     with pytest.raises((grpc.RpcError, grpc.FutureCancelledError)):
-        future.result(timeout=10)
-    deadline = time.monotonic() + 10
-    while castore.blob_files():
-        assert time.monotonic() < deadline, f"left behind: {castore.blob_files()}"
-        time.sleep(0.01)
+        future.result(timeout=60)
+    wait_for(lambda: not castore.blob_files(), "the partial upload to be removed")
     for prefix in (1, 2, 3):
         error = rpc_error(lambda n=prefix: castore.stat(blake3.blake3(block * n).digest()))
         assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -342,24 +344,72 @@ def test_directory_put_rejections(castore: Castore, case: str) -> None:
         )
 
 
-def test_cancelled_directory_put_stores_nothing(castore: Castore) -> None:
-    keep = _keep(castore)
-    sent = threading.Event()
+class CountingPutter:
+    def __init__(self, inner: DirectoryPutter, counter: CountingDirectories) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def put(self, directory: ModelDirectory) -> None:
+        self._inner.put(directory)
+        self._counter.received += 1
+
+    def close(self) -> Digest:
+        return self._inner.close()
+
+
+class CountingDirectories:
+    """Counts the directories Put streams have handed the store, so a test can wait for one."""
+
+    def __init__(self, inner: DirectoryService) -> None:
+        self._inner = inner
+        self.received = 0
+
+    def get(self, digest: Digest) -> ModelDirectory | None:
+        return self._inner.get(digest)
+
+    def get_recursive(self, digest: Digest) -> Iterator[ModelDirectory]:
+        return self._inner.get_recursive(digest)
+
+    def put(self, directory: ModelDirectory) -> Digest:
+        return self._inner.put(directory)
+
+    def put_multiple_start(self) -> DirectoryPutter:
+        return CountingPutter(self._inner.put_multiple_start(), self)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.mark.parametrize(("family", "transport"), FAMILY_TRANSPORTS, ids=FAMILY_TRANSPORT_IDS)
+def test_cancelled_directory_put_stores_nothing(
+    family: Family, transport: str, tmp_path: Path
+) -> None:
+    """A client cancels a Put stream the server has begun to take; nothing is stored."""
+    directories = CountingDirectories(SqliteDirectoryService(tmp_path / "dirs.sqlite"))
+    server, url = running(
+        FsBlobService(tmp_path / "blobs"), directories, listen_url(transport, tmp_path)
+    )
+    channel = open_channel(url)
+    castore = Castore(family, url, channel, tmp_path / "blobs", tmp_path / "dirs.sqlite")
     release = threading.Event()
 
     def requests() -> Iterator[Any]:
-        yield keep
-        sent.set()
-        release.wait(10)
+        yield _keep(castore)
+        release.wait(60)
 
-    future = castore.directories.Put.future(requests())
-    assert sent.wait(10)
-    time.sleep(0.1)
-    future.cancel()
-    release.set()
-    with pytest.raises((grpc.RpcError, grpc.FutureCancelledError)):
-        future.result(timeout=10)
-    assert castore.directory_rows() == 0
+    try:
+        future = castore.directories.Put.future(requests())
+        wait_for(lambda: directories.received == 1, "the server to take the first directory")
+        future.cancel()
+        release.set()
+        with pytest.raises((grpc.RpcError, grpc.FutureCancelledError)):
+            future.result(timeout=60)
+        assert castore.directory_rows() == 0
+    finally:
+        release.set()
+        channel.close()
+        server.stop(None).wait()
+        directories.close()
 
 
 def test_recursive_get_is_root_first_breadth_first(castore: Castore) -> None:

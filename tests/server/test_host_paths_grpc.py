@@ -28,6 +28,7 @@ from builder.proto.builder.v1 import build_events_pb2
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.canary import make_canary, snapshot
+from tests.requirements import require_root
 from tests.sandbox.conftest import ROOTLESS_UID, _rootless_python
 from tests.test_cli_build_remote import ROOT, serving
 
@@ -60,8 +61,7 @@ class Server:
 
 @pytest.fixture(scope="module", params=["rootful", "rootless"])
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    if os.geteuid() != 0:
-        pytest.fail("these tests start the server as root and as another user")
+    require_root("these tests start the server as root and as another user")
     uid = 0 if request.param == "rootful" else ROOTLESS_UID
     home = Path(tempfile.mkdtemp(prefix=f"host-paths-{request.param}-", dir="/tmp"))
     try:

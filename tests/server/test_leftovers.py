@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,16 +24,10 @@ from builder.castore.wire import Family
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.processes import processes_with
 from tests.server.test_build_grpc import _request
+from tests.waiting import wait_for
 
 TIMEOUT = 60.0
 PIECE = os.urandom(1 << 20)
-
-
-def _wait_for(what: str, condition: Callable[[], object]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Server:
@@ -58,7 +51,7 @@ class Server:
             stdout=subprocess.DEVNULL,
         )
         self.channel = grpc.insecure_channel(f"unix:{self.socket}")
-        _wait_for(f"{name} to serve", self._serving)
+        wait_for(self._serving, f"{name} to serve")
 
     def _serving(self) -> bool:
         assert self.process.poll() is None, "server exited"
@@ -136,13 +129,13 @@ def test_upload_of_a_killed_server_is_removed_at_restart(
     data = tmp_path / "data"
     first = servers("first")
     upload = Upload(first)
-    _wait_for("a large temporary upload", lambda: _large(data))
+    wait_for(lambda: _large(data), "a large temporary upload")
     (left,) = _large(data)
     first.kill()
     upload.release.set()
     assert left.exists()
     servers("second")
-    _wait_for("the upload to be removed", lambda: not left.exists())
+    wait_for(lambda: not left.exists(), "the upload to be removed")
     assert _temporaries(data) == []
 
 
@@ -152,7 +145,7 @@ def test_live_server_keeps_its_upload_when_another_starts(
     data = tmp_path / "data"
     first = servers("first")
     upload = Upload(first)
-    _wait_for("a temporary upload", lambda: _temporaries(data))
+    wait_for(lambda: _temporaries(data), "a temporary upload")
     (in_progress,) = _temporaries(data)
     servers("second")
     assert in_progress.exists()
@@ -174,13 +167,13 @@ def test_work_tree_of_a_killed_server_is_removed_at_restart(
         """Build work directories (they hold the scratch directories), however nested."""
         return [Path(d) for d, subdirs, _ in os.walk(builds) if "scratch-0" in subdirs]
 
-    _wait_for("the build to run", lambda: work_trees() and processes_with(marker))
+    wait_for(lambda: work_trees() and processes_with(marker), "the build to run")
     (tree,) = work_trees()
     first.kill()
     call.cancel()
     # The sandbox dies with the server that launched it.
-    _wait_for("the build to end", lambda: not processes_with(marker))
+    wait_for(lambda: not processes_with(marker), "the build to end")
     assert tree.exists()
     servers("second")
-    _wait_for("the work tree to be removed", lambda: not tree.exists())
+    wait_for(lambda: not tree.exists(), "the work tree to be removed")
     assert work_trees() == []
