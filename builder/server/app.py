@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from builder.build.service import BuildService
-from builder.castore.grpc_channel import UNIX_SCHEME
+from builder.castore.grpc.endpoint import UNIX_SCHEME
 from builder.castore.store import Store
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.server.auth import BearerTokenInterceptor

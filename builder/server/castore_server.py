@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
-from builder.castore.grpc_channel import CHANNEL_OPTIONS
+from builder.castore.grpc.channel import CHANNEL_OPTIONS
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.castore_servicers import BlobServicer, DirectoryServicer
 from builder.server.decoding import RequestDecodingInterceptor

@@ -15,7 +15,7 @@ import pytest
 
 from builder.build.request import request_to_proto
 from builder.castore.digest import Digest
-from builder.castore.grpc_channel import castore_rpc
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
 from builder.server.castore_server import new_grpc_server
 from builder.server.status import INTERNAL_MESSAGE, rpc_errors

@@ -21,7 +21,8 @@ from builder.castore.digest import Digest
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory
-from builder.castore.grpc_channel import castore_rpc, open_channel
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.nodes import SymlinkNode
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.cli import build_parser
