@@ -146,7 +146,8 @@ def _build_service(
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from builder.server.app import TlsConfig, serve
+    from builder.server.app import serve
+    from builder.server.assembly import TlsConfig
     from sandbox import Launcher
 
     tls = None
