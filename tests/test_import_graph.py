@@ -138,6 +138,23 @@ def test_the_graph_is_read() -> None:
     assert "grpc" in graph["builder.server.listen"]
 
 
+def test_imports_inside_functions_and_relative_imports_count(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "import os\n"
+        "from . import sibling\n"
+        "from .sibling import name\n"
+        "def f():\n"
+        "    from pkg.sub import other\n"
+    )
+    known = {"pkg.sibling", "pkg.sub.other"}
+    assert set(_imported_names("pkg.mod", source, known)) == {
+        "os",
+        "pkg.sibling",
+        "pkg.sub.other",
+    }
+
+
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c", "a"]]
