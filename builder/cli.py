@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
+from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.castore.store import DATA_DIR_ENV, Store, default_data_dir
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
@@ -25,7 +26,6 @@ from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
 if TYPE_CHECKING:
     from builder.build.request import BuildRequest
     from builder.build.service import BuildService, Event
-    from builder.castore.grpc_channel import ChannelSecurity
     from sandbox import Launcher
 
 
@@ -146,7 +146,8 @@ def _build_service(
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from builder.server.app import TlsConfig, serve
+    from builder.server.app import serve
+    from builder.server.assembly import TlsConfig
     from sandbox import Launcher
 
     tls = None
@@ -227,27 +228,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         launcher.stop()
 
 
-def _read_option(path: Path | None, option: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidArgumentError(f"{option} {path}: {exc.strerror}") from exc
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
 
 
 def _channel_security(args: argparse.Namespace) -> ChannelSecurity:
-    from builder.castore.grpc_channel import ChannelSecurity
-
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise InvalidArgumentError("--tls-cert and --tls-key go together")
-    token = _read_option(args.token_file, "--token-file")
-    return ChannelSecurity(
-        root_certificates=_read_option(args.tls_ca, "--tls-ca"),
-        client_key=_read_option(args.tls_key, "--tls-key"),
-        client_cert=_read_option(args.tls_cert, "--tls-cert"),
-        token=token.decode().strip() if token is not None else None,
-    )
+    return read_channel_security(args.tls_ca, args.tls_cert, args.tls_key, args.token_file, _flag)
 
 
 def cmd_build(args: argparse.Namespace) -> None:

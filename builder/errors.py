@@ -1,8 +1,8 @@
 """The product's typed errors.
 
-Every layer raises these; the gRPC layer maps them to status codes in one
-place (``builder.server.status``), so a message written here reaches the client
-unchanged.
+Every layer raises these; one table maps them to gRPC status codes and back
+(``builder.castore.grpc.status``), so a message written here reaches the client
+unchanged and a client raises the same error again.
 """
 
 from __future__ import annotations

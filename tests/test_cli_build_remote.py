@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from builder.castore.grpc_channel import open_channel
+from builder.castore.grpc.channel import open_channel
 from tests.processes import processes_with
 from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
 from tests.waiting import wait_for

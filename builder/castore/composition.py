@@ -6,6 +6,10 @@ parameters. Parameters may refer to other instances by name (or give a URL
 shorthand inline), so layered stores such as a memory cache in front of a
 remote server are described, not coded. Each instance is built once, on first
 use, even when several threads ask for it at the same moment.
+
+Every service type is a ``Backend`` declared beside its implementation: its tag,
+the URL schemes that stand for it and how its parameters are read. A
+``Registry`` is the set of backends a composition may use.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import json
 import threading
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
@@ -68,43 +74,83 @@ class Params:
             raise ConfigError(f"{self.where}: unknown parameter(s) {sorted(self._values)}")
 
 
-Factory = Callable[[Params], Any]
+def url_scheme(url: str) -> str:
+    return url.split("://", 1)[0]
+
+
+def url_path(url: str) -> str:
+    """The absolute path a ``scheme:///abs/path`` URL names."""
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/"):
+        raise ConfigError(f"{url!r}: expected an absolute path, as in scheme:///abs/path")
+    return parts.path
+
+
+def _no_parameters(url: str) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One service type: how configurations name it, which URLs stand for it, how it is built.
+
+    ``from_url`` turns a URL with one of ``schemes`` into the type's parameters;
+    a scheme ending in ``+`` stands for every scheme it prefixes, so
+    ``grpc+`` covers ``grpc+unix`` and ``grpc+http``.
+    """
+
+    kind: Kind
+    type_name: str
+    build: Callable[[Params], Any]
+    schemes: tuple[str, ...] = ()
+    from_url: Callable[[str], dict[str, Any]] = _no_parameters
+
+    def accepts(self, scheme: str) -> bool:
+        return any(scheme.startswith(s) if s.endswith("+") else scheme == s for s in self.schemes)
 
 
 class Registry:
-    """Type tags per kind; third parties add their own with ``register``."""
+    """The backends a composition can build; third parties add their own with ``register``."""
 
-    def __init__(self) -> None:
-        self._factories: dict[tuple[Kind, str], Factory] = {}
+    def __init__(self, backends: Iterable[Backend] = ()) -> None:
+        self._backends: dict[tuple[Kind, str], Backend] = {}
+        for backend in backends:
+            self.register(backend)
 
-    def register(self, kind: Kind, type_name: str, factory: Factory) -> None:
-        self._factories[(kind, type_name)] = factory
+    def register(self, backend: Backend) -> None:
+        self._backends[(backend.kind, backend.type_name)] = backend
 
-    def factory(self, kind: Kind, type_name: str, where: str) -> Factory:
+    def backend(self, kind: Kind, type_name: str, where: str) -> Backend:
         try:
-            return self._factories[(kind, type_name)]
+            return self._backends[(kind, type_name)]
         except KeyError:
-            known = sorted(t for k, t in self._factories if k == kind)
+            known = sorted(t for k, t in self._backends if k == kind)
             raise ConfigError(
                 f"{where}: unknown {kind} service type {type_name!r} (known: {', '.join(known)})"
             ) from None
 
+    def url_config(self, kind: Kind, url: str) -> dict[str, Any]:
+        """The instance configuration a single-service URL stands for."""
+        scheme = url_scheme(url)
+        for (backend_kind, type_name), backend in self._backends.items():
+            if backend_kind == kind and backend.accepts(scheme):
+                return {"type": type_name, **backend.from_url(url)}
+        raise ConfigError(f"{url!r} is not a {kind} service URL")
+
 
 class Composition:
-    def __init__(self, config: Mapping[str, Any], registry: Registry | None = None) -> None:
-        from builder.castore.registry import DEFAULT_REGISTRY
-
+    def __init__(self, config: Mapping[str, Any], registry: Registry) -> None:
         unknown = set(config) - set(SECTIONS.values())
         if unknown:
             raise ConfigError(f"unknown configuration section(s) {sorted(unknown)}")
         self._config = {kind: dict(config.get(section, {})) for kind, section in SECTIONS.items()}
-        self._registry = registry or DEFAULT_REGISTRY
+        self._registry = registry
         self._built: dict[tuple[Kind, str], Any] = {}
         self._building: list[tuple[Kind, str]] = []
         self._lock = threading.RLock()
 
     @classmethod
-    def from_file(cls, path: str | Path, registry: Registry | None = None) -> Composition:
+    def from_file(cls, path: str | Path, registry: Registry) -> Composition:
         path = Path(path)
         text = path.read_bytes()
         try:
@@ -133,7 +179,7 @@ class Composition:
                 where = f"{SECTIONS[kind]}.{name}"
                 params = Params(where, spec, self)
                 params.string("type")
-                service = self._registry.factory(kind, spec["type"], where)(params)
+                service = self._registry.backend(kind, spec["type"], where).build(params)
                 params.finish()
             finally:
                 self._building.pop()
@@ -142,9 +188,7 @@ class Composition:
 
     def _spec(self, kind: Kind, name: str) -> Mapping[str, Any]:
         if "://" in name:
-            from builder.castore.store_url import service_config
-
-            return service_config(kind, name)
+            return self._registry.url_config(kind, name)
         try:
             spec = self._config[kind][name]
         except KeyError:

@@ -9,6 +9,7 @@ from functools import cached_property
 from builder.castore.digest import Digest
 from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from builder.errors import InvalidArgumentError
+from builder.proto.tvix.castore.protos import castore_pb2
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,25 @@ class Directory:
 
     @cached_property
     def encoded(self) -> bytes:
-        from builder.castore.wire import encode_directory
+        """The canonical bytes the digest is taken over.
 
-        return encode_directory(self)
+        Written through Tvix's message because both families encode a Directory
+        to the same bytes; ``builder.castore.wire`` reads these back as either.
+        """
+        message = castore_pb2.Directory(
+            directories=[
+                castore_pb2.DirectoryNode(name=d.name, digest=d.digest, size=d.size)
+                for d in self.directories
+            ],
+            files=[
+                castore_pb2.FileNode(
+                    name=f.name, digest=f.digest, size=f.size, executable=f.executable
+                )
+                for f in self.files
+            ],
+            symlinks=[castore_pb2.SymlinkNode(name=s.name, target=s.target) for s in self.symlinks],
+        )
+        return message.SerializeToString(deterministic=True)
 
     @cached_property
     def digest(self) -> Digest:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import obstore.store
 from obstore.exceptions import BaseError
 from obstore.store import ObjectStore
 
+from builder.castore.composition import Params
 from builder.errors import InvalidArgumentError, UnavailableError
 
 _CLIENT_OPTIONS = frozenset(
@@ -111,3 +113,18 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except BaseError as exc:
         raise UnavailableError(f"{what}: {_summary(exc)}") from exc
+
+
+# How a composition names an object store: the store URL behind this prefix.
+OBJECTSTORE_SCHEMES = ("objectstore+",)
+
+
+def objectstore_url_params(url: str) -> dict[str, Any]:
+    return {"url": url.removeprefix("objectstore+")}
+
+
+def objectstore_location(params: Params) -> tuple[str, dict[str, str]]:
+    """The store URL and its options, those of an ``options`` table added to the query's."""
+    url, options = parse_objectstore_url(params.string("url"))
+    options.update(params.mapping("options"))
+    return url, options

@@ -9,6 +9,7 @@ from pathlib import Path
 from builder.castore.blobs.service import BlobService
 from builder.castore.composition import Composition
 from builder.castore.directories.service import DirectoryService
+from builder.castore.registry import DEFAULT_REGISTRY
 from builder.castore.store_url import store_config
 
 DATA_DIR_ENV = "BUILDER_DATA_DIR"
@@ -39,11 +40,11 @@ class Store:
         """
         if spec is None:
             root = (data_dir or default_data_dir()).resolve()
-            composition = Composition(store_config(f"fs://{root}"))
-        elif "://" in spec:
-            composition = Composition(store_config(spec))
+            spec = f"fs://{root}"
+        if "://" in spec:
+            composition = Composition(store_config(spec, DEFAULT_REGISTRY), DEFAULT_REGISTRY)
         else:
-            composition = Composition.from_file(spec)
+            composition = Composition.from_file(spec, DEFAULT_REGISTRY)
         return cls(composition.blob_service(ROOT), composition.directory_service(ROOT), composition)
 
     def close(self) -> None:

@@ -38,29 +38,9 @@ class Family(Enum):
         return "DirectoryEntry", "FileEntry", "SymlinkEntry", "Entry"
 
 
-def _child_messages(directory: Directory, family: Family) -> dict[str, list[Any]]:
-    mod = family.castore
-    dn, fn, sn, _ = family.message_names()
-    return {
-        "directories": [
-            getattr(mod, dn)(name=d.name, digest=d.digest, size=d.size)
-            for d in directory.directories
-        ],
-        "files": [
-            getattr(mod, fn)(name=f.name, digest=f.digest, size=f.size, executable=f.executable)
-            for f in directory.files
-        ],
-        "symlinks": [getattr(mod, sn)(name=s.name, target=s.target) for s in directory.symlinks],
-    }
-
-
 def directory_to_proto(directory: Directory, family: Family = Family.TVIX) -> Any:
-    return family.castore.Directory(**_child_messages(directory, family))
-
-
-def encode_directory(directory: Directory) -> bytes:
-    """The canonical bytes the digest is taken over (identical in both families)."""
-    return directory_to_proto(directory).SerializeToString(deterministic=True)
+    """The family's message, read from the canonical bytes both families share."""
+    return family.castore.Directory.FromString(directory.encoded)
 
 
 def _digest(value: bytes, where: str) -> Digest:

@@ -21,7 +21,8 @@ from builder.build.request import BuildRequest, request_to_proto
 from builder.build.service import Event, LogData, Started
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
-from builder.castore.grpc_channel import ChannelSecurity, open_channel
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.security import ChannelSecurity
 from builder.castore.nodes import Node
 from builder.castore.wire import Family, node_from_proto
 from builder.errors import CancelledError, CommandFailedError, IntegrityError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from builder.castore.grpc_channel import error_from_rpc, status_code_of
+from builder.castore.grpc.status import error_from_rpc, status_code_of
 from builder.errors import BuilderError
 
 

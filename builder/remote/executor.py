@@ -15,7 +15,7 @@ from builder.build.request import BuildRequest
 from builder.build.service import BuildOutcome, Event, EventSink, Started
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
-from builder.castore.grpc_channel import ChannelSecurity
+from builder.castore.grpc.security import ChannelSecurity
 from builder.errors import CancelledError
 from builder.remote.client import RemoteBuilder
 

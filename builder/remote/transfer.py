@@ -22,8 +22,9 @@ from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member, fetch_closure
-from builder.castore.grpc_channel import castore_rpc, status_code_of
-from builder.castore.grpc_upload import Upload
+from builder.castore.grpc.status import status_code_of
+from builder.castore.grpc.stubs import castore_rpc
+from builder.castore.grpc.upload import Upload
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.castore.wire import Family, directory_from_proto, directory_to_proto
 from builder.errors import IntegrityError, InvalidArgumentError, NotFoundError

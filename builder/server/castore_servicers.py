@@ -16,7 +16,7 @@ import grpc
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
-from builder.castore.grpc_channel import castore_rpc
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import (
     DEFAULT_MAX_DIRECTORY_ENTRIES,
     Family,

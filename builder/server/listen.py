@@ -1,6 +1,6 @@
 """Listen addresses: the URLs an operator writes, bound on a grpc server.
 
-The address forms are the ones clients use (``builder.castore.grpc_channel``),
+The address forms are the ones clients use (``builder.castore.grpc.endpoint``),
 so the URL a server was started with can be handed unchanged to a client.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from builder.castore.grpc_channel import Endpoint, parse_endpoint
+from builder.castore.grpc.endpoint import Endpoint, parse_endpoint
 from builder.errors import FailedPreconditionError, UnavailableError
 
 

@@ -4,11 +4,8 @@ Servicers raise ``builder.errors`` exceptions like any other caller would; the
 ``rpc_errors`` decorator turns them into a status with the exception's message
 so that no servicer ever touches ``context`` for error handling. Anything that
 is not a product error is a bug: it is logged here and the client only learns
-that something went wrong inside, never internal details.
-
-The reverse direction, used by the gRPC clients, is
-``builder.castore.grpc_channel.ERROR_OF_CODE``: the castore layer may not import
-this one, and a test keeps the two tables inverse.
+that something went wrong inside, never internal details. The table itself is
+``builder.castore.grpc.status``, shared with the clients that read it backwards.
 """
 
 from __future__ import annotations
@@ -22,33 +19,10 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from builder.errors import (
-    BuilderError,
-    BuildFailedError,
-    CancelledError,
-    FailedPreconditionError,
-    IntegrityError,
-    InvalidArgumentError,
-    NotFoundError,
-    ResourceExhaustedError,
-    UnavailableError,
-)
+from builder.castore.grpc.status import STATUS_OF_ERROR
+from builder.errors import BuilderError
 
 logger = logging.getLogger(__name__)
-
-# Order matters only if the error classes ever form a hierarchy: the first
-# matching entry wins.
-STATUS_OF_ERROR: tuple[tuple[type[BuilderError], grpc.StatusCode], ...] = (
-    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
-    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (CancelledError, grpc.StatusCode.CANCELLED),
-    # Snix answers a build that ran and failed with INTERNAL.
-    (BuildFailedError, grpc.StatusCode.INTERNAL),
-    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (IntegrityError, grpc.StatusCode.DATA_LOSS),
-)
 
 INTERNAL_MESSAGE = "internal error"
 

@@ -12,12 +12,11 @@ from builder.castore.blobs.combined import CombinedBlobService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.blobs.service import put_bytes, read_all
-from builder.castore.composition import Composition, ConfigError, Params, Registry
+from builder.castore.composition import Backend, Composition, ConfigError, Params, Registry
 from builder.castore.directories.cache import CacheDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.registry import DEFAULT_REGISTRY
 from builder.castore.store import DATA_DIR_ENV, Store
-from builder.castore.store_url import service_config
 from tests.waiting import wait_for
 
 
@@ -75,7 +74,8 @@ def test_shared_instance_built_once() -> None:
                 "a": {"type": "combined", "near": "shared", "far": "shared"},
                 "shared": {"type": "memory"},
             }
-        }
+        },
+        DEFAULT_REGISTRY,
     )
     combined = composition.blob_service("a")
     assert combined.near is combined.far is composition.blob_service("shared")
@@ -96,7 +96,7 @@ def test_concurrent_requests_build_once() -> None:
         results.append(composition.blob_service("x"))
 
     registry = Registry()
-    registry.register("blob", "slow", slow)
+    registry.register(Backend("blob", "slow", slow))
     composition = Composition({"blobservices": {"x": {"type": "slow"}}}, registry)
     results: list[object] = []
     threads = [threading.Thread(target=ask) for _ in range(8)]
@@ -115,7 +115,8 @@ def test_recursion_rejected() -> None:
                 "a": {"type": "combined", "near": "b", "far": "memory://"},
                 "b": {"type": "combined", "near": "memory://", "far": "a"},
             }
-        }
+        },
+        DEFAULT_REGISTRY,
     )
     with pytest.raises(ConfigError, match="refers to itself: a -> b -> a"):
         composition.blob_service("a")
@@ -137,12 +138,12 @@ def test_recursion_rejected() -> None:
 )
 def test_config_errors_name_the_problem(config: dict, name: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        Composition(config).blob_service(name)
+        Composition(config, DEFAULT_REGISTRY).blob_service(name)
 
 
 def test_unknown_section_rejected() -> None:
     with pytest.raises(ConfigError, match="section"):
-        Composition({"blobs": {}})
+        Composition({"blobs": {}}, DEFAULT_REGISTRY)
 
 
 def test_third_party_type() -> None:
@@ -150,7 +151,7 @@ def test_third_party_type() -> None:
         pass
 
     registry = Registry()
-    registry.register("blob", "counting", lambda params: Counting())
+    registry.register(Backend("blob", "counting", lambda params: Counting()))
     assert isinstance(
         Composition({"blobservices": {"c": {"type": "counting"}}}, registry).blob_service("c"),
         Counting,
@@ -175,7 +176,7 @@ def test_third_party_type() -> None:
     ],
 )
 def test_url_shorthands(kind: str, url: str, expected: dict) -> None:
-    assert service_config(kind, url) == expected  # type: ignore[arg-type]
+    assert DEFAULT_REGISTRY.url_config(kind, url) == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_url_shorthands(kind: str, url: str, expected: dict) -> None:
 )
 def test_bad_url_shorthands(kind: str, url: str) -> None:
     with pytest.raises(ConfigError):
-        service_config(kind, url)  # type: ignore[arg-type]
+        DEFAULT_REGISTRY.url_config(kind, url)  # type: ignore[arg-type]
 
 
 def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,9 +15,10 @@ import pytest
 
 from builder.build.request import request_to_proto
 from builder.castore.digest import Digest
-from builder.castore.grpc_channel import castore_rpc
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
-from builder.server.castore_server import new_grpc_server
+from builder.server.assembly import assemble_server
 from builder.server.status import INTERNAL_MESSAGE, rpc_errors
 from sandbox import Launcher
 from tests.server.test_build_grpc import Served, _request, _serve, launcher  # noqa: F401
@@ -179,22 +180,27 @@ class _Servicer:
 @pytest.fixture
 def wrapped() -> Iterator[grpc.Channel]:
     servicer = _Servicer()
-    server = new_grpc_server(4)
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Wrapped",
-                {
-                    "Abort": grpc.unary_unary_rpc_method_handler(servicer.Abort),
-                    "AbortStreaming": grpc.unary_stream_rpc_method_handler(servicer.AbortStreaming),
-                    "Bug": grpc.unary_unary_rpc_method_handler(servicer.Bug),
-                },
-            ),
+
+    def add_wrapped(server: grpc.Server) -> list[str]:
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "test.Wrapped",
+                    {
+                        "Abort": grpc.unary_unary_rpc_method_handler(servicer.Abort),
+                        "AbortStreaming": grpc.unary_stream_rpc_method_handler(
+                            servicer.AbortStreaming
+                        ),
+                        "Bug": grpc.unary_unary_rpc_method_handler(servicer.Bug),
+                    },
+                ),
+            )
         )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
+        return []
+
+    server, (address,), _ = assemble_server([add_wrapped], ["grpc+http://127.0.0.1:0"], 4)
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(address)
     try:
         yield channel
     finally:

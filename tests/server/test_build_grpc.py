@@ -14,7 +14,7 @@ from builder.build.config import BuildConfig, BuildLimits
 from builder.build.request import BuildRequest, Constraints, request_to_proto
 from builder.build.service import BuildService
 from builder.castore.blobs.fs import FsBlobService
-from builder.castore.composition import Composition
+from builder.castore.composition import Composition, Registry
 from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
@@ -55,7 +55,7 @@ def launcher() -> Iterator[Launcher]:
 
 def _serve(tmp_path: Path, launcher: Launcher, **config: object) -> Iterator[Served]:
     blobs, directories = FsBlobService(tmp_path / "blobs"), SqliteDirectoryService(tmp_path / "d")
-    store = Store(blobs, directories, Composition({}))
+    store = Store(blobs, directories, Composition({}, Registry()))
     work = tmp_path / "work"
     service = BuildService(BuildConfig(work_dir=work, **config), blobs, directories, launcher)
     socket = tmp_path / "builder.sock"

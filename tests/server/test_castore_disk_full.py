@@ -22,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
-from builder.castore.grpc_channel import castore_rpc, open_channel
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
 from builder.errors import ResourceExhaustedError
 from builder.server.castore_server import create_castore_server

@@ -34,13 +34,10 @@ from builder.castore.directories.memory import MemoryDirectoryService
 from builder.castore.directories.service import DirectoryPutter, DirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory as ModelDirectory
-from builder.castore.grpc_channel import (
-    ERROR_OF_CODE,
-    CastoreRpc,
-    castore_rpc,
-    open_channel,
-    parse_endpoint,
-)
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.endpoint import parse_endpoint
+from builder.castore.grpc.status import ERROR_OF_CODE, STATUS_OF_ERROR
+from builder.castore.grpc.stubs import CastoreRpc, castore_rpc
 from builder.castore.nodes import FileNode, SymlinkNode
 from builder.castore.wire import Family, directory_to_proto
 from builder.errors import (
@@ -52,7 +49,7 @@ from builder.errors import (
 )
 from builder.server.castore_server import create_castore_server
 from builder.server.castore_servicers import BLOB_CHUNK_SIZE
-from builder.server.status import INTERNAL_MESSAGE, STATUS_OF_ERROR, status_of
+from builder.server.status import INTERNAL_MESSAGE, status_of
 from tests.waiting import wait_for
 
 EMPTY_BLOB = blake3.blake3(b"").digest()

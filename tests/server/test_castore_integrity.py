@@ -23,7 +23,8 @@ from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.blobs.service import put_bytes, read_all
 from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
-from builder.castore.grpc_channel import castore_rpc, open_channel
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.nodes import FileNode
 from builder.castore.wire import Family
 from builder.errors import IntegrityError

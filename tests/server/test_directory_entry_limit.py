@@ -21,13 +21,13 @@ from builder.castore.digest import Digest
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory
-from builder.castore.grpc_channel import castore_rpc, open_channel
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.nodes import SymlinkNode
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.cli import build_parser
 from builder.errors import InvalidArgumentError, ResourceExhaustedError
-from builder.server.castore_server import add_castore_services, new_grpc_server
-from builder.server.listen import bind_all
+from builder.server.castore_server import create_castore_server
 
 LIMIT = 10
 
@@ -52,9 +52,13 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A castore server with the limit set to ``LIMIT``, over a real unix socket."""
     database = tmp_path / "dirs.sqlite"
     directories = SqliteDirectoryService(database)
-    server = new_grpc_server(4)
-    add_castore_services(server, MemoryBlobService(), directories, max_directory_entries=LIMIT)
-    url = bind_all(server, [f"grpc+unix://{tmp_path / 'castore.sock'}"])[0]
+    server, (url,), _ = create_castore_server(
+        MemoryBlobService(),
+        directories,
+        [f"grpc+unix://{tmp_path / 'castore.sock'}"],
+        max_workers=4,
+        max_directory_entries=LIMIT,
+    )
     server.start()
     try:
         yield url, database
@@ -88,9 +92,12 @@ def test_put_over_the_limit_is_invalid_argument(served: tuple[str, Path], family
 
 def test_default_limit_applies_to_a_server_without_a_setting(tmp_path: Path) -> None:
     directories = SqliteDirectoryService(tmp_path / "dirs.sqlite")
-    server = new_grpc_server(4)
-    add_castore_services(server, MemoryBlobService(), directories)
-    url = bind_all(server, [f"grpc+unix://{tmp_path / 'castore.sock'}"])[0]
+    server, (url,), _ = create_castore_server(
+        MemoryBlobService(),
+        directories,
+        [f"grpc+unix://{tmp_path / 'castore.sock'}"],
+        max_workers=4,
+    )
     server.start()
     client = GrpcDirectoryService(url)
     try:
@@ -110,9 +117,12 @@ def test_default_limit_applies_to_a_server_without_a_setting(tmp_path: Path) -> 
 def test_client_get_refuses_an_oversized_directory(tmp_path: Path) -> None:
     """A server allowing more than the client does cannot push the client past its limit."""
     directories = SqliteDirectoryService(tmp_path / "dirs.sqlite")
-    server = new_grpc_server(4)
-    add_castore_services(server, MemoryBlobService(), directories)
-    url = bind_all(server, [f"grpc+unix://{tmp_path / 'castore.sock'}"])[0]
+    server, (url,), _ = create_castore_server(
+        MemoryBlobService(),
+        directories,
+        [f"grpc+unix://{tmp_path / 'castore.sock'}"],
+        max_workers=4,
+    )
     server.start()
     client = GrpcDirectoryService(url, max_entries=LIMIT)
     try:

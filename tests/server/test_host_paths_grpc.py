@@ -20,7 +20,7 @@ import pytest
 
 from builder.build.request import AdditionalFile, BuildRequest, Constraints, request_to_proto
 from builder.castore.fs.ingest import ingest_path
-from builder.castore.grpc_channel import open_channel
+from builder.castore.grpc.channel import open_channel
 from builder.castore.nodes import Node, SymlinkNode
 from builder.castore.store import Store
 from builder.castore.wire import Family

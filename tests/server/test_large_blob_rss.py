@@ -20,7 +20,7 @@ import pytest
 
 from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.digest import Digest
-from builder.castore.grpc_channel import open_channel
+from builder.castore.grpc.channel import open_channel
 from builder.castore.wire import Family
 
 BLOB_SIZE = 1 << 30

@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from builder.build.request import request_to_proto
-from builder.castore.grpc_channel import castore_rpc
+from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.processes import processes_with

@@ -6,6 +6,7 @@ import shutil
 from typing import BinaryIO
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService, BlobWriter, ChunkMeta
+from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.errors import IntegrityError
 
@@ -46,3 +47,10 @@ class CombinedBlobService:
     def close(self) -> None:
         self.near.close()
         self.far.close()
+
+
+def _build(params: Params) -> CombinedBlobService:
+    return CombinedBlobService(params.blob("near"), params.blob("far"))
+
+
+BACKEND = Backend("blob", "combined", _build)

@@ -40,6 +40,7 @@ import blake3
 
 from builder.castore.blobs.service import ChunkMeta
 from builder.castore.blobs.verified import VerifiedFileReader, hash_fd
+from builder.castore.composition import Backend, Params, url_path
 from builder.castore.digest import Digest
 from builder.castore.owned_dir import DEFAULT_MAX_AGE, OwnedDirectory, remove_flat
 from builder.errors import InvalidArgumentError, ResourceExhaustedError
@@ -411,3 +412,12 @@ class FsBlobService:
     def close(self) -> None:
         """Give up this process's temporary directory; nothing else is held open."""
         self._owned.close()
+
+
+def _build(params: Params) -> FsBlobService:
+    return FsBlobService(Path(params.string("path")))
+
+
+BACKEND = Backend(
+    "blob", "fs", _build, schemes=("fs",), from_url=lambda url: {"path": url_path(url)}
+)

@@ -14,15 +14,19 @@ import blake3
 import grpc
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, ChunkMeta
+from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
-from builder.castore.grpc_channel import (
-    ChannelSecurity,
-    castore_rpc,
-    error_from_rpc,
-    open_channel,
-    status_code_of,
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.security import ChannelSecurity
+from builder.castore.grpc.status import error_from_rpc, status_code_of
+from builder.castore.grpc.store_params import (
+    GRPC_SCHEMES,
+    family_param,
+    grpc_url_params,
+    security_params,
 )
-from builder.castore.grpc_upload import Upload
+from builder.castore.grpc.stubs import castore_rpc
+from builder.castore.grpc.upload import Upload
 from builder.castore.wire import Family
 from builder.errors import IntegrityError, InvalidArgumentError
 
@@ -271,3 +275,10 @@ class GrpcBlobService:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _build(params: Params) -> GrpcBlobService:
+    return GrpcBlobService(params.string("url"), family_param(params), security_params(params))
+
+
+BACKEND = Backend("blob", "grpc", _build, GRPC_SCHEMES, from_url=grpc_url_params)

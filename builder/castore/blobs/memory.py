@@ -8,6 +8,7 @@ import threading
 import blake3
 
 from builder.castore.blobs.service import ChunkMeta
+from builder.castore.composition import Backend
 from builder.castore.digest import Digest
 from builder.errors import InvalidArgumentError
 
@@ -62,3 +63,6 @@ class MemoryBlobService:
 
     def close(self) -> None:
         self._blobs.clear()
+
+
+BACKEND = Backend("blob", "memory", lambda params: MemoryBlobService(), schemes=("memory",))

@@ -32,8 +32,15 @@ from google.protobuf.message import DecodeError
 from obstore.store import ObjectStore
 
 from builder.castore.blobs.service import ChunkMeta
+from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
-from builder.castore.objectstore_url import open_store, translate_errors
+from builder.castore.objectstore_url import (
+    OBJECTSTORE_SCHEMES,
+    objectstore_location,
+    objectstore_url_params,
+    open_store,
+    translate_errors,
+)
 from builder.errors import BuilderError, IntegrityError, InvalidArgumentError
 from builder.proto.tvix.castore.protos.rpc_blobstore_pb2 import StatBlobResponse
 
@@ -408,3 +415,15 @@ class ObjectStoreBlobService:
                 f"blob {blob}: chunk {chunk.digest} does not match its digest or size"
             )
         return data
+
+
+def _build(params: Params) -> ObjectStoreBlobService:
+    url, options = objectstore_location(params)
+    return ObjectStoreBlobService(
+        url, options, avg_chunk_size=params.integer("avg_chunk_size", 256 * 1024)
+    )
+
+
+BACKEND = Backend(
+    "blob", "objectstore", _build, OBJECTSTORE_SCHEMES, from_url=objectstore_url_params
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directories.service import DirectoryService
@@ -50,3 +51,10 @@ class CacheDirectoryService(ClosureCommitting):
     def close(self) -> None:
         self.near.close()
         self.far.close()
+
+
+def _build(params: Params) -> CacheDirectoryService:
+    return CacheDirectoryService(params.directory("near"), params.directory("far"))
+
+
+BACKEND = Backend("directory", "cache", _build)

@@ -12,16 +12,20 @@ from typing import Any
 
 import grpc
 
+from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.directory import Directory
-from builder.castore.grpc_channel import (
-    ChannelSecurity,
-    castore_rpc,
-    error_from_rpc,
-    open_channel,
-    status_code_of,
+from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.security import ChannelSecurity
+from builder.castore.grpc.status import error_from_rpc, status_code_of
+from builder.castore.grpc.store_params import (
+    GRPC_SCHEMES,
+    family_param,
+    grpc_url_params,
+    security_params,
 )
-from builder.castore.grpc_upload import Upload
+from builder.castore.grpc.stubs import castore_rpc
+from builder.castore.grpc.upload import Upload
 from builder.castore.wire import (
     DEFAULT_MAX_DIRECTORY_ENTRIES,
     Family,
@@ -147,3 +151,10 @@ class GrpcDirectoryService:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _build(params: Params) -> GrpcDirectoryService:
+    return GrpcDirectoryService(params.string("url"), family_param(params), security_params(params))
+
+
+BACKEND = Backend("directory", "grpc", _build, GRPC_SCHEMES, from_url=grpc_url_params)

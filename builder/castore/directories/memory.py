@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from builder.castore.composition import Backend
 from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directory import Directory
@@ -24,3 +25,8 @@ class MemoryDirectoryService(ClosureCommitting):
 
     def close(self) -> None:
         self._directories.clear()
+
+
+BACKEND = Backend(
+    "directory", "memory", lambda params: MemoryDirectoryService(), schemes=("memory",)
+)

@@ -15,10 +15,17 @@ import obstore
 from google.protobuf.message import DecodeError
 from obstore.store import ObjectStore
 
+from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directory import Directory
-from builder.castore.objectstore_url import open_store, translate_errors
+from builder.castore.objectstore_url import (
+    OBJECTSTORE_SCHEMES,
+    objectstore_location,
+    objectstore_url_params,
+    open_store,
+    translate_errors,
+)
 from builder.castore.wire import decode_directory
 from builder.errors import BuilderError, IntegrityError
 
@@ -74,3 +81,12 @@ class ObjectStoreDirectoryService(ClosureCommitting):
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _build(params: Params) -> ObjectStoreDirectoryService:
+    return ObjectStoreDirectoryService(*objectstore_location(params))
+
+
+BACKEND = Backend(
+    "directory", "objectstore", _build, OBJECTSTORE_SCHEMES, from_url=objectstore_url_params
+)

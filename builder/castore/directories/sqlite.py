@@ -13,7 +13,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
+from builder.castore.composition import Backend, Params, url_path
 from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directory import Directory
@@ -88,3 +90,15 @@ class SqliteDirectoryService(ClosureCommitting):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _build(params: Params) -> SqliteDirectoryService:
+    return SqliteDirectoryService(params.string("path"))
+
+
+def _from_url(url: str) -> dict[str, Any]:
+    """``sqlite://`` alone is a database in memory."""
+    return {"path": url_path(url) if url != "sqlite://" else ":memory:"}
+
+
+BACKEND = Backend("directory", "sqlite", _build, schemes=("sqlite",), from_url=_from_url)

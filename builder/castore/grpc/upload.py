@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from builder.castore.grpc_channel import error_from_rpc
+from builder.castore.grpc.status import error_from_rpc
 from builder.errors import IntegrityError, InvalidArgumentError
 
 QUEUE_DEPTH = 4
