@@ -12,13 +12,13 @@ import pytest
 from builder.castore.blobs.combined import CombinedBlobService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
-from builder.castore.blobs.service import put_bytes, read_all
 from builder.castore.composition import Composition, ConfigError, Params, Registry
 from builder.castore.directories.cache import CacheDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.registry import DEFAULT_REGISTRY
 from builder.castore.store import DATA_DIR_ENV, Store
 from builder.castore.store_url import service_config
+from tests.blob_bytes import put_bytes, read_all
 
 
 def test_layered_config_from_toml(tmp_path: Path) -> None:

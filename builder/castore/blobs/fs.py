@@ -4,7 +4,8 @@ A blob is written to a temporary file in the same filesystem, flushed to disk,
 and renamed into place only when complete, after which the shard directory is
 flushed too; so neither a crash nor a power loss nor an aborted upload ever
 leaves a partial blob under a valid name. Stored files are read-only and never
-change, which lets callers copy or reflink them directly (``local_path``).
+change, which lets callers copy, reflink or hardlink them directly
+(``LocalBlobFiles``).
 
 What is read is still checked against its digest (``VerifiedFileReader``),
 since bytes at rest can rot; and a put of a blob already stored re-hashes the
@@ -37,14 +38,11 @@ from typing import BinaryIO
 import blake3
 
 from builder.castore.blobs.service import ChunkMeta
-from builder.castore.blobs.verified import VerifiedFileReader, hash_fd
+from builder.castore.blobs.verified import SMALL_FILE_SIZE, VerifiedFileReader, hash_fd
 from builder.castore.digest import Digest
 from builder.castore.owned_dir import DEFAULT_MAX_AGE, OwnedDirectory, remove_flat
 from builder.errors import InvalidArgumentError, ResourceExhaustedError
 
-# Below this size a file is imported from one read; above it, it is copied in
-# the kernel while a second thread hashes the copy.
-_SMALL_IMPORT = 4 << 20
 # Stretch copied per copy_file_range call in a large import; the hashing
 # thread works on the previous stretch meanwhile.
 _COPY_STEP = 16 << 20
@@ -158,16 +156,16 @@ class FsBlobService:
         self._counter = itertools.count()
         self._shards: set[str] = set()
 
-    def local_path(self, digest: Digest) -> Path:
+    def local_path(self, digest: Digest) -> str:
         """Where the blob lives (or would live); the file is read-only once there."""
         hexdigest = digest.hex()
-        return self.root / hexdigest[:2] / hexdigest
+        return f"{self._root_name}/{hexdigest[:2]}/{hexdigest}"
 
     def has(self, digest: Digest) -> bool:
-        return self.local_path(digest).exists()
+        return os.path.exists(self.local_path(digest))
 
     def open_read(self, digest: Digest) -> BinaryIO | None:
-        path = self._final_name(digest)
+        path = self.local_path(digest)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -212,7 +210,7 @@ class FsBlobService:
                 raise InvalidArgumentError(f"cannot import {path}: not a regular file")
             size = status.st_size
             with self.space():
-                if size < _SMALL_IMPORT:
+                if size < SMALL_FILE_SIZE:
                     return self._import_small(src)
                 return self._import_large(src, size)
         finally:
@@ -220,11 +218,11 @@ class FsBlobService:
 
     def _import_small(self, src: int) -> tuple[Digest, int]:
         parts = []
-        while chunk := os.read(src, _SMALL_IMPORT):
+        while chunk := os.read(src, SMALL_FILE_SIZE):
             parts.append(chunk)
         data = b"".join(parts)
         digest = Digest(blake3.blake3(data).digest())
-        final = self._final_name(digest)
+        final = self.local_path(digest)
         if self._intact(final, digest):
             return digest, len(data)
         tmp, fd = self._create_tmp("import")
@@ -253,7 +251,7 @@ class FsBlobService:
             if copied != size:
                 os.ftruncate(fd, copied)
             digest = Digest(hasher.digest())
-            final = self._final_name(digest)
+            final = self.local_path(digest)
             if not self._intact(final, digest):
                 os.fdatasync(fd)
                 self._place(tmp, final)
@@ -261,10 +259,6 @@ class FsBlobService:
             os.close(fd)
             self._drop_tmp(tmp)
         return digest, copied
-
-    def _final_name(self, digest: Digest) -> str:
-        hexdigest = digest.hex()
-        return f"{self._root_name}/{hexdigest[:2]}/{hexdigest}"
 
     def _create_tmp(self, kind: str) -> tuple[str, int]:
         """A new temporary file, created read-only so that no chmod is needed at commit."""
@@ -313,7 +307,7 @@ class FsBlobService:
 
     def _commit(self, tmp: str, fd: int, digest: Digest) -> None:
         with self.space():
-            final = self._final_name(digest)
+            final = self.local_path(digest)
             if self._intact(final, digest):
                 return
             os.fdatasync(fd)

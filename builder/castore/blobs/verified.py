@@ -25,16 +25,20 @@ from builder.errors import IntegrityError, InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
-# Below this size a whole file is hashed from one read; above it, from a memory
-# map on BLAKE3's own threads.
-_MMAP_THRESHOLD = 4 << 20
+SMALL_FILE_SIZE = 4 << 20
+"""Below this size a file is handled in one read; above it, by a memory map or the kernel.
+
+One read of a small file costs fewer syscalls than any alternative, while a
+large one is hashed from a mapping on BLAKE3's own threads, or copied in the
+kernel, without its bytes passing through Python.
+"""
 
 
 def hash_fd(fd: int, size: int) -> Digest:
-    """BLAKE3 of an open file's first ``size`` bytes."""
+    """BLAKE3 of an open file's first ``size`` bytes, from one read or a shared mapping."""
     if size == 0:
         return Digest(blake3.blake3().digest())
-    if size < _MMAP_THRESHOLD:
+    if size < SMALL_FILE_SIZE:
         return Digest(blake3.blake3(os.pread(fd, size, 0)).digest())
     with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
         return Digest(blake3.blake3(mapped, max_threads=blake3.blake3.AUTO).digest())

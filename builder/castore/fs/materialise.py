@@ -18,7 +18,7 @@ from pathlib import Path
 
 import blake3
 
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService, LocalBlobFiles
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
@@ -52,7 +52,7 @@ class _Writer:
     def __init__(self, blobs: BlobService, read_only: bool) -> None:
         self._blobs = blobs
         self._read_only = read_only
-        self._local_path = getattr(blobs, "local_path", None)
+        self._local = blobs if isinstance(blobs, LocalBlobFiles) else None
 
     def tree(self, node: DirectoryNode, dest: bytes, closure: dict[Digest, Directory]) -> None:
         os.mkdir(dest, 0o700)
@@ -90,18 +90,16 @@ class _Writer:
         fd = os.open(name, flags, mode, dir_fd=dir_fd)
         try:
             os.fchmod(fd, mode)
-            if self._local_path is not None:
-                self._copy_local(node, fd, name)
+            if self._local is not None:
+                self._copy_local(self._local, node, fd, name)
             else:
                 self._copy_stream(node, fd, name)
         finally:
             os.close(fd)
 
-    def _copy_local(self, node: FileNode, fd: int, dest: bytes) -> None:
-        assert self._local_path is not None
-        source: Path = self._local_path(node.digest)
+    def _copy_local(self, local: LocalBlobFiles, node: FileNode, fd: int, dest: bytes) -> None:
         try:
-            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            src = os.open(local.local_path(node.digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise NotFoundError(f"blob {node.digest} for {display_path(dest)} not found") from exc
         try:
