@@ -47,9 +47,9 @@ from pathlib import Path
 import blake3
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService, LocalBlobFiles
-from builder.castore.blobs.verified import SMALL_FILE_SIZE, hash_fd
+from builder.castore.blobs.verified import hash_fd
 from builder.castore.digest import Digest
-from builder.castore.fs.copy import copy_range
+from builder.castore.fs.copy import copy_and_hash, copy_range, write_all
 from builder.errors import FailedPreconditionError, IntegrityError
 
 logger = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ class CacheBlobs:
         src = _open_stored(digest, source, size)
         try:
             return self._commit(
-                digest, size, executable, final, lambda dst: _copy_and_hash(src, dst, size)
+                digest, size, executable, final, lambda dst: copy_and_hash(src, dst, size)
             )
         finally:
             os.close(src)
@@ -358,9 +358,7 @@ class CacheBlobs:
                     if written > size:
                         break
                     hasher.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(dst, view) :]
+                    write_all(dst, chunk)
             return written, hasher.digest()
 
         return self._commit(digest, size, executable, final, fill)
@@ -391,17 +389,6 @@ class CacheBlobs:
             Path(tmp).unlink(missing_ok=True)
             raise
         return PlacedBlob(size, inode, 1)
-
-
-def _copy_and_hash(src: int, dst: int, size: int) -> tuple[int, bytes]:
-    if size < SMALL_FILE_SIZE:
-        data = os.pread(src, size + 1, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(dst, view) :]
-        return len(data), blake3.blake3(data).digest()
-    copy_range(src, dst, size)
-    return os.fstat(dst).st_size, hash_fd(dst, size)
 
 
 def _same_device(a: str | bytes | Path, b: str | bytes | Path) -> bool:

@@ -24,13 +24,9 @@ temporary file removed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
-import mmap
 import os
-import queue
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -40,62 +36,9 @@ import blake3
 from builder.castore.blobs.service import ChunkMeta
 from builder.castore.blobs.verified import SMALL_FILE_SIZE, VerifiedFileReader, hash_fd
 from builder.castore.digest import Digest
+from builder.castore.fs.copy import FULL, copy_and_hash, write_all
 from builder.castore.owned_dir import DEFAULT_MAX_AGE, OwnedDirectory, remove_flat
 from builder.errors import InvalidArgumentError, ResourceExhaustedError
-
-# Stretch copied per copy_file_range call in a large import; the hashing
-# thread works on the previous stretch meanwhile.
-_COPY_STEP = 16 << 20
-# Errors that mean the filesystem (or the owner's quota) is full.
-_FULL = {errno.ENOSPC, errno.EDQUOT}
-
-
-def _copy_and_hash(src: int, dst: int, size: int, hasher: blake3.blake3) -> int:
-    """Copy up to ``size`` bytes in the kernel, hashing the destination as it fills.
-
-    ``dst`` must already be ``size`` bytes long so that it can be mapped. The
-    hashing thread always ends, and an error of its own is raised here.
-    """
-    spans: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-    failure: list[BaseException] = []
-
-    def hash_spans() -> None:
-        try:
-            with mmap.mmap(dst, size, prot=mmap.PROT_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    while (span := spans.get()) is not None:
-                        hasher.update(view[span[0] : span[1]])
-                finally:
-                    view.release()
-        except BaseException as exc:
-            failure.append(exc)
-            # Drain the queue so that the copying thread's final put is never lost.
-            while spans.get() is not None:
-                pass
-
-    worker = threading.Thread(target=hash_spans, name="import-hash")
-    worker.start()
-    offset = 0
-    try:
-        while offset < size and not failure:
-            step = os.copy_file_range(src, dst, min(_COPY_STEP, size - offset), offset, offset)
-            if step == 0:
-                break
-            spans.put((offset, offset + step))
-            offset += step
-    finally:
-        spans.put(None)
-        worker.join()
-    if failure:
-        raise failure[0]
-    return offset
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _sync_directory(path: str) -> None:
@@ -119,7 +62,7 @@ class _FsWriter:
             raise InvalidArgumentError("blob writer already closed")
         try:
             with self._service.space():
-                _write_all(self._fd, data)
+                write_all(self._fd, data)
         except BaseException:
             self.abort()
             raise
@@ -185,7 +128,7 @@ class FsBlobService:
         try:
             yield
         except OSError as exc:
-            if exc.errno not in _FULL:
+            if exc.errno not in FULL:
                 raise
             raise ResourceExhaustedError(
                 f"blob store {self._root_name} is out of space: {exc.strerror}"
@@ -227,7 +170,7 @@ class FsBlobService:
             return digest, len(data)
         tmp, fd = self._create_tmp("import")
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fdatasync(fd)
             self._place(tmp, final)
         finally:
@@ -238,19 +181,7 @@ class FsBlobService:
     def _import_large(self, src: int, size: int) -> tuple[Digest, int]:
         tmp, fd = self._create_tmp("import")
         try:
-            try:
-                # Reserving the extents up front makes ext4 write them faster,
-                # and finds a full filesystem before anything is copied.
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                if exc.errno in _FULL:
-                    raise
-                os.ftruncate(fd, size)
-            hasher = blake3.blake3()
-            copied = _copy_and_hash(src, fd, size, hasher)
-            if copied != size:
-                os.ftruncate(fd, copied)
-            digest = Digest(hasher.digest())
+            copied, digest = copy_and_hash(src, fd, size)
             final = self.local_path(digest)
             if not self._intact(final, digest):
                 os.fdatasync(fd)
