@@ -35,6 +35,7 @@ import blake3
 
 from builder.castore.blobs.service import ChunkMeta
 from builder.castore.blobs.verified import SMALL_FILE_SIZE, VerifiedFileReader, hash_fd
+from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.digest import Digest
 from builder.castore.fs.copy import FULL, copy_and_hash, write_all
 from builder.castore.owned_dir import DEFAULT_MAX_AGE, OwnedDirectory, remove_flat
@@ -49,43 +50,30 @@ def _sync_directory(path: str) -> None:
         os.close(fd)
 
 
-class _FsWriter:
+class _FsWriter(HashingBlobWriter):
     def __init__(self, service: FsBlobService) -> None:
+        super().__init__()
         self._service = service
         with service.space():
             self._tmp, self._fd = service._create_tmp("put")
-        self._hasher = blake3.blake3()
-        self._done = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
+    def _keep(self, data: memoryview) -> None:
         try:
             with self._service.space():
                 write_all(self._fd, data)
         except BaseException:
             self.abort()
             raise
-        self._hasher.update(data)
-        return len(data)
 
-    def close(self) -> Digest:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
-        self._done = True
-        digest = Digest(self._hasher.digest())
+    def _commit(self, digest: Digest) -> None:
         try:
             self._service._commit(self._tmp, self._fd, digest)
         finally:
-            os.close(self._fd)
-            self._service._drop_tmp(self._tmp)
-        return digest
+            self._discard()
 
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            os.close(self._fd)
-            self._service._drop_tmp(self._tmp)
+    def _discard(self) -> None:
+        os.close(self._fd)
+        self._service._drop_tmp(self._tmp)
 
 
 class FsBlobService:

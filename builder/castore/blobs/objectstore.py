@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 from obstore.store import ObjectStore
 
 from builder.castore.blobs.service import ChunkMeta
+from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.digest import Digest
 from builder.castore.objectstore_url import open_store, translate_errors
 from builder.errors import BuilderError, IntegrityError, InvalidArgumentError
@@ -125,7 +126,7 @@ class StreamingChunker:
         return out
 
 
-class _ObjectStoreWriter:
+class _ObjectStoreWriter(HashingBlobWriter):
     """Hashes and chunks as data arrives; uploads chunks while the caller writes.
 
     ``abort`` (or a failed upload) leaves no index, so the blob stays absent;
@@ -134,47 +135,31 @@ class _ObjectStoreWriter:
     """
 
     def __init__(self, service: ObjectStoreBlobService) -> None:
+        super().__init__()
         self._service = service
         self._chunker = StreamingChunker(service.avg_chunk_size)
-        self._hasher = blake3.blake3()
         self._chunks: list[ChunkMeta] = []
         self._sent: set[Digest] = set()
         self._uploads: deque[Future[None]] = deque()
-        self._done = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        self._check_open()
+    def _keep(self, data: memoryview) -> None:
         try:
-            self._hasher.update(data)
             for chunk in self._chunker.feed(data):
                 self._upload(chunk)
         except BaseException:
-            self._discard()
+            self.abort()
             raise
-        return memoryview(data).nbytes
 
-    def close(self) -> Digest:
-        self._check_open()
+    def _commit(self, digest: Digest) -> None:
         try:
             for chunk in self._chunker.finish():
                 self._upload(chunk)
             while self._uploads:
                 self._uploads.popleft().result()
-            digest = Digest(self._hasher.digest())
             self._service._put_index(digest, self._chunks)
         except BaseException:
             self._discard()
             raise
-        self._done = True
-        return digest
-
-    def abort(self) -> None:
-        if not self._done:
-            self._discard()
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
 
     def _upload(self, chunk: bytes) -> None:
         digest = Digest.of(chunk)
@@ -188,7 +173,6 @@ class _ObjectStoreWriter:
         self._uploads.append(service._executor.submit(service._put_chunk, digest, chunk))
 
     def _discard(self) -> None:
-        self._done = True
         for upload in self._uploads:
             upload.cancel()
         for upload in self._uploads:
