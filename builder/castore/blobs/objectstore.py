@@ -16,7 +16,6 @@ around it and re-uploads little.
 
 from __future__ import annotations
 
-import io
 import logging
 from bisect import bisect_right
 from collections import deque
@@ -31,6 +30,7 @@ from fastcdc import fastcdc
 from google.protobuf.message import DecodeError
 from obstore.store import ObjectStore
 
+from builder.castore.blobs.reader import SizedBlobReader
 from builder.castore.blobs.service import ChunkMeta
 from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.digest import Digest
@@ -181,7 +181,7 @@ class _ObjectStoreWriter(HashingBlobWriter):
         self._uploads.clear()
 
 
-class _ChunkedReader(io.RawIOBase):
+class _ChunkedReader(SizedBlobReader):
     """A seekable view of a blob that fetches one chunk at a time, on demand.
 
     Every chunk is checked against its digest when fetched. A read that goes
@@ -190,42 +190,15 @@ class _ChunkedReader(io.RawIOBase):
     """
 
     def __init__(self, service: ObjectStoreBlobService, digest: Digest, chunks: list[ChunkMeta]):
-        super().__init__()
+        starts = [0, *accumulate(c.size for c in chunks)]
+        super().__init__(digest, starts[-1])
         self._service = service
-        self._digest = digest
         self._chunks = chunks
-        self._starts = [0, *accumulate(c.size for c in chunks)]
-        self._size = self._starts[-1]
-        self._pos = 0
+        self._starts = starts
         self._current_index = -1
         self._current = memoryview(b"")
         self._hasher = blake3.blake3()
         self._hashed = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        elif whence == io.SEEK_END:
-            target = self._size + offset
-        else:
-            raise InvalidArgumentError(f"invalid whence {whence}")
-        if target < 0:
-            raise InvalidArgumentError(f"cannot seek to negative position {target}")
-        self._pos = target
-        return target
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         self._check_open()
@@ -242,31 +215,10 @@ class _ChunkedReader(io.RawIOBase):
             filled += len(piece)
         return filled
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Like RawIOBase.read, but sized to what is left, never to ``size`` alone."""
-        if size is None or size < 0:
-            return self.readall()
-        self._check_open()
-        buffer = bytearray(min(size, max(self._size - self._pos, 0)))
-        count = self.readinto(buffer)
-        del buffer[count:]
-        return bytes(buffer)
-
-    def readall(self) -> bytes:
-        self._check_open()
-        remaining = bytearray(max(self._size - self._pos, 0))
-        count = self.readinto(remaining)
-        del remaining[count:]
-        return bytes(remaining)
-
     def close(self) -> None:
         self._current = memoryview(b"")
         self._current_index = -1
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise InvalidArgumentError(f"reader of blob {self._digest} is closed")
 
     def _chunk(self, index: int) -> memoryview:
         if index != self._current_index:
