@@ -44,12 +44,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService, LocalBlobFiles
+from builder.castore.blobs.service import BlobService, LocalBlobFiles
 from builder.castore.blobs.verified import hash_fd
 from builder.castore.digest import Digest
-from builder.castore.fs.copy import copy_and_hash, copy_range, write_all
+from builder.castore.fs.copy import copy_and_hash, copy_range, stream_and_hash
 from builder.errors import FailedPreconditionError, IntegrityError
 
 logger = logging.getLogger(__name__)
@@ -348,20 +346,9 @@ class CacheBlobs:
         reader = self._service.open_read(digest)
         if reader is None:
             raise _missing(digest)
-
-        def fill(dst: int) -> tuple[int, bytes]:
-            hasher = blake3.blake3()
-            written = 0
-            with reader:
-                while chunk := reader.read(READ_CHUNK_SIZE):
-                    written += len(chunk)
-                    if written > size:
-                        break
-                    hasher.update(chunk)
-                    write_all(dst, chunk)
-            return written, hasher.digest()
-
-        return self._commit(digest, size, executable, final, fill)
+        return self._commit(
+            digest, size, executable, final, lambda dst: stream_and_hash(reader, dst, size)
+        )
 
     def _commit(
         self,

@@ -8,9 +8,11 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import blake3
 
+from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.blobs.verified import SMALL_FILE_SIZE
 from builder.castore.digest import Digest
 from builder.errors import IntegrityError
@@ -65,6 +67,25 @@ def _copy_stretches(src: int, dst: int, size: int, stretch: int) -> Iterator[int
             return
         offset += copied
         yield offset
+
+
+def stream_and_hash(reader: BinaryIO, dst: int, size: int) -> tuple[int, Digest]:
+    """Write a blob's stream into ``dst`` and hash what was written; closes the reader.
+
+    It stops at the first read beyond ``size`` bytes, so a stream longer than
+    its node says never fills the disk; the byte count returned then exceeds
+    ``size`` and tells the caller so.
+    """
+    hasher = blake3.blake3()
+    written = 0
+    with reader:
+        while chunk := reader.read(READ_CHUNK_SIZE):
+            written += len(chunk)
+            if written > size:
+                break
+            hasher.update(chunk)
+            write_all(dst, chunk)
+    return written, Digest(hasher.digest())
 
 
 def copy_and_hash(src: int, dst: int, size: int) -> tuple[int, Digest]:

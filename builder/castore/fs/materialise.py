@@ -16,14 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import blake3
-
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService, LocalBlobFiles
+from builder.castore.blobs.service import BlobService, LocalBlobFiles
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member, display_path, fetch_closure
-from builder.castore.fs.copy import copy_range
+from builder.castore.fs.copy import copy_range, stream_and_hash
 from builder.castore.fs.descent import walk
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
@@ -117,16 +115,8 @@ class _Writer:
         reader = self._blobs.open_read(node.digest)
         if reader is None:
             raise NotFoundError(f"blob {node.digest} for {display_path(dest)} not found")
-        hasher = blake3.blake3()
-        size = 0
-        with reader, open(fd, "wb", buffering=0, closefd=False) as out:
-            while chunk := reader.read(READ_CHUNK_SIZE):
-                hasher.update(chunk)
-                size += len(chunk)
-                if size > node.size:
-                    break
-                out.write(chunk)
-        if size != node.size or hasher.digest() != node.digest:
+        size, digest = stream_and_hash(reader, fd, node.size)
+        if size != node.size or digest != node.digest:
             raise IntegrityError(
                 f"blob {node.digest} for {display_path(dest)} does not match its node "
                 f"({size} bytes read, {node.size} expected)"
