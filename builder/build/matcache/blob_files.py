@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.castore.blobs.service import BlobService, LocalBlobFiles
-from builder.castore.blobs.verified import hash_fd
+from builder.castore.blobs.verified import file_matches, hash_fd
 from builder.castore.digest import Digest
 from builder.castore.fs.copy import copy_and_hash, copy_range, stream_and_hash
 from builder.errors import FailedPreconditionError, IntegrityError
@@ -214,16 +214,7 @@ class CacheBlobs:
     def _verify_present(self, key: BlobKey, placed: PlacedBlob) -> None:
         """Hash a blob placed earlier again; forget it if its bytes no longer match."""
         path = self.path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            fd = -1
-        try:
-            intact = fd >= 0 and hash_fd(fd, os.fstat(fd).st_size) == key[0]
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        if intact:
+        if file_matches(path, key[0]):
             return
         logger.error("cached blob %s at %s does not match its digest", key[0], os.fsdecode(path))
         with self._lock:

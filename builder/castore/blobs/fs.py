@@ -34,7 +34,7 @@ from typing import BinaryIO
 import blake3
 
 from builder.castore.blobs.service import ChunkMeta
-from builder.castore.blobs.verified import SMALL_FILE_SIZE, VerifiedFileReader, hash_fd
+from builder.castore.blobs.verified import SMALL_FILE_SIZE, VerifiedFileReader, file_matches
 from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.digest import Digest
 from builder.castore.fs.copy import FULL, copy_and_hash, write_all
@@ -154,7 +154,7 @@ class FsBlobService:
         data = b"".join(parts)
         digest = Digest(blake3.blake3(data).digest())
         final = self.local_path(digest)
-        if self._intact(final, digest):
+        if file_matches(final, digest):
             return digest, len(data)
         tmp, fd = self._create_tmp("import")
         try:
@@ -171,7 +171,7 @@ class FsBlobService:
         try:
             copied, digest = copy_and_hash(src, fd, size)
             final = self.local_path(digest)
-            if not self._intact(final, digest):
+            if not file_matches(final, digest):
                 os.fdatasync(fd)
                 self._place(tmp, final)
         finally:
@@ -200,17 +200,6 @@ class FsBlobService:
             os.unlink(tmp)
         self._owned.release(os.path.basename(tmp))
 
-    def _intact(self, final: str, digest: Digest) -> bool:
-        """Whether a blob is stored under ``final`` and still hashes to its digest."""
-        try:
-            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return False
-        try:
-            return hash_fd(fd, os.fstat(fd).st_size) == digest
-        finally:
-            os.close(fd)
-
     def _place(self, tmp: str, final: str) -> None:
         """Rename a flushed temporary file into place and flush the directory entry too."""
         shard = os.path.dirname(final)
@@ -227,7 +216,7 @@ class FsBlobService:
     def _commit(self, tmp: str, fd: int, digest: Digest) -> None:
         with self.space():
             final = self.local_path(digest)
-            if self._intact(final, digest):
+            if file_matches(final, digest):
                 return
             os.fdatasync(fd)
             self._place(tmp, final)

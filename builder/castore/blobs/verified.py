@@ -44,6 +44,18 @@ def hash_fd(fd: int, size: int) -> Digest:
         return Digest(blake3.blake3(mapped, max_threads=blake3.blake3.AUTO).digest())
 
 
+def file_matches(path: str | bytes, digest: Digest) -> bool:
+    """Whether a file (not a symlink) is at ``path`` and its bytes still hash to ``digest``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        return hash_fd(fd, os.fstat(fd).st_size) == digest
+    finally:
+        os.close(fd)
+
+
 def corrupt(digest: Digest, location: str) -> IntegrityError:
     """Log and describe a stored blob whose bytes do not hash to its digest."""
     logger.error("stored blob %s at %s does not match its digest", digest, location)
