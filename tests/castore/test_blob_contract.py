@@ -13,8 +13,9 @@ import pytest
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.blobs.service import BlobService, LocalBlobFiles
-from builder.castore.digest import EMPTY_DIGEST, Digest
+from builder.castore.digest import Digest
 from tests.blob_bytes import put_bytes, read_all
+from tests.digests import EMPTY_DIGEST
 
 HELLO = Digest.parse("5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c")
 
