@@ -367,6 +367,15 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
+    )
+
+
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
@@ -410,24 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_nar)
 
     p = sub.add_parser("serve", help="serve the store over gRPC (Tvix and Snix families)")
-    p.add_argument(
-        "--listen",
-        action="append",
-        required=True,
-        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
-    )
+    _listen_options(p)
     p.set_defaults(func=cmd_castore_serve)
 
     for subparser in sub.choices.values():
         _store_options(subparser)
 
     p = commands.add_parser("serve", help="serve builds and the store over gRPC")
-    p.add_argument(
-        "--listen",
-        action="append",
-        required=True,
-        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
-    )
+    _listen_options(p)
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM) for TCP listeners")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
