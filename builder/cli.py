@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,10 +146,30 @@ def _build_service(
     return BuildService(config, store.blobs, store.directories, launcher)
 
 
+@contextlib.contextmanager
+def _local_builds(
+    args: argparse.Namespace, allow_network: bool
+) -> Iterator[tuple[Store, BuildService]]:
+    """A launcher, a store and a build service on both, closed in the reverse order.
+
+    The build service holds the store and the launcher until it is closed,
+    and the store outlives it; whatever was opened when a later step fails
+    is closed all the same.
+    """
+    from sandbox import Launcher
+
+    with contextlib.ExitStack() as opened:
+        launcher = Launcher().start()
+        opened.callback(launcher.stop)
+        store = opened.enter_context(_store(args))
+        builds = _build_service(args, store, launcher, allow_network)
+        opened.callback(builds.close)
+        yield store, builds
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from builder.server.app import serve
     from builder.server.assembly import TlsConfig
-    from sandbox import Launcher
 
     tls = None
     if args.tls_cert or args.tls_key:
@@ -160,15 +181,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     token = None
     if args.token_file:
         token = args.token_file.read_text().strip()
-    launcher = Launcher().start()
-    store = _store(args)
-    builds = _build_service(args, store, launcher, args.allow_network)
-    try:
+    with _local_builds(args, args.allow_network) as (store, builds):
         serve(store, builds, args.listen, tls, token, args.max_directory_entries)
-    finally:
-        builds.close()
-        store.close()
-        launcher.stop()
 
 
 def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> BuildRequest:
@@ -203,29 +217,20 @@ def _print_event(event: Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from builder.build.outputs import export_outputs
-    from builder.build.request import request_from_proto
+    from builder.build.request import request_from_proto, snix_response
     from builder.build.request_file import load_request_message
-    from builder.server.build_servicers import snix_response
-    from sandbox import Launcher
 
     message = load_request_message(Path(args.request))
-    launcher = Launcher().start()
-    store = _store(args)
     # The user runs this on their own machine, as with Nix: fixed-output
     # builds fetch from the network.
-    builds = _build_service(args, store, launcher, allow_network=True)
-    try:
+    with _local_builds(args, allow_network=True) as (store, builds):
         request = _with_imports(request_from_proto(message), args.imports, store)
         outcome = builds.build(request, _print_event)
         if args.out:
             nodes = [o.node for o in outcome.outputs]
             export_outputs(nodes, args.out, store.blobs, store.directories)
-        response = json_format.MessageToDict(snix_response(outcome))
+        response = json_format.MessageToDict(snix_response(outcome.outputs))
         print(json.dumps(response, indent=2, sort_keys=True))
-    finally:
-        builds.close()
-        store.close()
-        launcher.stop()
 
 
 def _flag(setting: str) -> str:
@@ -262,7 +267,6 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def cmd_nix_build(args: argparse.Namespace) -> None:
     from builder.nix.command import nix_build
-    from sandbox import Launcher
 
     data_dir = args.data_dir or default_data_dir()
     if args.remote:
@@ -286,15 +290,8 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
         return
     if args.check:
         args.no_result_cache = True
-    launcher = Launcher().start()
-    store = _store(args)
-    builds = _build_service(args, store, launcher, allow_network=True)
-    try:
+    with _local_builds(args, allow_network=True) as (_, builds):
         nix_build(builds, data_dir, args.derivation, args.import_to_nix, args.check)
-    finally:
-        builds.close()
-        store.close()
-        launcher.stop()
 
 
 def _build_options(parser: argparse.ArgumentParser) -> None:
@@ -356,6 +353,15 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
+    )
+
+
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
@@ -399,24 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_nar)
 
     p = sub.add_parser("serve", help="serve the store over gRPC (Tvix and Snix families)")
-    p.add_argument(
-        "--listen",
-        action="append",
-        required=True,
-        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
-    )
+    _listen_options(p)
     p.set_defaults(func=cmd_castore_serve)
 
     for subparser in sub.choices.values():
         _store_options(subparser)
 
     p = commands.add_parser("serve", help="serve builds and the store over gRPC")
-    p.add_argument(
-        "--listen",
-        action="append",
-        required=True,
-        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
-    )
+    _listen_options(p)
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM) for TCP listeners")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")

@@ -35,6 +35,7 @@ from sandbox import (
 )
 from sandbox.cgroups import BuildCgroup
 from sandbox.errors import SetupError
+from sandbox.fdio import write_all
 from sandbox.spec import SandboxSpec
 from sandbox.syscalls import CLONE_NEWPID, CLONE_NEWUSER
 
@@ -80,9 +81,7 @@ def report(status_fd: int, message: dict[str, Any]) -> None:
 
 def send_spec(job_fd: int, payload: bytes) -> None:
     """Hand a spec (as JSON, already validated by the launcher) to a waiting PID 1."""
-    data = len(payload).to_bytes(4, "big") + payload
-    while data:
-        data = data[os.write(job_fd, data) :]
+    write_all(job_fd, len(payload).to_bytes(4, "big") + payload)
 
 
 def _receive_spec(job_fd: int) -> SandboxSpec:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from sandbox import hostpaths, identity, syscalls
 from sandbox.errors import SpecError
+from sandbox.fdio import write_all
 from sandbox.spec import SandboxSpec
 from sandbox.syscalls import (
     MNT_DETACH,
@@ -274,9 +275,7 @@ def _create(dir_fd: int, name: str, mode: int) -> int:
 
 
 def _fill(fd: int, contents: bytes, mode: int) -> None:
-    view = memoryview(contents)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(fd, contents)
     os.fchmod(fd, mode)
 
 

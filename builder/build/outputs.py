@@ -12,8 +12,10 @@ timestamps or setuid bits.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def scan_needles(path: Path, needles: tuple[str, ...]) -> tuple[int, ...]:
     raw = os.fsencode(path)
     mode = os.lstat(raw).st_mode
     if stat.S_ISDIR(mode):
-        walk(raw, None, lambda fd, _: _scan_directory(fd, scanner))
+        walk(raw, None, _visiting_entries(functools.partial(_scan_entry, scanner=scanner)))
     else:
         parent = os.open(os.path.dirname(raw) or b".", DIRECTORY_FLAGS)
         try:
@@ -73,18 +75,29 @@ def scan_needles(path: Path, needles: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(scanner.result())
 
 
-def _scan_directory(fd: int, scanner: NeedleScanner) -> list[tuple[bytes, None]]:
-    """Scan the files and symlinks of one directory; its subdirectories, to be walked."""
-    subdirectories = []
-    with os.scandir(fd) as listing:
-        entries = list(listing)
-    for entry in entries:
-        name = os.fsencode(entry.name)
-        if entry.is_dir(follow_symlinks=False):
-            subdirectories.append((name, None))
-        else:
-            _scan_entry(fd, name, entry.stat(follow_symlinks=False).st_mode, scanner)
-    return subdirectories
+def _visiting_entries(
+    visit: Callable[[int, bytes, int], None],
+) -> Callable[[int, None], list[tuple[bytes, None]]]:
+    """A step of ``walk`` that visits each entry of a directory but its subdirectories
+    (with the directory's descriptor, the name and the mode) and returns those to walk.
+
+    The listing is read whole before any visit, so that a visit changing the
+    directory cannot disturb it.
+    """
+
+    def step(fd: int, _: None) -> list[tuple[bytes, None]]:
+        subdirectories = []
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        for entry in entries:
+            name = os.fsencode(entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                subdirectories.append((name, None))
+            else:
+                visit(fd, name, entry.stat(follow_symlinks=False).st_mode)
+        return subdirectories
+
+    return step
 
 
 def _scan_entry(dir_fd: int, name: bytes, mode: int, scanner: NeedleScanner) -> None:
@@ -159,22 +172,13 @@ def export_outputs(
 def _set_epoch_times(root: Path) -> None:
     """Timestamps are set bottom-up, since writing into a directory changes its own."""
     if not os.path.islink(root) and os.path.isdir(root):
-        walk(root, None, _stamp_entries, _stamp_directory)
+        walk(root, None, _visiting_entries(_stamp_entry), _stamp_directory)
     os.utime(root, (1, 1), follow_symlinks=False)
 
 
-def _stamp_entries(fd: int, _: None) -> list[tuple[bytes, None]]:
-    """Stamp what is not a directory now; directories once their contents are stamped."""
-    subdirectories = []
-    with os.scandir(fd) as listing:
-        entries = list(listing)
-    for entry in entries:
-        name = os.fsencode(entry.name)
-        if entry.is_dir(follow_symlinks=False):
-            subdirectories.append((name, None))
-        else:
-            os.utime(name, (1, 1), dir_fd=fd, follow_symlinks=False)
-    return subdirectories
+def _stamp_entry(dir_fd: int, name: bytes, _: int) -> None:
+    """What is not a directory is stamped at once; directories once their contents are."""
+    os.utime(name, (1, 1), dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _stamp_directory(parent: int, name: bytes, _: None) -> None:

@@ -20,26 +20,23 @@ from builder.castore.fs.descent import walk
 _OWNER_ALL = stat.S_IRWXU
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a file, symlink or directory tree at ``path``; nothing there is fine."""
-    remove_collecting(os.fsencode(path))
-
-
-def remove_collecting(path: bytes) -> list[int]:
-    """Remove what is at ``path``; the inodes of the regular files the tree held.
+def remove_tree(path: str | bytes | Path) -> list[int]:
+    """Remove the file, symlink or directory tree at ``path`` (nothing there is fine);
+    the inodes of the regular files the tree held.
 
     The inodes come from the directory listings (no stat per file), for
     callers that track hardlinked files by inode.
     """
+    root = os.fsencode(path)
     try:
-        mode = os.lstat(path).st_mode
+        mode = os.lstat(root).st_mode
     except FileNotFoundError:
         return []
     if not stat.S_ISDIR(mode):
-        os.unlink(path)
+        os.unlink(root)
         return []
     if mode & _OWNER_ALL != _OWNER_ALL:
-        os.chmod(path, mode | _OWNER_ALL, follow_symlinks=False)
+        os.chmod(root, mode | _OWNER_ALL, follow_symlinks=False)
     inodes: list[int] = []
 
     def empty(fd: int, _: None) -> list[tuple[bytes, None]]:
@@ -62,6 +59,6 @@ def remove_collecting(path: bytes) -> list[int]:
     def remove_emptied(parent: int, name: bytes, _: None) -> None:
         os.rmdir(name, dir_fd=parent)
 
-    walk(path, None, empty, remove_emptied)
-    os.rmdir(path)
+    walk(root, None, empty, remove_emptied)
+    os.rmdir(root)
     return inodes

@@ -1,20 +1,26 @@
-"""The build request model and every protocol rule it must satisfy.
+"""The build request model, every protocol rule it must satisfy, and its wire form.
 
 Requests from either family are converted into one frozen value and checked
 completely before anything runs, so the rest of the build service can rely on
-clean, sorted, non-escaping paths. Each error names the offending field.
+clean, sorted, non-escaping paths. Each error names the offending field. The
+responses of both families are encoded here too, so that every face of the
+product (servicers, the ``run`` command, the result cache) answers alike.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.build.outputs import CollectedOutput
 from builder.castore.nodes import Node, SymlinkNode, validate_root_node
 from builder.castore.wire import Family, node_from_proto, node_to_proto
 from builder.errors import InvalidArgumentError
+from builder.proto.snix.build.protos import build_pb2 as snix_build
+from builder.proto.tvix.build.protos import build_pb2 as tvix_build
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,6 @@ def request_from_proto(msg: Any) -> BuildRequest:
 
 
 def request_to_proto(request: BuildRequest, family: Family) -> Any:
-    from builder.proto.snix.build.protos import build_pb2 as snix_build
-    from builder.proto.tvix.build.protos import build_pb2 as tvix_build
-
     module = tvix_build if family is Family.TVIX else snix_build
     msg = module.BuildRequest
     c = request.constraints
@@ -221,4 +224,25 @@ def request_to_proto(request: BuildRequest, family: Family) -> Any:
             msg.AdditionalFile(path=f.path, contents=f.contents) for f in request.additional_files
         ],
         refscan_needles=request.refscan_needles,
+    )
+
+
+def tvix_response(request: Any, outputs: Sequence[CollectedOutput]) -> Any:
+    """A Tvix ``Build``: it echoes the request message, which the result cache leaves out."""
+    return tvix_build.Build(
+        build_request=request,
+        outputs=[node_to_proto(o.node, Family.TVIX) for o in outputs],
+        outputs_needles=[tvix_build.Build.OutputNeedles(needles=o.needles) for o in outputs],
+    )
+
+
+def snix_response(outputs: Sequence[CollectedOutput]) -> Any:
+    """A Snix ``BuildResponse``, what ``DoBuild``, ``StreamBuild`` and ``run`` answer."""
+    return snix_build.BuildResponse(
+        outputs=[
+            snix_build.BuildResponse.Output(
+                output=node_to_proto(o.node, Family.SNIX), needles=o.needles
+            )
+            for o in outputs
+        ]
     )

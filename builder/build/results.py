@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 from builder.build.outputs import CollectedOutput
-from builder.build.request import BuildRequest, request_to_proto
+from builder.build.request import BuildRequest, request_to_proto, tvix_response
 from builder.castore.digest import Digest
-from builder.castore.wire import Family, node_from_proto, node_to_proto
+from builder.castore.wire import Family, node_from_proto
 from builder.proto.tvix.build.protos import build_pb2
 
 
@@ -36,10 +36,7 @@ class ResultCache:
             )
 
     def record(self, request: BuildRequest, outputs: list[CollectedOutput]) -> None:
-        build = build_pb2.Build(
-            outputs=[node_to_proto(o.node) for o in outputs],
-            outputs_needles=[build_pb2.Build.OutputNeedles(needles=o.needles) for o in outputs],
-        )
+        build = tvix_response(None, outputs)
         with self._lock, self._conn:
             self._conn.execute(
                 "INSERT OR REPLACE INTO results (request, build) VALUES (?, ?)",

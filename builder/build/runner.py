@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder.build.cancel import CancelToken
 from builder.build.config import BuildConfig
-from builder.build.matcache import MaterialisationCache
+from builder.build.matcache.cache import MaterialisationCache
 from builder.build.outputs import CollectedOutput, collect_outputs
 from builder.build.removal import remove_tree
 from builder.build.request import BuildRequest, is_inside

@@ -20,7 +20,7 @@ from builder.build.config import BuildConfig
 from builder.build.constraints import check_constraints
 from builder.build.inputs import check_input_sizes, missing_inputs, require_inputs
 from builder.build.logs import LogStore
-from builder.build.matcache import MaterialisationCache
+from builder.build.matcache.cache import MaterialisationCache
 from builder.build.outputs import CollectedOutput
 from builder.build.request import BuildRequest
 from builder.build.results import ResultCache

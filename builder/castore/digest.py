@@ -54,6 +54,3 @@ class Digest(bytes):
 
     def __repr__(self) -> str:
         return f"Digest({self})"
-
-
-EMPTY_DIGEST = Digest.of(b"")

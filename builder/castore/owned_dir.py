@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from builder.castore.fs.descent import DIRECTORY_FLAGS
 from builder.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class OwnedDirectory:
             except FileExistsError:
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(path, DIRECTORY_FLAGS)
             except FileNotFoundError:
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -130,7 +131,7 @@ class OwnedDirectory:
     def _sweep_owner(self, name: str) -> None:
         path = self.parent / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, DIRECTORY_FLAGS)
         except FileNotFoundError:
             return
         except OSError:
@@ -175,7 +176,7 @@ def remove_flat(path: Path) -> None:
     if not stat.S_ISDIR(os.lstat(path).st_mode):
         os.unlink(path)
         return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, DIRECTORY_FLAGS)
     try:
         for name in os.listdir(fd):
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):

@@ -27,10 +27,6 @@ class Family(Enum):
     def castore(self) -> ModuleType:
         return tvix_castore if self is Family.TVIX else snix_castore
 
-    @property
-    def oneof(self) -> str:
-        return "node" if self is Family.TVIX else "entry"
-
     def message_names(self) -> tuple[str, str, str, str]:
         """Names of the (directory, file, symlink, root) node messages."""
         if self is Family.TVIX:

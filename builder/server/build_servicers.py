@@ -16,40 +16,16 @@ from typing import Any
 import grpc
 
 from builder.build.cancel import CancelToken
-from builder.build.request import request_from_proto
+from builder.build.request import request_from_proto, snix_response, tvix_response
 from builder.build.service import BuildOutcome, BuildService, LogData, Started, new_build_id
-from builder.castore.wire import Family, node_to_proto
 from builder.errors import CommandFailedError
 from builder.proto.builder.v1 import build_events_pb2 as events_pb2
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
-from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
-from builder.proto.tvix.build.protos import build_pb2 as tvix_build
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.server.status import call_description, rpc_errors, translated_errors
 
 logger = logging.getLogger(__name__)
-
-
-def tvix_response(request: Any, outcome: BuildOutcome) -> Any:
-    return tvix_build.Build(
-        build_request=request,
-        outputs=[node_to_proto(o.node, Family.TVIX) for o in outcome.outputs],
-        outputs_needles=[
-            tvix_build.Build.OutputNeedles(needles=o.needles) for o in outcome.outputs
-        ],
-    )
-
-
-def snix_response(outcome: BuildOutcome) -> Any:
-    return snix_build.BuildResponse(
-        outputs=[
-            snix_build.BuildResponse.Output(
-                output=node_to_proto(o.node, Family.SNIX), needles=o.needles
-            )
-            for o in outcome.outputs
-        ]
-    )
 
 
 def _cancel_on_hangup(context: grpc.ServicerContext) -> CancelToken:
@@ -152,7 +128,7 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
                 outcome = self._service.build(build_request, on_event, cancel, build_id)
                 events.put(
                     events_pb2.BuildEvent(
-                        completed=events_pb2.Completed(response=snix_response(outcome))
+                        completed=events_pb2.Completed(response=snix_response(outcome.outputs))
                     )
                 )
             except BaseException as error:  # handed to the streaming thread below
@@ -177,10 +153,17 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
 def add_build_services(server: grpc.Server, service: BuildService) -> list[str]:
     """Register both families' BuildService and BuildEvents; return their full names."""
     tvix_rpc.add_BuildServiceServicer_to_server(
-        BuildServicer(service, TVIX_SERVICE, tvix_response), server
+        BuildServicer(
+            service,
+            TVIX_SERVICE,
+            lambda request, outcome: tvix_response(request, outcome.outputs),
+        ),
+        server,
     )
     snix_rpc.add_BuildServiceServicer_to_server(
-        BuildServicer(service, SNIX_SERVICE, lambda request, outcome: snix_response(outcome)),
+        BuildServicer(
+            service, SNIX_SERVICE, lambda request, outcome: snix_response(outcome.outputs)
+        ),
         server,
     )
     events_grpc.add_BuildEventsServicer_to_server(BuildEventsServicer(service), server)

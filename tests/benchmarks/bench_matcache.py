@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.build.matcache import MaterialisationCache
-from builder.build.matcache_tree import remove_tree
+from builder.build.matcache.cache import MaterialisationCache
+from builder.build.removal import remove_tree
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.matcache import TREES_DIR, MaterialisationCache
+from builder.build.matcache.cache import TREES_DIR, MaterialisationCache
 from builder.build.outputs import export_outputs, scan_needles
 from builder.build.removal import remove_tree
 from builder.castore.blobs.fs import FsBlobService

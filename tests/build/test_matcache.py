@@ -16,11 +16,11 @@ from typing import BinaryIO
 
 import pytest
 
-from builder.build import matcache_blobs
-from builder.build.matcache import MaterialisationCache
-from builder.build.matcache_tree import remove_tree
+from builder.build.matcache import blob_files
+from builder.build.matcache.cache import MaterialisationCache
+from builder.build.removal import remove_tree
 from builder.castore.blobs.fs import FsBlobService
-from builder.castore.blobs.service import BlobService, ChunkMeta, put_bytes
+from builder.castore.blobs.service import BlobService, ChunkMeta
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
@@ -28,6 +28,7 @@ from builder.castore.directory import Directory
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from builder.errors import FailedPreconditionError, IntegrityError
+from tests.blob_bytes import put_bytes
 from tests.waiting import wait_for
 
 GIB = 1 << 30
@@ -126,7 +127,7 @@ def test_plain_and_executable_variants_are_separate_inodes(store: Store) -> None
         assert plain.st_ino != tool.st_ino
         assert (stat.S_IMODE(plain.st_mode), stat.S_IMODE(tool.st_mode)) == (0o444, 0o555)
         # The plain variant shares the store's immutable inode; nothing was copied.
-        assert plain.st_ino == store.blobs.local_path(Digest.of(b"same bytes")).stat().st_ino
+        assert plain.st_ino == os.stat(store.blobs.local_path(Digest.of(b"same bytes"))).st_ino
     cache.close()
 
 
@@ -302,7 +303,7 @@ def test_eviction_never_removes_a_tree_in_use(store: Store) -> None:
 
 
 def corrupt(store: Store, digest: Digest, contents: bytes) -> None:
-    path = store.blobs.local_path(digest)
+    path = Path(store.blobs.local_path(digest))
     path.chmod(0o644)
     path.write_bytes(contents)
     path.chmod(0o444)
@@ -451,7 +452,7 @@ def test_link_limit_falls_back_to_a_copy(store: Store, monkeypatch: pytest.Monke
             raise OSError(errno.EMLINK, "too many links")
         real_link(src, dst)
 
-    monkeypatch.setattr(matcache_blobs.os, "link", link_at_limit)
+    monkeypatch.setattr(blob_files.os, "link", link_at_limit)
     with cache.acquire(node) as acquired:
         assert acquired.host_path is not None
         copy = acquired.host_path / "d0" / "f2"

@@ -13,10 +13,10 @@ from builder.build.request import (
     request_from_proto,
     request_to_proto,
 )
-from builder.castore.digest import EMPTY_DIGEST
 from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from builder.castore.wire import Family
 from builder.errors import InvalidArgumentError
+from tests.digests import EMPTY_DIGEST
 
 
 def nix_like() -> BuildRequest:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import io
 import os
 import threading
+from pathlib import Path
 
 import blake3
 import pytest
 
-from builder.castore.blobs.service import BlobService, ChunkMeta, put_bytes, read_all
-from builder.castore.digest import EMPTY_DIGEST, Digest
+from builder.castore.blobs.fs import FsBlobService
+from builder.castore.blobs.memory import MemoryBlobService
+from builder.castore.blobs.service import BlobService, ChunkMeta, LocalBlobFiles
+from builder.castore.digest import Digest
+from tests.blob_bytes import put_bytes, read_all
+from tests.digests import EMPTY_DIGEST
 
 HELLO = Digest.parse("5ca7815adcb484e9a136c11efe69c1d530176d549b5d18d038eb5280b4b3470c")
 
@@ -114,3 +119,13 @@ def test_concurrent_writers_of_the_same_blob(blob_service: BlobService) -> None:
 def test_sizes_round_trip(blob_service: BlobService, size: int) -> None:
     data = os.urandom(size)
     assert read_all(blob_service, put_bytes(blob_service, data)) == data
+
+
+def test_only_the_fs_backend_offers_local_blob_files(tmp_path: Path) -> None:
+    fs = FsBlobService(tmp_path / "blobs")
+    assert isinstance(fs, LocalBlobFiles)
+    assert not isinstance(MemoryBlobService(), LocalBlobFiles)
+    digest = put_bytes(fs, b"local")
+    with open(fs.local_path(digest), "rb") as stored:
+        assert stored.read() == b"local"
+    fs.close()

@@ -11,12 +11,12 @@ import pytest
 from builder.castore.blobs.combined import CombinedBlobService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
-from builder.castore.blobs.service import put_bytes, read_all
 from builder.castore.composition import Backend, Composition, ConfigError, Params, Registry
 from builder.castore.directories.cache import CacheDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.registry import DEFAULT_REGISTRY
 from builder.castore.store import DATA_DIR_ENV, Store
+from tests.blob_bytes import put_bytes, read_all
 from tests.waiting import wait_for
 
 

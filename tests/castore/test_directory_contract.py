@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from builder.castore.digest import EMPTY_DIGEST, Digest
+from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from builder.errors import InvalidArgumentError, NotFoundError
+from tests.digests import EMPTY_DIGEST
 
 EMPTY = Directory()
 KEEP = Directory.of([FileNode(b".keep", EMPTY_DIGEST, 0)])

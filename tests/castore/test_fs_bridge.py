@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from builder.castore.blobs.combined import CombinedBlobService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService, put_bytes, read_all
+from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.cache import CacheDirectoryService
 from builder.castore.directories.memory import MemoryDirectoryService
@@ -35,6 +35,7 @@ from builder.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from tests.blob_bytes import put_bytes, read_all
 from tests.requirements import missing
 
 # A tree is a nested value: ("file", contents, mode), ("link", target) or

@@ -9,9 +9,9 @@ import pytest
 
 import builder.castore.blobs.fs as fs_blobs
 from builder.castore.blobs.fs import FsBlobService
-from builder.castore.blobs.service import read_all
 from builder.castore.directories.memory import MemoryDirectoryService
 from builder.castore.fs.ingest import ingest_path
+from tests.blob_bytes import read_all
 
 
 def _files(tmp_path: Path, count: int) -> list[Path]:

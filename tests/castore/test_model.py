@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.castore.digest import EMPTY_DIGEST, Digest
+from builder.castore.digest import Digest
 from builder.castore.directory import Directory
 from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode, validate_root_node
 from builder.castore.wire import (
@@ -16,6 +16,7 @@ from builder.castore.wire import (
     node_to_proto,
 )
 from builder.errors import InvalidArgumentError
+from tests.digests import EMPTY_DIGEST
 
 EMPTY_HEX = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 

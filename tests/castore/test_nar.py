@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
-from builder.castore.blobs.service import READ_CHUNK_SIZE, put_bytes
+from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.directories.memory import MemoryDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.fs.nar import nar_hash, nix_base32, write_nar
 from builder.castore.nodes import FileNode
 from builder.errors import IntegrityError
+from tests.blob_bytes import put_bytes
 from tests.castore.test_fs_bridge import Tree, directory_trees, files, links, write_tree
 from tests.requirements import require_nix
 

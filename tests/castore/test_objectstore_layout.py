@@ -29,14 +29,15 @@ from builder.castore.blobs.objectstore import (
     chunk_key,
     index_key,
 )
-from builder.castore.blobs.service import put_bytes, read_all
-from builder.castore.digest import EMPTY_DIGEST, Digest
+from builder.castore.digest import Digest
 from builder.castore.directories.objectstore import ObjectStoreDirectoryService, directory_key
 from builder.castore.directory import Directory
 from builder.castore.nodes import FileNode
 from builder.castore.objectstore_url import open_store, parse_objectstore_url
 from builder.errors import IntegrityError, InvalidArgumentError, UnavailableError
+from tests.blob_bytes import put_bytes, read_all
 from tests.castore.backends_objectstore import BLOB_BACKENDS, DIRECTORY_BACKENDS
+from tests.digests import EMPTY_DIGEST
 
 MIN_CHUNK = DEFAULT_AVG_CHUNK_SIZE // 2
 MAX_CHUNK = DEFAULT_AVG_CHUNK_SIZE * 2

@@ -162,7 +162,7 @@ def test_ingest_of_small_files_on_a_full_disk(small_disk: Path, tmp_path: Path) 
         with pytest.raises(ResourceExhaustedError, match="out of space"):
             ingest_path(tree, blobs, directories, b"tree")
         assert _temporaries(small_disk / "blobs") == []
-        assert not [t for t in threading.enumerate() if t.name == "import-hash"]
+        assert not [t for t in threading.enumerate() if t.name == "copy-hash"]
         with sqlite3.connect(small_disk / "dirs.sqlite") as conn:
             assert conn.execute("SELECT count(*) FROM directories").fetchone()[0] == 0
     finally:

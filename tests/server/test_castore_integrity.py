@@ -20,7 +20,6 @@ import pytest
 from builder.build.request import request_to_proto
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.grpc import GrpcBlobService
-from builder.castore.blobs.service import put_bytes, read_all
 from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.grpc.channel import open_channel
@@ -30,6 +29,7 @@ from builder.castore.wire import Family
 from builder.errors import IntegrityError
 from builder.server.castore_server import create_castore_server
 from builder.server.castore_servicers import BLOB_CHUNK_SIZE
+from tests.blob_bytes import put_bytes, read_all
 from tests.server.test_build_grpc import Served, _input, _request, _serve, launcher
 
 __all__ = ["launcher"]
@@ -37,7 +37,7 @@ __all__ = ["launcher"]
 SIZE = 3 * BLOB_CHUNK_SIZE + 12345
 
 
-def _flip(path: Path, offset: int) -> None:
+def _flip(path: str | Path, offset: int) -> None:
     fd = os.open(path, os.O_RDWR)
     try:
         byte = os.pread(fd, 1, offset)
@@ -183,7 +183,7 @@ def test_blob_and_shard_are_flushed_before_the_blob_is_visible(
     writer.write(data)
     digest = writer.close()
     monkeypatch.undo()
-    final = blobs.local_path(digest)
+    final = Path(blobs.local_path(digest))
     rename = events.index(("rename", str(final)))
     assert any(e[0] == "sync" and "/tmp/" in e[1] for e in events[:rename])
     assert ("sync", str(final.parent)) in events[rename:]

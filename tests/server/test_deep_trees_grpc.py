@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from builder.build.config import BuildLimits
-from builder.build.matcache import TMP_DIR, TREES_DIR
+from builder.build.matcache.cache import TMP_DIR, TREES_DIR
 from builder.build.removal import remove_tree
 from builder.build.request import request_to_proto
 from builder.castore.digest import Digest

@@ -5,7 +5,8 @@ and renamed into place only when complete, after which the shard directory is
 flushed too (a batch import of a whole tree does each step once for all its
 files, see ``import_files``); so neither a crash nor a power loss nor an aborted upload ever
 leaves a partial blob under a valid name. Stored files are read-only and never
-change, which lets callers copy or reflink them directly (``local_path``).
+change, which lets callers copy, reflink or hardlink them directly
+(``LocalBlobFiles``).
 
 What is read is still checked against its digest (``VerifiedFileReader``),
 since bytes at rest can rot; and a put of a blob already stored re-hashes the
@@ -25,11 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import itertools
-import mmap
 import os
-import queue
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -39,70 +37,16 @@ from typing import BinaryIO
 import blake3
 
 from builder.castore.blobs.service import ChunkMeta
-from builder.castore.blobs.verified import VerifiedFileReader, hash_fd
+from builder.castore.blobs.verified import SMALL_FILE_SIZE, VerifiedFileReader, file_matches
+from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.composition import Backend, Params, url_path
 from builder.castore.digest import Digest
+from builder.castore.fs.copy import FULL, copy_and_hash, write_all
 from builder.castore.owned_dir import DEFAULT_MAX_AGE, OwnedDirectory, remove_flat
 from builder.errors import InvalidArgumentError, ResourceExhaustedError
 
-# Below this size a file is imported from one read; above it, it is copied in
-# the kernel while a second thread hashes the copy.
-_SMALL_IMPORT = 4 << 20
-# Stretch copied per copy_file_range call in a large import; the hashing
-# thread works on the previous stretch meanwhile.
-_COPY_STEP = 16 << 20
-# Errors that mean the filesystem (or the owner's quota) is full.
-_FULL = {errno.ENOSPC, errno.EDQUOT}
 # For syncfs, which the os module does not offer.
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _copy_and_hash(src: int, dst: int, size: int, hasher: blake3.blake3) -> int:
-    """Copy up to ``size`` bytes in the kernel, hashing the destination as it fills.
-
-    ``dst`` must already be ``size`` bytes long so that it can be mapped. The
-    hashing thread always ends, and an error of its own is raised here.
-    """
-    spans: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-    failure: list[BaseException] = []
-
-    def hash_spans() -> None:
-        try:
-            with mmap.mmap(dst, size, prot=mmap.PROT_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    while (span := spans.get()) is not None:
-                        hasher.update(view[span[0] : span[1]])
-                finally:
-                    view.release()
-        except BaseException as exc:
-            failure.append(exc)
-            # Drain the queue so that the copying thread's final put is never lost.
-            while spans.get() is not None:
-                pass
-
-    worker = threading.Thread(target=hash_spans, name="import-hash")
-    worker.start()
-    offset = 0
-    try:
-        while offset < size and not failure:
-            step = os.copy_file_range(src, dst, min(_COPY_STEP, size - offset), offset, offset)
-            if step == 0:
-                break
-            spans.put((offset, offset + step))
-            offset += step
-    finally:
-        spans.put(None)
-        worker.join()
-    if failure:
-        raise failure[0]
-    return offset
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _sync_filesystem(path: str) -> None:
@@ -136,43 +80,30 @@ def _sync_directory(path: str) -> None:
         os.close(fd)
 
 
-class _FsWriter:
+class _FsWriter(HashingBlobWriter):
     def __init__(self, service: FsBlobService) -> None:
+        super().__init__()
         self._service = service
         with service.space():
             self._tmp, self._fd = service._create_tmp("put")
-        self._hasher = blake3.blake3()
-        self._done = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
+    def _keep(self, data: memoryview) -> None:
         try:
             with self._service.space():
-                _write_all(self._fd, data)
+                write_all(self._fd, data)
         except BaseException:
             self.abort()
             raise
-        self._hasher.update(data)
-        return len(data)
 
-    def close(self) -> Digest:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
-        self._done = True
-        digest = Digest(self._hasher.digest())
+    def _commit(self, digest: Digest) -> None:
         try:
             self._service._commit(self._tmp, self._fd, digest)
         finally:
-            os.close(self._fd)
-            self._service._drop_tmp(self._tmp)
-        return digest
+            self._discard()
 
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            os.close(self._fd)
-            self._service._drop_tmp(self._tmp)
+    def _discard(self) -> None:
+        os.close(self._fd)
+        self._service._drop_tmp(self._tmp)
 
 
 class FsBlobService:
@@ -186,16 +117,16 @@ class FsBlobService:
         self._counter = itertools.count()
         self._shards: set[str] = set()
 
-    def local_path(self, digest: Digest) -> Path:
+    def local_path(self, digest: Digest) -> str:
         """Where the blob lives (or would live); the file is read-only once there."""
         hexdigest = digest.hex()
-        return self.root / hexdigest[:2] / hexdigest
+        return f"{self._root_name}/{hexdigest[:2]}/{hexdigest}"
 
     def has(self, digest: Digest) -> bool:
-        return self.local_path(digest).exists()
+        return os.path.exists(self.local_path(digest))
 
     def open_read(self, digest: Digest) -> BinaryIO | None:
-        path = self._final_name(digest)
+        path = self.local_path(digest)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -215,7 +146,7 @@ class FsBlobService:
         try:
             yield
         except OSError as exc:
-            if exc.errno not in _FULL:
+            if exc.errno not in FULL:
                 raise
             raise ResourceExhaustedError(
                 f"blob store {self._root_name} is out of space: {exc.strerror}"
@@ -265,7 +196,7 @@ class FsBlobService:
                 raise InvalidArgumentError(f"cannot import {path}: not a regular file")
             size = status.st_size
             with self.space():
-                if size < _SMALL_IMPORT:
+                if size < SMALL_FILE_SIZE:
                     return self._import_small(src, batch)
                 return self._import_large(src, size, batch)
         finally:
@@ -273,17 +204,17 @@ class FsBlobService:
 
     def _import_small(self, src: int, batch: _ImportBatch | None) -> tuple[Digest, int]:
         parts = []
-        while chunk := os.read(src, _SMALL_IMPORT):
+        while chunk := os.read(src, SMALL_FILE_SIZE):
             parts.append(chunk)
         data = b"".join(parts)
         digest = Digest(blake3.blake3(data).digest())
-        final = self._final_name(digest)
-        if self._intact(final, digest):
+        final = self.local_path(digest)
+        if file_matches(final, digest):
             return digest, len(data)
         tmp, fd = self._create_tmp("import")
         try:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
             except BaseException:
                 self._drop_tmp(tmp)
                 raise
@@ -295,21 +226,9 @@ class FsBlobService:
     def _import_large(self, src: int, size: int, batch: _ImportBatch | None) -> tuple[Digest, int]:
         tmp, fd = self._create_tmp("import")
         try:
-            try:
-                # Reserving the extents up front makes ext4 write them faster,
-                # and finds a full filesystem before anything is copied.
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                if exc.errno in _FULL:
-                    raise
-                os.ftruncate(fd, size)
-            hasher = blake3.blake3()
-            copied = _copy_and_hash(src, fd, size, hasher)
-            if copied != size:
-                os.ftruncate(fd, copied)
-            digest = Digest(hasher.digest())
-            final = self._final_name(digest)
-            if self._intact(final, digest):
+            copied, digest = copy_and_hash(src, fd, size)
+            final = self.local_path(digest)
+            if file_matches(final, digest):
                 self._drop_tmp(tmp)
             else:
                 self._settle(tmp, fd, final, batch)
@@ -349,10 +268,6 @@ class FsBlobService:
             for tmp, _ in batch.placements:
                 self._drop_tmp(tmp)
 
-    def _final_name(self, digest: Digest) -> str:
-        hexdigest = digest.hex()
-        return f"{self._root_name}/{hexdigest[:2]}/{hexdigest}"
-
     def _create_tmp(self, kind: str) -> tuple[str, int]:
         """A new temporary file, created read-only so that no chmod is needed at commit."""
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -374,17 +289,6 @@ class FsBlobService:
             os.unlink(tmp)
         self._owned.release(os.path.basename(tmp))
 
-    def _intact(self, final: str, digest: Digest) -> bool:
-        """Whether a blob is stored under ``final`` and still hashes to its digest."""
-        try:
-            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return False
-        try:
-            return hash_fd(fd, os.fstat(fd).st_size) == digest
-        finally:
-            os.close(fd)
-
     def _place(self, tmp: str, final: str) -> None:
         """Rename a flushed temporary file into place and flush the directory entry too."""
         shard = os.path.dirname(final)
@@ -400,8 +304,8 @@ class FsBlobService:
 
     def _commit(self, tmp: str, fd: int, digest: Digest) -> None:
         with self.space():
-            final = self._final_name(digest)
-            if self._intact(final, digest):
+            final = self.local_path(digest)
+            if file_matches(final, digest):
                 return
             os.fdatasync(fd)
             self._place(tmp, final)

@@ -14,6 +14,7 @@ import blake3
 import grpc
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, ChunkMeta
+from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.grpc.channel import open_channel
@@ -28,7 +29,7 @@ from builder.castore.grpc.store_params import (
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.grpc.upload import Upload
 from builder.castore.wire import Family
-from builder.errors import IntegrityError, InvalidArgumentError
+from builder.errors import IntegrityError
 
 # Upload messages are at most this large; with the upload's short queue a
 # writer never buffers more than a few MiB.
@@ -189,39 +190,26 @@ class _BlobReader(io.RawIOBase):
         super().close()
 
 
-class _GrpcBlobWriter:
+class _GrpcBlobWriter(HashingBlobWriter):
     def __init__(self, stub: Any, message: Any) -> None:
+        super().__init__()
         self._upload = Upload(stub.Put)
         self._message = message
-        self._hasher = blake3.blake3()
-        self._done = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
-        view = memoryview(data).cast("B")
-        self._hasher.update(view)
-        for start in range(0, len(view), PUT_CHUNK_SIZE):
-            self._upload.send(self._message(data=bytes(view[start : start + PUT_CHUNK_SIZE])))
-        return len(view)
+    def _keep(self, data: memoryview) -> None:
+        for start in range(0, len(data), PUT_CHUNK_SIZE):
+            self._upload.send(self._message(data=bytes(data[start : start + PUT_CHUNK_SIZE])))
 
-    def close(self) -> Digest:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
-        self._done = True
+    def _commit(self, digest: Digest) -> None:
         response = self._upload.finish()
-        local = Digest(self._hasher.digest())
-        if response.digest != local:
+        if response.digest != digest:
             raise IntegrityError(
                 f"server stored the upload as {response.digest.hex()}, but the data sent "
-                f"hashes to {local}"
+                f"hashes to {digest}"
             )
-        return local
 
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            self._upload.cancel()
+    def _discard(self) -> None:
+        self._upload.cancel()
 
 
 class GrpcBlobService:

@@ -5,37 +5,25 @@ from __future__ import annotations
 import io
 import threading
 
-import blake3
-
 from builder.castore.blobs.service import ChunkMeta
+from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.composition import Backend
 from builder.castore.digest import Digest
-from builder.errors import InvalidArgumentError
 
 
-class _MemoryWriter:
+class _MemoryWriter(HashingBlobWriter):
     def __init__(self, service: MemoryBlobService) -> None:
+        super().__init__()
         self._service = service
         self._buffer = io.BytesIO()
-        self._hasher = blake3.blake3()
-        self._done = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
-        self._hasher.update(data)
-        return self._buffer.write(data)
+    def _keep(self, data: memoryview) -> None:
+        self._buffer.write(data)
 
-    def close(self) -> Digest:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
-        self._done = True
-        digest = Digest(self._hasher.digest())
+    def _commit(self, digest: Digest) -> None:
         self._service._store(digest, self._buffer.getvalue())
-        return digest
 
-    def abort(self) -> None:
-        self._done = True
+    def _discard(self) -> None:
         self._buffer = io.BytesIO()
 
 

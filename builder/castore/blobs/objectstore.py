@@ -16,7 +16,6 @@ around it and re-uploads little.
 
 from __future__ import annotations
 
-import io
 import logging
 from bisect import bisect_right
 from collections import deque
@@ -31,7 +30,9 @@ from fastcdc import fastcdc
 from google.protobuf.message import DecodeError
 from obstore.store import ObjectStore
 
+from builder.castore.blobs.reader import SizedBlobReader
 from builder.castore.blobs.service import ChunkMeta
+from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.objectstore_url import (
@@ -132,7 +133,7 @@ class StreamingChunker:
         return out
 
 
-class _ObjectStoreWriter:
+class _ObjectStoreWriter(HashingBlobWriter):
     """Hashes and chunks as data arrives; uploads chunks while the caller writes.
 
     ``abort`` (or a failed upload) leaves no index, so the blob stays absent;
@@ -141,47 +142,31 @@ class _ObjectStoreWriter:
     """
 
     def __init__(self, service: ObjectStoreBlobService) -> None:
+        super().__init__()
         self._service = service
         self._chunker = StreamingChunker(service.avg_chunk_size)
-        self._hasher = blake3.blake3()
         self._chunks: list[ChunkMeta] = []
         self._sent: set[Digest] = set()
         self._uploads: deque[Future[None]] = deque()
-        self._done = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        self._check_open()
+    def _keep(self, data: memoryview) -> None:
         try:
-            self._hasher.update(data)
             for chunk in self._chunker.feed(data):
                 self._upload(chunk)
         except BaseException:
-            self._discard()
+            self.abort()
             raise
-        return memoryview(data).nbytes
 
-    def close(self) -> Digest:
-        self._check_open()
+    def _commit(self, digest: Digest) -> None:
         try:
             for chunk in self._chunker.finish():
                 self._upload(chunk)
             while self._uploads:
                 self._uploads.popleft().result()
-            digest = Digest(self._hasher.digest())
             self._service._put_index(digest, self._chunks)
         except BaseException:
             self._discard()
             raise
-        self._done = True
-        return digest
-
-    def abort(self) -> None:
-        if not self._done:
-            self._discard()
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise InvalidArgumentError("blob writer already closed")
 
     def _upload(self, chunk: bytes) -> None:
         digest = Digest.of(chunk)
@@ -195,7 +180,6 @@ class _ObjectStoreWriter:
         self._uploads.append(service._executor.submit(service._put_chunk, digest, chunk))
 
     def _discard(self) -> None:
-        self._done = True
         for upload in self._uploads:
             upload.cancel()
         for upload in self._uploads:
@@ -204,7 +188,7 @@ class _ObjectStoreWriter:
         self._uploads.clear()
 
 
-class _ChunkedReader(io.RawIOBase):
+class _ChunkedReader(SizedBlobReader):
     """A seekable view of a blob that fetches one chunk at a time, on demand.
 
     Every chunk is checked against its digest when fetched. A read that goes
@@ -213,42 +197,15 @@ class _ChunkedReader(io.RawIOBase):
     """
 
     def __init__(self, service: ObjectStoreBlobService, digest: Digest, chunks: list[ChunkMeta]):
-        super().__init__()
+        starts = [0, *accumulate(c.size for c in chunks)]
+        super().__init__(digest, starts[-1])
         self._service = service
-        self._digest = digest
         self._chunks = chunks
-        self._starts = [0, *accumulate(c.size for c in chunks)]
-        self._size = self._starts[-1]
-        self._pos = 0
+        self._starts = starts
         self._current_index = -1
         self._current = memoryview(b"")
         self._hasher = blake3.blake3()
         self._hashed = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        elif whence == io.SEEK_END:
-            target = self._size + offset
-        else:
-            raise InvalidArgumentError(f"invalid whence {whence}")
-        if target < 0:
-            raise InvalidArgumentError(f"cannot seek to negative position {target}")
-        self._pos = target
-        return target
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         self._check_open()
@@ -265,31 +222,10 @@ class _ChunkedReader(io.RawIOBase):
             filled += len(piece)
         return filled
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Like RawIOBase.read, but sized to what is left, never to ``size`` alone."""
-        if size is None or size < 0:
-            return self.readall()
-        self._check_open()
-        buffer = bytearray(min(size, max(self._size - self._pos, 0)))
-        count = self.readinto(buffer)
-        del buffer[count:]
-        return bytes(buffer)
-
-    def readall(self) -> bytes:
-        self._check_open()
-        remaining = bytearray(max(self._size - self._pos, 0))
-        count = self.readinto(remaining)
-        del remaining[count:]
-        return bytes(remaining)
-
     def close(self) -> None:
         self._current = memoryview(b"")
         self._current_index = -1
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise InvalidArgumentError(f"reader of blob {self._digest} is closed")
 
     def _chunk(self, index: int) -> memoryview:
         if index != self._current_index:

@@ -75,20 +75,17 @@ class HostFileImporter(Protocol):
     def import_files(self) -> AbstractContextManager[HostFileImport]: ...
 
 
-def put_bytes(service: BlobService, data: bytes) -> Digest:
-    writer = service.open_write()
-    try:
-        writer.write(data)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close()
+@runtime_checkable
+class LocalBlobFiles(Protocol):
+    """A blob service keeping each blob as a local file that is read-only and never changes.
 
+    Callers on the same host may then copy, reflink or hardlink a blob's file
+    instead of streaming its bytes through ``open_read``.
+    """
 
-def read_all(service: BlobService, digest: Digest) -> bytes | None:
-    """Whole blob as bytes: for tests and small blobs only."""
-    reader = service.open_read(digest)
-    if reader is None:
-        return None
-    with reader:
-        return reader.read()
+    root: Path
+    """The directory holding every blob file (at any depth), for same-filesystem checks."""
+
+    def local_path(self, digest: Digest) -> str:
+        """Where the blob's file is, or would be; cheap enough to ask once per file."""
+        ...

@@ -13,31 +13,47 @@ is ever served, at the price of one full pass for a reader that seeks.
 
 from __future__ import annotations
 
-import io
 import logging
 import mmap
 import os
 
 import blake3
 
+from builder.castore.blobs.reader import SizedBlobReader
 from builder.castore.digest import Digest
-from builder.errors import IntegrityError, InvalidArgumentError
+from builder.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
-# Below this size a whole file is hashed from one read; above it, from a memory
-# map on BLAKE3's own threads.
-_MMAP_THRESHOLD = 4 << 20
+SMALL_FILE_SIZE = 4 << 20
+"""Below this size a file is handled in one read; above it, by a memory map or the kernel.
+
+One read of a small file costs fewer syscalls than any alternative, while a
+large one is hashed from a mapping on BLAKE3's own threads, or copied in the
+kernel, without its bytes passing through Python.
+"""
 
 
 def hash_fd(fd: int, size: int) -> Digest:
-    """BLAKE3 of an open file's first ``size`` bytes."""
+    """BLAKE3 of an open file's first ``size`` bytes, from one read or a shared mapping."""
     if size == 0:
         return Digest(blake3.blake3().digest())
-    if size < _MMAP_THRESHOLD:
+    if size < SMALL_FILE_SIZE:
         return Digest(blake3.blake3(os.pread(fd, size, 0)).digest())
     with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
         return Digest(blake3.blake3(mapped, max_threads=blake3.blake3.AUTO).digest())
+
+
+def file_matches(path: str | bytes, digest: Digest) -> bool:
+    """Whether a file (not a symlink) is at ``path`` and its bytes still hash to ``digest``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        return hash_fd(fd, os.fstat(fd).st_size) == digest
+    finally:
+        os.close(fd)
 
 
 def corrupt(digest: Digest, location: str) -> IntegrityError:
@@ -46,39 +62,16 @@ def corrupt(digest: Digest, location: str) -> IntegrityError:
     return IntegrityError(f"blob {digest} is corrupt in the store: its contents hash differently")
 
 
-class VerifiedFileReader(io.RawIOBase):
+class VerifiedFileReader(SizedBlobReader):
     """Reads a stored file by descriptor (owned by the reader), checked against ``digest``."""
 
     def __init__(self, fd: int, digest: Digest, location: str) -> None:
-        super().__init__()
+        super().__init__(digest, os.fstat(fd).st_size)
         self._fd = fd
-        self._digest = digest
         self._location = location
-        self._size = os.fstat(fd).st_size
-        self._pos = 0
         self._hasher = blake3.blake3()
         self._hashed = 0
         self._verified = False
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}.get(whence)
-        if base is None:
-            raise InvalidArgumentError(f"invalid whence {whence}")
-        if base + offset < 0:
-            raise InvalidArgumentError(f"cannot seek to negative position {base + offset}")
-        self._pos = base + offset
-        return self._pos
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         self._check_open()
@@ -103,26 +96,10 @@ class VerifiedFileReader(io.RawIOBase):
             self._check_end()
         return count
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Sized to what is left, so that a large request allocates no more than the blob."""
-        if size is None or size < 0:
-            return self.readall()
-        buffer = bytearray(min(size, max(self._size - self._pos, 0)))
-        count = self.readinto(buffer)
-        del buffer[count:]
-        return bytes(buffer)
-
-    def readall(self) -> bytes:
-        return self.read(max(self._size - self._pos, 0))
-
     def close(self) -> None:
         if not self.closed:
             os.close(self._fd)
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise InvalidArgumentError(f"reader of blob {self._digest} is closed")
 
     def _check_end(self) -> None:
         if self._verified:

@@ -16,14 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import blake3
-
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.blobs.service import BlobService, LocalBlobFiles
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member, display_path, fetch_closure
-from builder.castore.fs.copy import copy_range
+from builder.castore.fs.copy import copy_range, stream_and_hash
 from builder.castore.fs.descent import walk
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
@@ -52,7 +50,7 @@ class _Writer:
     def __init__(self, blobs: BlobService, read_only: bool) -> None:
         self._blobs = blobs
         self._read_only = read_only
-        self._local_path = getattr(blobs, "local_path", None)
+        self._local = blobs if isinstance(blobs, LocalBlobFiles) else None
 
     def tree(self, node: DirectoryNode, dest: bytes, closure: dict[Digest, Directory]) -> None:
         os.mkdir(dest, 0o700)
@@ -90,18 +88,16 @@ class _Writer:
         fd = os.open(name, flags, mode, dir_fd=dir_fd)
         try:
             os.fchmod(fd, mode)
-            if self._local_path is not None:
-                self._copy_local(node, fd, name)
+            if self._local is not None:
+                self._copy_local(self._local, node, fd, name)
             else:
                 self._copy_stream(node, fd, name)
         finally:
             os.close(fd)
 
-    def _copy_local(self, node: FileNode, fd: int, dest: bytes) -> None:
-        assert self._local_path is not None
-        source: Path = self._local_path(node.digest)
+    def _copy_local(self, local: LocalBlobFiles, node: FileNode, fd: int, dest: bytes) -> None:
         try:
-            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            src = os.open(local.local_path(node.digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise NotFoundError(f"blob {node.digest} for {display_path(dest)} not found") from exc
         try:
@@ -119,16 +115,8 @@ class _Writer:
         reader = self._blobs.open_read(node.digest)
         if reader is None:
             raise NotFoundError(f"blob {node.digest} for {display_path(dest)} not found")
-        hasher = blake3.blake3()
-        size = 0
-        with reader, open(fd, "wb", buffering=0, closefd=False) as out:
-            while chunk := reader.read(READ_CHUNK_SIZE):
-                hasher.update(chunk)
-                size += len(chunk)
-                if size > node.size:
-                    break
-                out.write(chunk)
-        if size != node.size or hasher.digest() != node.digest:
+        size, digest = stream_and_hash(reader, fd, node.size)
+        if size != node.size or digest != node.digest:
             raise IntegrityError(
                 f"blob {node.digest} for {display_path(dest)} does not match its node "
                 f"({size} bytes read, {node.size} expected)"

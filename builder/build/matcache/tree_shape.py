@@ -2,9 +2,9 @@
 
 A fill first checks the whole closure and counts what it expands to (the
 plan), so that checks happen before anything is written; writing then walks
-the closure again, directory by directory. Removal and the start-up scan walk
-the disk with ``scandir`` types only, without a stat per file, which keeps
-both proportional to the number of names rather than bytes.
+the closure again, directory by directory. The start-up scan walks the disk
+with ``scandir`` types only, without a stat per file, which keeps it
+proportional to the number of names rather than bytes.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from builder.build.matcache_blobs import BlobKey
-from builder.build.removal import remove_collecting
+from builder.build.matcache.blob_files import BlobKey
 from builder.castore.digest import Digest
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member
@@ -104,12 +103,3 @@ def scan_tree(root: bytes) -> TreeScan:
 
     walk(root, None, count)
     return TreeScan(2 * names, DIRECTORY_BLOCK * directories)
-
-
-def remove_tree(root: bytes) -> list[int]:
-    """Delete a read-only tree (or a single file); the inodes of the regular files it held.
-
-    The inodes let the blob half find the blobs that may have lost their last
-    tree link, without a stat per file.
-    """
-    return remove_collecting(root)

@@ -24,7 +24,7 @@ by a previous run are trusted rather than re-verified: start-up empties
 tree (to learn its size and footprint, never its file contents), oldest first
 in LRU order by their modification time.
 
-Fills verify everything they write (see ``matcache_blobs``): blob contents
+Fills verify everything they write (see ``blob_files``): blob contents
 against their digests, sizes against the nodes, the directory closure (fetched
 with a single recursive get) against the directory digests. A missing blob or
 directory is a ``FailedPreconditionError`` naming the digest, a mismatch an
@@ -63,8 +63,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from builder.build.matcache_blobs import BlobKey, CacheBlobs
-from builder.build.matcache_tree import TreePlan, plan_tree, remove_tree, scan_tree
+from builder.build.matcache.blob_files import BlobKey, CacheBlobs
+from builder.build.matcache.tree_shape import TreePlan, plan_tree, scan_tree
+from builder.build.removal import remove_tree
 from builder.castore.blobs.service import BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
@@ -378,7 +379,7 @@ class MaterialisationCache:
         if swept_all:
             self._blobs.sweep(keys=self._blobs.keys())
         elif doomed is not None:
-            self._blobs.sweep(inodes=remove_tree(os.fsencode(doomed)))
+            self._blobs.sweep(inodes=remove_tree(doomed))
         elif isinstance(victim.key, tuple):
             self._blobs.unpin([victim.key])
             self._blobs.sweep(keys=[victim.key])
@@ -388,7 +389,7 @@ class MaterialisationCache:
         """Remove what fills and evictions interrupted by a crash left behind."""
         for entry in os.scandir(self._tmp_dir):
             if entry.is_dir(follow_symlinks=False):
-                remove_tree(os.fsencode(entry.path))
+                remove_tree(entry.path)
             else:
                 os.unlink(entry.path)
 
@@ -402,7 +403,7 @@ class MaterialisationCache:
                 digest = None
             if digest is None or not item.is_dir(follow_symlinks=False):
                 # Not a name this cache gives: nothing can rely on it.
-                remove_tree(os.fsencode(item.path))
+                remove_tree(item.path)
                 continue
             os.chmod(item.path, 0o555)
             scanned = scan_tree(os.fsencode(item.path))

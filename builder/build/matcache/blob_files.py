@@ -17,11 +17,11 @@ the bytes written when streamed, so a source changing mid-copy can never put
 other bytes under a digest.
 
 The cheapest route is taken per blob: a hardlink of the store's immutable
-file for the plain variant of an ``FsBlobService`` blob on the same
-filesystem (no data written at all), a kernel copy for the executable variant
-or another filesystem, and a stream through ``open_read`` otherwise. Sharing
-the store's inode relies on its contract that stored files never change; the
-cache verifies that inode once, when it first links it.
+file for the plain variant of a blob kept as a local file (``LocalBlobFiles``)
+on the same filesystem (no data written at all), a kernel copy for the
+executable variant or another filesystem, and a stream through ``open_read``
+otherwise. Sharing the store's inode relies on its contract that stored files
+never change; the cache verifies that inode once, when it first links it.
 
 A blob is removable once nothing links it but the cache (and the store, when
 the inode is the store's), i.e. its link count is back at the count it had
@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import mmap
 import os
 import tempfile
 import threading
@@ -45,11 +44,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.blobs.service import BlobService, LocalBlobFiles
+from builder.castore.blobs.verified import file_matches, hash_fd
 from builder.castore.digest import Digest
-from builder.castore.fs.copy import copy_range
+from builder.castore.fs.copy import copy_and_hash, copy_range, stream_and_hash
 from builder.errors import FailedPreconditionError, IntegrityError
 
 logger = logging.getLogger(__name__)
@@ -59,10 +57,6 @@ BlobKey = tuple[Digest, bool]
 
 PLAIN_DIR = "blobs"
 EXEC_DIR = "blobs-x"
-
-# Below this size a blob is read and hashed in one piece; above it, it is
-# copied in the kernel and hashed from a memory map on BLAKE3's own threads.
-_LARGE = 4 << 20
 
 # Errors after which a hardlink of the store's file is given up for a copy:
 # another filesystem, too many links on the inode, or no hardlink support.
@@ -81,17 +75,7 @@ class PlacedBlob:
     base_links: int
 
 
-def hash_fd(fd: int, size: int) -> bytes:
-    """BLAKE3 of an open file's first ``size`` bytes, from one read or a shared mapping."""
-    if size == 0:
-        return blake3.blake3().digest()
-    if size < _LARGE:
-        return blake3.blake3(os.pread(fd, size, 0)).digest()
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-        return blake3.blake3(mapped, max_threads=blake3.blake3.AUTO).digest()
-
-
-def _open_stored(digest: Digest, source: bytes, size: int) -> int:
+def _open_stored(digest: Digest, source: str, size: int) -> int:
     """The store's file of a blob, opened and checked to have the node's size."""
     try:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -120,11 +104,8 @@ class CacheBlobs:
         self._prefixes = {k: os.fsencode(v) + b"/" for k, v in self._dirs.items()}
         self._tmp_dir = tmp_dir
         self._service = service
-        self._local_path = _store_locator(service)
-        # The store's root is two levels above any blob file (shard, then name).
-        self._linkable = self._local_path is not None and _same_device(
-            os.path.dirname(os.path.dirname(self._local_path(_PROBE))), root
-        )
+        self._local = service if isinstance(service, LocalBlobFiles) else None
+        self._linkable = self._local is not None and _same_device(self._local.root, root)
         self._lock = threading.Lock()
         self._present: dict[BlobKey, PlacedBlob] = {}
         self._by_inode: dict[int, BlobKey] = {}
@@ -178,9 +159,9 @@ class CacheBlobs:
     def _is_store_inode(self, digest: Digest, inode: int) -> bool:
         if not self._linkable:
             return False
-        assert self._local_path is not None
+        assert self._local is not None
         try:
-            return os.stat(self._local_path(digest)).st_ino == inode
+            return os.stat(self._local.local_path(digest)).st_ino == inode
         except FileNotFoundError:
             return False
 
@@ -233,16 +214,7 @@ class CacheBlobs:
     def _verify_present(self, key: BlobKey, placed: PlacedBlob) -> None:
         """Hash a blob placed earlier again; forget it if its bytes no longer match."""
         path = self.path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            fd = -1
-        try:
-            intact = fd >= 0 and hash_fd(fd, os.fstat(fd).st_size) == key[0]
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        if intact:
+        if file_matches(path, key[0]):
             return
         logger.error("cached blob %s at %s does not match its digest", key[0], os.fsdecode(path))
         with self._lock:
@@ -318,16 +290,16 @@ class CacheBlobs:
 
     def _place(self, digest: Digest, size: int, executable: bool) -> PlacedBlob:
         final = self.path((digest, executable))
-        if self._local_path is None:
+        if self._local is None:
             return self._stream(digest, size, executable, final)
-        source = self._local_path(digest)
+        source = self._local.local_path(digest)
         if self._linkable and not executable:
             linked = self._link(digest, size, source, final)
             if linked is not None:
                 return linked
         return self._copy(digest, size, executable, source, final)
 
-    def _link(self, digest: Digest, size: int, source: bytes, final: bytes) -> PlacedBlob | None:
+    def _link(self, digest: Digest, size: int, source: str, final: bytes) -> PlacedBlob | None:
         """Share the store's own inode after hashing it; None when it cannot be linked."""
         fd = _open_stored(digest, source, size)
         try:
@@ -351,12 +323,12 @@ class CacheBlobs:
             os.close(fd)
 
     def _copy(
-        self, digest: Digest, size: int, executable: bool, source: bytes, final: bytes
+        self, digest: Digest, size: int, executable: bool, source: str, final: bytes
     ) -> PlacedBlob:
         src = _open_stored(digest, source, size)
         try:
             return self._commit(
-                digest, size, executable, final, lambda dst: _copy_and_hash(src, dst, size)
+                digest, size, executable, final, lambda dst: copy_and_hash(src, dst, size)
             )
         finally:
             os.close(src)
@@ -365,22 +337,9 @@ class CacheBlobs:
         reader = self._service.open_read(digest)
         if reader is None:
             raise _missing(digest)
-
-        def fill(dst: int) -> tuple[int, bytes]:
-            hasher = blake3.blake3()
-            written = 0
-            with reader:
-                while chunk := reader.read(READ_CHUNK_SIZE):
-                    written += len(chunk)
-                    if written > size:
-                        break
-                    hasher.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(dst, view) :]
-            return written, hasher.digest()
-
-        return self._commit(digest, size, executable, final, fill)
+        return self._commit(
+            digest, size, executable, final, lambda dst: stream_and_hash(reader, dst, size)
+        )
 
     def _commit(
         self,
@@ -408,39 +367,6 @@ class CacheBlobs:
             Path(tmp).unlink(missing_ok=True)
             raise
         return PlacedBlob(size, inode, 1)
-
-
-def _copy_and_hash(src: int, dst: int, size: int) -> tuple[int, bytes]:
-    if size < _LARGE:
-        data = os.pread(src, size + 1, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(dst, view) :]
-        return len(data), blake3.blake3(data).digest()
-    copy_range(src, dst, size)
-    return os.fstat(dst).st_size, hash_fd(dst, size)
-
-
-_PROBE = Digest(bytes(range(32)))
-
-
-def _store_locator(service: BlobService) -> Callable[[Digest], bytes] | None:
-    """Where a blob service keeps a blob as a local file, if it does.
-
-    ``local_path`` builds a pathlib path per call, which at tens of thousands
-    of blobs costs more than linking them; when its answer has the usual
-    shard/file shape, the same path is formatted directly instead.
-    """
-    local_path: Callable[[Digest], Path] | None = getattr(service, "local_path", None)
-    if local_path is None:
-        return None
-    probe = os.fsencode(local_path(_PROBE))
-    hexdigest = _PROBE.hex().encode()
-    suffix = b"/" + hexdigest[:2] + b"/" + hexdigest
-    if probe.endswith(suffix):
-        root = probe[: -len(suffix)] + b"/"
-        return lambda digest: root + (h := digest.hex().encode())[:2] + b"/" + h
-    return lambda digest: os.fsencode(local_path(digest))
 
 
 def _same_device(a: str | bytes | Path, b: str | bytes | Path) -> bool:
