@@ -77,7 +77,7 @@ def clone_flags(rootful: bool) -> int:
 
 
 def report(status_fd: int, message: dict[str, Any]) -> None:
-    """One JSON line per message; short enough for an atomic pipe write."""
+    """One JSON line per message; the launcher gathers a long line over several reads."""
     os.write(status_fd, json.dumps(message).encode() + b"\n")
 
 

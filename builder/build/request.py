@@ -49,10 +49,21 @@ class BuildRequest:
         validate_request(self)
 
 
+# The sandbox shows a request path at "/" + path, and the kernel takes no
+# longer path than PATH_MAX (4096 bytes with its terminating NUL): anything
+# longer could not be used inside, only written to the host's disk.
+MAX_PATH_BYTES = 4094
+
+
 def check_relative_path(path: str, where: str) -> None:
     """Clean relative paths cannot name anything outside the build root."""
     if not path:
         raise InvalidArgumentError(f"{where}: path is empty")
+    size = len(path.encode(errors="surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        raise InvalidArgumentError(
+            f"{where}: path is {size} bytes long, more than the limit of {MAX_PATH_BYTES}"
+        )
     if "\0" in path:
         raise InvalidArgumentError(f"{where}: {path!r} contains NUL")
     if path.startswith("/"):
