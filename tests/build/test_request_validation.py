@@ -97,11 +97,27 @@ def _with(**changes: object) -> BuildRequest:
         ({"inputs": (SymlinkNode(b"a", b""),)}, r"inputs\[0\] b'a': target is empty"),
         ({"inputs": (FileNode(b"..", EMPTY_DIGEST, 0),)}, r"inputs\[0\]: name b'\.\.'"),
         ({"refscan_needles": ("",)}, r"refscan_needles\[0\]: empty"),
+        (
+            {"working_dir": "build" + "/a" * 2045},
+            "working_dir: path is 4095 bytes long, more than the limit of 4094",
+        ),
+        (
+            {"additional_files": (AdditionalFile("build/" + "é" * 2045, b""),)},
+            r"additional_files\[0\]\.path: path is 4096 bytes long",
+        ),
+        (
+            {"constraints": Constraints(system="x", available_ro_paths=("/" + "d" * 4095,))},
+            r"available_ro_paths\[0\]: path is 4095 bytes long",
+        ),
     ],
 )
 def test_rule_violations_name_the_field(changes: dict, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
         _with(**changes).validate()
+
+
+def test_paths_up_to_path_max_pass() -> None:
+    _with(working_dir="build" + "/a" * 2044, inputs_dir="nix" + "/s" * 2045).validate()
 
 
 def test_wrong_input_digest_length_named() -> None:
