@@ -54,6 +54,14 @@ class BuildRequest:
 # longer could not be used inside, only written to the host's disk.
 MAX_PATH_BYTES = 4094
 
+# What exec takes at most: one argument or "KEY=VALUE" string of 32 pages
+# (MAX_ARG_STRLEN, with its NUL), and arguments and environment together of
+# three quarters of 8 MiB, pointers included, whatever the stack limit. A
+# request beyond them could never start its command; refusing it here spares
+# shipping megabytes to the sandbox only to learn that.
+MAX_ARG_BYTES = 32 * 4096
+MAX_EXEC_BYTES = 6 << 20
+
 
 def check_relative_path(path: str, where: str) -> None:
     """Clean relative paths cannot name anything outside the build root."""
@@ -130,6 +138,7 @@ def validate_request(request: BuildRequest) -> None:
         if b"\0" in value:
             raise InvalidArgumentError(f"{where}.value: contains NUL")
     _check_sorted([k for k, _ in request.environment], "environment_vars")
+    _check_exec_size(request)
 
     constraints = request.constraints
     if not constraints.system:
@@ -153,6 +162,27 @@ def validate_request(request: BuildRequest) -> None:
             raise InvalidArgumentError(f"refscan_needles[{i}]: empty")
 
     _check_symlink_inputs(request)
+
+
+def _check_exec_size(request: BuildRequest) -> None:
+    strings = [(f"command_args[{i}]", arg.encode()) for i, arg in enumerate(request.command_args)]
+    strings += [
+        (f"environment_vars[{i}]", key.encode() + b"=" + value)
+        for i, (key, value) in enumerate(request.environment)
+    ]
+    total = 0
+    for where, string in strings:
+        size = len(string) + 1
+        if size > MAX_ARG_BYTES:
+            raise InvalidArgumentError(
+                f"{where}: {size} bytes, more than the {MAX_ARG_BYTES} exec takes in one string"
+            )
+        total += size + 8
+    if total > MAX_EXEC_BYTES:
+        raise InvalidArgumentError(
+            f"command_args and environment_vars: {total} bytes together, more than the "
+            f"{MAX_EXEC_BYTES} exec takes"
+        )
 
 
 def _check_symlink_inputs(request: BuildRequest) -> None:

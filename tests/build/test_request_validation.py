@@ -98,6 +98,18 @@ def _with(**changes: object) -> BuildRequest:
         ({"inputs": (FileNode(b"..", EMPTY_DIGEST, 0),)}, r"inputs\[0\]: name b'\.\.'"),
         ({"refscan_needles": ("",)}, r"refscan_needles\[0\]: empty"),
         (
+            {"command_args": ("/bin/sh", "x" * 131072)},
+            r"command_args\[1\]: 131073 bytes, more than the 131072 exec takes in one string",
+        ),
+        (
+            {"environment": (("A", b"x" * 131070),)},
+            r"environment_vars\[0\]: 131073 bytes",
+        ),
+        (
+            {"environment": tuple((f"V{i:03}", b"x" * 100000) for i in range(63))},
+            "command_args and environment_vars: .* bytes together, more than the 6291456",
+        ),
+        (
             {"working_dir": "build" + "/a" * 2045},
             "working_dir: path is 4095 bytes long, more than the limit of 4094",
         ),
@@ -114,6 +126,13 @@ def _with(**changes: object) -> BuildRequest:
 def test_rule_violations_name_the_field(changes: dict, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
         _with(**changes).validate()
+
+
+def test_arguments_and_environment_up_to_what_exec_takes_pass() -> None:
+    _with(
+        command_args=("/bin/sh", "x" * 131071),
+        environment=tuple((f"V{i:03}", b"x" * 100000) for i in range(60)),
+    ).validate()
 
 
 def test_paths_up_to_path_max_pass() -> None:
