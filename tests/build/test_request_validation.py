@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -98,6 +99,13 @@ def _with(**changes: object) -> BuildRequest:
         ({"inputs": (FileNode(b"..", EMPTY_DIGEST, 0),)}, r"inputs\[0\]: name b'\.\.'"),
         ({"refscan_needles": ("",)}, r"refscan_needles\[0\]: empty"),
         (
+            {"additional_files": (AdditionalFile("build/a", b""), AdditionalFile("build/a", b""))},
+            r"additional_files\[1\]\.path: duplicate 'build/a'",
+        ),
+        ({"working_dir": "nix/store/ccc-link"}, "at or below the symlink input"),
+        ({"outputs": ("nix/store/ccc-link/x",)}, "at or below the symlink input"),
+        ({"outputs": ("build-x/out",)}, r"outputs\[0\]: .* not inside any scratch path"),
+        (
             {"command_args": ("/bin/sh", "x" * 131072)},
             r"command_args\[1\]: 131073 bytes, more than the 131072 exec takes in one string",
         ),
@@ -144,3 +152,16 @@ def test_wrong_input_digest_length_named() -> None:
     msg.inputs[0].directory.digest = b"\1" * 31
     with pytest.raises(InvalidArgumentError, match=r"inputs\[0\]\.directory\.digest"):
         request_from_proto(msg)
+
+
+def test_paths_beside_a_symlink_input_pass() -> None:
+    _with(outputs=("nix/store/ccc-link-out", "nix/store/ccc-linkx")).validate()
+
+
+def test_a_million_paths_validate_without_comparing_each_with_each() -> None:
+    links = tuple(SymlinkNode(f"link-{i:06}".encode(), b"/") for i in range(20_000))
+    files = tuple(AdditionalFile(f"build/f{i:07}", b"") for i in range(1_000_000))
+    request = _with(inputs=links, additional_files=files, outputs=("build/out",))
+    started = time.monotonic()
+    request.validate()
+    assert time.monotonic() - started < 20
