@@ -80,8 +80,8 @@ class _Run:
     stopped_by: str | None = None
     reached: set[str] = field(default_factory=set)
     status: dict[str, Any] = field(default_factory=dict)
-    status_buffer: bytes = b""
-    mountpoints: list[str] = field(default_factory=list)
+    status_buffer: bytearray = field(default_factory=bytearray)
+    mountpoints: list[tuple[str, int]] = field(default_factory=list)
     rusage: resource.struct_rusage | None = None
     reaped_at: float | None = None
     wall_time: float = 0.0
@@ -365,14 +365,23 @@ class ForkServer:
             self._send(Kind.LOG, run.run_id, data)
 
     def _on_status(self, run: _Run, data: bytes) -> None:
-        *lines, run.status_buffer = (run.status_buffer + data).split(b"\n")
+        """Parse the complete lines; a long one is gathered without copying it once per chunk."""
+        end = data.rfind(b"\n")
+        if end < 0:
+            run.status_buffer += data
+            return
+        run.status_buffer += data[:end]
+        lines = run.status_buffer.split(b"\n")
+        run.status_buffer = bytearray(data[end + 1 :])
         for line in lines:
             try:
                 message = json.loads(line)
             except ValueError:
                 continue
             if "mountpoints" in message:
-                run.mountpoints = message["mountpoints"]
+                run.mountpoints = [
+                    (str(path), int(levels)) for path, levels in message["mountpoints"]
+                ]
             else:
                 run.status.update(message)
 
@@ -522,10 +531,10 @@ class ForkServer:
         """
         if run.spec.limits.scratch_bytes is not None:
             return
-        for path in reversed(run.mountpoints):
+        for path, levels in reversed(run.mountpoints):
             for scratch in run.spec.scratch:
                 if path.startswith(scratch.target + "/"):
-                    hostpaths.remove_if_empty(scratch.host, path[len(scratch.target) :])
+                    hostpaths.remove_created(scratch.host, path[len(scratch.target) :], levels)
 
 
 def _sweep_stale_roots() -> None:

@@ -110,30 +110,58 @@ def kind(dir_fd: int, name: str) -> int | None:
         return None
 
 
-def remove_if_empty(root: str, path: str) -> None:
-    """Remove ``root/path`` if it is still an empty directory or empty regular file.
+def remove_created(root: str, path: str, levels: int) -> None:
+    """Remove the last ``levels`` components of ``root/path``, deepest first, while empty.
 
     Anything else, including anything reached only through a symlink or
-    anything that vanished, is left alone: it belongs to whoever made it.
+    anything that vanished, is left alone: it belongs to whoever made it. The
+    walk goes down once, then up through ``..`` of each directory it reached,
+    so the time is linear in the depth. The run that wrote the tree has ended
+    and its scratch dir is one mount, so ``..`` of a directory reached without
+    following symlinks is a directory of the same tree, even if the build
+    moved it. The first entry that is not empty (or not there) stops the
+    removal: its parents cannot be empty either.
     """
-    parent, _, name = path.strip("/").rpartition("/")
+    parts = components(path)
+    base = len(parts) - min(levels, len(parts))
+    created = parts[base:]
+    if not created:
+        return
     try:
         root_fd = open_dir(root)
     except SpecError:
         return
     try:
         with contextlib.suppress(OSError, SpecError):
-            fd = walk(root_fd, parent)
+            fd = walk(root_fd, "/".join(parts[:base]))
             try:
-                found = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISDIR(found.st_mode):
-                    os.rmdir(name, dir_fd=fd)
-                elif stat.S_ISREG(found.st_mode) and found.st_size == 0:
-                    os.unlink(name, dir_fd=fd)
+                for name in created[:-1]:
+                    step = open_step(fd, name, os.O_PATH | os.O_DIRECTORY)
+                    os.close(fd)
+                    fd = step
+                for name in reversed(created[1:]):
+                    if not _remove_empty(fd, name):
+                        return
+                    parent = os.open("..", _DIR, dir_fd=fd)
+                    os.close(fd)
+                    fd = parent
+                _remove_empty(fd, created[0])
             finally:
                 os.close(fd)
     finally:
         os.close(root_fd)
+
+
+def _remove_empty(dir_fd: int, name: str) -> bool:
+    """Remove an empty directory or empty regular file; whether it was removed."""
+    found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(found.st_mode):
+        os.rmdir(name, dir_fd=dir_fd)
+        return True
+    if stat.S_ISREG(found.st_mode) and found.st_size == 0:
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    return False
 
 
 def _refused(path: str, walked: str, exc: OSError) -> SpecError:

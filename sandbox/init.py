@@ -75,7 +75,7 @@ def clone_flags(rootful: bool) -> int:
 
 
 def report(status_fd: int, message: dict[str, Any]) -> None:
-    """One JSON line per message; short enough for an atomic pipe write."""
+    """One JSON line per message; the launcher gathers a long line over several reads."""
     os.write(status_fd, json.dumps(message).encode() + b"\n")
 
 
@@ -89,13 +89,18 @@ def _receive_spec(job_fd: int) -> SandboxSpec:
     return SandboxSpec.from_json(_read_exactly(job_fd, size))
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            os._exit(1)
-        data += chunk
+def _read_exactly(fd: int, size: int) -> bytearray:
+    """Read into one buffer: the launcher waits on this pipe while a spec of many
+    megabytes (large files or environment) arrives, so copying what has arrived
+    on every read would hold up every other build for as long."""
+    data = bytearray(size)
+    received = 0
+    with memoryview(data) as view:
+        while received < size:
+            count = os.readv(fd, [view[received:]])
+            if not count:
+                os._exit(1)
+            received += count
     return data
 
 

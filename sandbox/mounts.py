@@ -47,12 +47,17 @@ _STORE = ".scratch-store"
 class RootLayout:
     """What assembling the root left behind that someone must undo or read later.
 
-    ``mountpoints`` are sandbox paths created inside host-bound scratch dirs only
-    to serve as mount targets; the launcher removes them after the run so the
-    caller's scratch dir holds nothing the build did not write.
+    ``mountpoints`` are the entries created inside host-bound scratch dirs only
+    to serve as mount targets or as parents of files and the working directory;
+    the launcher removes them after the run so the caller's scratch dir holds
+    nothing the build did not write. Each is a sandbox path and the number of
+    its trailing components that were created, so that a chain of directories
+    created one inside the other is one entry: listing each of them by its
+    full path would make the report, and the launcher's removal, grow with
+    the square of a request's path depth.
     """
 
-    mountpoints: list[str] = field(default_factory=list)
+    mountpoints: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -232,7 +237,15 @@ def _created(ctx: _Context, parent_fd: int, name: str, path: str) -> None:
     if ctx.owner is not None and any(path.startswith(s + "/") for s in ctx.scratch):
         os.chown(name, *ctx.owner, dir_fd=parent_fd, follow_symlinks=False)
     if any(path.startswith(s + "/") for s in ctx.host_scratch):
-        ctx.layout.mountpoints.append(path)
+        created = ctx.layout.mountpoints
+        if created and _is_child(path, name, created[-1][0]):
+            created[-1] = (path, created[-1][1] + 1)
+        else:
+            created.append((path, 1))
+
+
+def _is_child(path: str, name: str, parent: str) -> bool:
+    return len(path) == len(parent) + 1 + len(name) and path.startswith(parent + "/")
 
 
 def _bind(source: str, target_fd: int, shown: str, writable: bool, device_ok: bool) -> None:

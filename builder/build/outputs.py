@@ -146,27 +146,60 @@ def export_outputs(
 
     Each output is written beside its final name and renamed into place, so a
     reader sees either the old or the new tree, never a half-written one.
+
+    ``out_dir`` often lies in a directory anyone may write to, such as /tmp,
+    where another user may have put a symlink or a directory of their own
+    under that name first. Following the one would write and replace entries
+    wherever it points; writing into the other would let its owner swap the
+    names being written for symlinks meanwhile. So ``out_dir`` must be a real
+    directory owned by the caller that others may not write to, and everything
+    below it is reached through the descriptor that checked it.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for node in outputs:
-        if not node.name:
-            raise InvalidArgumentError("an output without a name cannot be exported")
-        name = os.fsdecode(node.name)
-        dest = out_dir / name
-        staging = out_dir / f".{name}.tmp-{os.getpid()}"
-        remove_tree(staging)
-        materialise_node(node, staging, blobs, directories, read_only=True)
-        _set_epoch_times(staging)
-        if os.path.isdir(dest) and not os.path.islink(dest):
-            old = out_dir / f".{name}.old-{os.getpid()}"
-            os.rename(dest, old)
-            os.rename(staging, dest)
-            remove_tree(old)
-        else:
-            os.replace(staging, dest)
-        written.append(dest)
-    return written
+    out_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = _open_own_directory(out_dir)
+    try:
+        held = Path(f"/proc/self/fd/{fd}")
+        written = []
+        for node in outputs:
+            if not node.name:
+                raise InvalidArgumentError("an output without a name cannot be exported")
+            name = os.fsdecode(node.name)
+            dest = held / name
+            staging = held / f".{name}.tmp-{os.getpid()}"
+            remove_tree(staging)
+            materialise_node(node, staging, blobs, directories, read_only=True)
+            _set_epoch_times(staging)
+            if os.path.isdir(dest) and not os.path.islink(dest):
+                old = held / f".{name}.old-{os.getpid()}"
+                os.rename(dest, old)
+                os.rename(staging, dest)
+                remove_tree(old)
+            else:
+                os.replace(staging, dest)
+            written.append(out_dir / name)
+        return written
+    finally:
+        os.close(fd)
+
+
+def _open_own_directory(path: Path) -> int:
+    try:
+        fd = os.open(path, DIRECTORY_FLAGS)
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"cannot export into {path}: not a directory (a symlink is not followed): "
+            f"{error.strerror}"
+        ) from None
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        os.close(fd)
+        raise InvalidArgumentError(
+            f"cannot export into {path}: it belongs to uid {info.st_uid}, not to this user"
+        )
+    if info.st_mode & stat.S_IWOTH:
+        os.close(fd)
+        raise InvalidArgumentError(f"cannot export into {path}: anyone may write to it")
+    return fd
 
 
 def _set_epoch_times(root: Path) -> None:

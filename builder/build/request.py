@@ -55,10 +55,29 @@ class BuildRequest:
         validate_request(self)
 
 
+# The sandbox shows a request path at "/" + path, and the kernel takes no
+# longer path than PATH_MAX (4096 bytes with its terminating NUL): anything
+# longer could not be used inside, only written to the host's disk.
+MAX_PATH_BYTES = 4094
+
+# What exec takes at most: one argument or "KEY=VALUE" string of 32 pages
+# (MAX_ARG_STRLEN, with its NUL), and arguments and environment together of
+# three quarters of 8 MiB, pointers included, whatever the stack limit. A
+# request beyond them could never start its command; refusing it here spares
+# shipping megabytes to the sandbox only to learn that.
+MAX_ARG_BYTES = 32 * 4096
+MAX_EXEC_BYTES = 6 << 20
+
+
 def check_relative_path(path: str, where: str) -> None:
     """Clean relative paths cannot name anything outside the build root."""
     if not path:
         raise InvalidArgumentError(f"{where}: path is empty")
+    size = len(path.encode(errors="surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        raise InvalidArgumentError(
+            f"{where}: path is {size} bytes long, more than the limit of {MAX_PATH_BYTES}"
+        )
     if "\0" in path:
         raise InvalidArgumentError(f"{where}: {path!r} contains NUL")
     if path.startswith("/"):
@@ -87,6 +106,33 @@ def is_inside(path: str, parent: str) -> bool:
     return path.startswith(parent + "/")
 
 
+class PathTree:
+    """A set of relative paths that tells which of them holds a path, in time linear in
+    that path's length: a request may carry millions of paths, and comparing each
+    with each would hold a server thread for hours."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self._root: dict[str, dict] = {}
+        for path in paths:
+            node = self._root
+            for component in path.split("/"):
+                node = node.setdefault(component, {})
+            node[""] = {}
+
+    def holder(self, path: str) -> str | None:
+        """The shortest member that ``path`` lies strictly inside, if any."""
+        components = path.split("/")
+        node = self._root
+        for depth, component in enumerate(components[:-1], start=1):
+            child = node.get(component)
+            if child is None:
+                return None
+            if "" in child:
+                return "/".join(components[:depth])
+            node = child
+        return None
+
+
 def validate_request(request: BuildRequest) -> None:
     for i, node in enumerate(request.inputs):
         where = f"inputs[{i}]"
@@ -109,10 +155,11 @@ def validate_request(request: BuildRequest) -> None:
         check_relative_path(path, f"scratch_paths[{i}]")
     _check_sorted(list(request.scratch_paths), "scratch_paths")
 
+    scratch = PathTree(request.scratch_paths)
     for i, path in enumerate(request.outputs):
         where = f"outputs[{i}]"
         check_relative_path(path, where)
-        if not any(is_inside(path, s) for s in request.scratch_paths):
+        if scratch.holder(path) is None:
             raise InvalidArgumentError(f"{where}: {path!r} is not inside any scratch path")
     _check_sorted(list(request.outputs), "outputs")
 
@@ -125,6 +172,7 @@ def validate_request(request: BuildRequest) -> None:
         if b"\0" in value:
             raise InvalidArgumentError(f"{where}.value: contains NUL")
     _check_sorted([k for k, _ in request.environment], "environment_vars")
+    _check_exec_size(request)
 
     constraints = request.constraints
     if not constraints.system:
@@ -136,18 +184,40 @@ def validate_request(request: BuildRequest) -> None:
     for i, extra in enumerate(request.additional_files):
         where = f"additional_files[{i}].path"
         check_relative_path(extra.path, where)
-        if not any(is_inside(extra.path, s) for s in request.scratch_paths):
+        if scratch.holder(extra.path) is None:
             raise InvalidArgumentError(f"{where}: {extra.path!r} is not inside any scratch path")
-    paths = [f.path for f in request.additional_files]
-    for i, path in enumerate(paths):
-        if path in paths[:i]:
-            raise InvalidArgumentError(f"additional_files[{i}].path: duplicate {path!r}")
+    seen: set[str] = set()
+    for i, extra in enumerate(request.additional_files):
+        if extra.path in seen:
+            raise InvalidArgumentError(f"additional_files[{i}].path: duplicate {extra.path!r}")
+        seen.add(extra.path)
 
     for i, needle in enumerate(request.refscan_needles):
         if not needle:
             raise InvalidArgumentError(f"refscan_needles[{i}]: empty")
 
     _check_symlink_inputs(request)
+
+
+def _check_exec_size(request: BuildRequest) -> None:
+    strings = [(f"command_args[{i}]", arg.encode()) for i, arg in enumerate(request.command_args)]
+    strings += [
+        (f"environment_vars[{i}]", key.encode() + b"=" + value)
+        for i, (key, value) in enumerate(request.environment)
+    ]
+    total = 0
+    for where, string in strings:
+        size = len(string) + 1
+        if size > MAX_ARG_BYTES:
+            raise InvalidArgumentError(
+                f"{where}: {size} bytes, more than the {MAX_ARG_BYTES} exec takes in one string"
+            )
+        total += size + 8
+    if total > MAX_EXEC_BYTES:
+        raise InvalidArgumentError(
+            f"command_args and environment_vars: {total} bytes together, more than the "
+            f"{MAX_EXEC_BYTES} exec takes"
+        )
 
 
 def _check_symlink_inputs(request: BuildRequest) -> None:
@@ -157,13 +227,13 @@ def _check_symlink_inputs(request: BuildRequest) -> None:
     wherever the request says; a path at or below it would be resolved on the
     host before the build starts (or after it ends), not inside the sandbox.
     """
-    links = [
-        f"{request.inputs_dir}/{os.fsdecode(node.name)}"
-        for node in request.inputs
-        if isinstance(node, SymlinkNode)
-    ]
-    if not links:
-        return
+    links = PathTree(
+        tuple(
+            f"{request.inputs_dir}/{os.fsdecode(node.name)}"
+            for node in request.inputs
+            if isinstance(node, SymlinkNode)
+        )
+    )
     fields = [("working_dir", request.working_dir)]
     fields += [(f"scratch_paths[{i}]", p) for i, p in enumerate(request.scratch_paths)]
     fields += [(f"outputs[{i}]", p) for i, p in enumerate(request.outputs)]
@@ -171,11 +241,11 @@ def _check_symlink_inputs(request: BuildRequest) -> None:
         (f"additional_files[{i}].path", f.path) for i, f in enumerate(request.additional_files)
     ]
     for where, path in fields:
-        for link in links:
-            if path == link or is_inside(path, link):
-                raise InvalidArgumentError(
-                    f"{where}: {path!r} lies at or below the symlink input {link!r}"
-                )
+        link = links.holder(path + "/")
+        if link is not None:
+            raise InvalidArgumentError(
+                f"{where}: {path!r} lies at or below the symlink input {link!r}"
+            )
 
 
 def request_from_proto(msg: Any) -> BuildRequest:

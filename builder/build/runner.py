@@ -22,7 +22,7 @@ from builder.build.config import BuildConfig
 from builder.build.matcache.cache import MaterialisationCache
 from builder.build.outputs import CollectedOutput, collect_outputs
 from builder.build.removal import remove_tree
-from builder.build.request import BuildRequest, is_inside
+from builder.build.request import BuildRequest, PathTree, is_inside
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
@@ -91,9 +91,11 @@ class BuildRunner:
                 raise CancelledError("build cancelled")
             if not result.ok:
                 raise _failure(result)
+            holders = PathTree(request.scratch_paths)
             locations = []
             for output in request.outputs:
-                scratch = next(s for s in request.scratch_paths if is_inside(output, s))
+                scratch = holders.holder(output)
+                assert scratch is not None
                 locations.append((output, scratch_hosts[scratch], output[len(scratch) + 1 :]))
             try:
                 return collect_outputs(

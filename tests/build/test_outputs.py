@@ -17,7 +17,8 @@ from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
-from builder.errors import BuildFailedError
+from builder.errors import BuildFailedError, InvalidArgumentError
+from tests.canary import make_canary, snapshot
 
 
 @pytest.fixture
@@ -107,3 +108,37 @@ def test_export_of_a_symlink_output(tmp_path: Path, store) -> None:
     export_outputs([node], tmp_path / "o", blobs, directories)
     assert os.readlink(tmp_path / "o" / "link") == "/nix/store/elsewhere"
     assert (tmp_path / "o" / "link").lstat().st_mtime == 1
+
+
+@pytest.mark.parametrize("planted", ["symlink", "foreign directory", "open directory"])
+def test_export_refuses_a_directory_another_user_planted(
+    tmp_path: Path, store, planted: str
+) -> None:
+    """An --out path in a shared directory such as /tmp may have been made by anyone first.
+
+    Following a symlink there would write (and replace) entries wherever it
+    points; writing into another user's directory lets that user swap the
+    names being written and renamed for symlinks meanwhile.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("handing a directory to another user needs root")
+    blobs, directories = store
+    (tmp_path / "src").write_text("exported\n")
+    node = ingest_path(tmp_path / "src", blobs, directories, b"out")
+    canary = make_canary(tmp_path / "canary", 0)
+    (canary / "out").write_text("kept\n")
+    before = snapshot(canary)
+    out = tmp_path / "shared-out"
+    if planted == "symlink":
+        out.symlink_to(canary)
+    elif planted == "foreign directory":
+        out.mkdir()
+        os.chown(out, 65534, 65534)
+    else:
+        out.mkdir()
+        out.chmod(0o777)
+    with pytest.raises(InvalidArgumentError, match="shared-out"):
+        export_outputs([node], out, blobs, directories)
+    assert snapshot(canary) == before
+    if planted != "symlink":
+        assert list(out.iterdir()) == []

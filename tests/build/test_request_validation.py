@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -101,6 +102,37 @@ def _with(**changes: object) -> BuildRequest:
         ({"inputs": (SymlinkNode(b"a", b""),)}, r"inputs\[0\] b'a': target is empty"),
         ({"inputs": (FileNode(b"..", EMPTY_DIGEST, 0),)}, r"inputs\[0\]: name b'\.\.'"),
         ({"refscan_needles": ("",)}, r"refscan_needles\[0\]: empty"),
+        (
+            {"additional_files": (AdditionalFile("build/a", b""), AdditionalFile("build/a", b""))},
+            r"additional_files\[1\]\.path: duplicate 'build/a'",
+        ),
+        ({"working_dir": "nix/store/ccc-link"}, "at or below the symlink input"),
+        ({"outputs": ("nix/store/ccc-link/x",)}, "at or below the symlink input"),
+        ({"outputs": ("build-x/out",)}, r"outputs\[0\]: .* not inside any scratch path"),
+        (
+            {"command_args": ("/bin/sh", "x" * 131072)},
+            r"command_args\[1\]: 131073 bytes, more than the 131072 exec takes in one string",
+        ),
+        (
+            {"environment": (("A", b"x" * 131070),)},
+            r"environment_vars\[0\]: 131073 bytes",
+        ),
+        (
+            {"environment": tuple((f"V{i:03}", b"x" * 100000) for i in range(63))},
+            "command_args and environment_vars: .* bytes together, more than the 6291456",
+        ),
+        (
+            {"working_dir": "build" + "/a" * 2045},
+            "working_dir: path is 4095 bytes long, more than the limit of 4094",
+        ),
+        (
+            {"additional_files": (AdditionalFile("build/" + "é" * 2045, b""),)},
+            r"additional_files\[0\]\.path: path is 4096 bytes long",
+        ),
+        (
+            {"constraints": Constraints(system="x", available_ro_paths=("/" + "d" * 4095,))},
+            r"available_ro_paths\[0\]: path is 4095 bytes long",
+        ),
     ],
 )
 def test_rule_violations_name_the_field(changes: dict, match: str) -> None:
@@ -108,8 +140,32 @@ def test_rule_violations_name_the_field(changes: dict, match: str) -> None:
         _with(**changes).validate()
 
 
+def test_arguments_and_environment_up_to_what_exec_takes_pass() -> None:
+    _with(
+        command_args=("/bin/sh", "x" * 131071),
+        environment=tuple((f"V{i:03}", b"x" * 100000) for i in range(60)),
+    ).validate()
+
+
+def test_paths_up_to_path_max_pass() -> None:
+    _with(working_dir="build" + "/a" * 2044, inputs_dir="nix" + "/s" * 2045).validate()
+
+
 def test_wrong_input_digest_length_named() -> None:
     msg = request_to_proto(nix_like(), Family.TVIX)
     msg.inputs[0].directory.digest = b"\1" * 31
     with pytest.raises(InvalidArgumentError, match=r"inputs\[0\]\.directory\.digest"):
         request_from_proto(msg)
+
+
+def test_paths_beside_a_symlink_input_pass() -> None:
+    _with(outputs=("nix/store/ccc-link-out", "nix/store/ccc-linkx")).validate()
+
+
+def test_a_million_paths_validate_without_comparing_each_with_each() -> None:
+    links = tuple(SymlinkNode(f"link-{i:06}".encode(), b"/") for i in range(20_000))
+    files = tuple(AdditionalFile(f"build/f{i:07}", b"") for i in range(1_000_000))
+    request = _with(inputs=links, additional_files=files, outputs=("build/out",))
+    started = time.monotonic()
+    request.validate()
+    assert time.monotonic() - started < 20

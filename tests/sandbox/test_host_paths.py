@@ -9,6 +9,7 @@ anything through it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,26 @@ def test_failed_setup_leaves_no_mount_points_behind(sandbox: Sandboxes) -> None:
     assert [p.name for p in scratch.iterdir()] == ["store"]
     assert [p.name for p in (scratch / "store").iterdir()] == ["evil"]
     assert snapshot(canary) == before
+
+
+def test_deep_mount_points_are_removed_in_time_linear_in_their_depth(
+    sandbox: Sandboxes,
+) -> None:
+    """A mount target thousands of levels deep in scratch costs the launcher one walk.
+
+    Listing and removing each created directory by its full path would take
+    the launcher, which serves every build, minutes for a path of a few
+    kilobytes; a chain of created directories is one entry, walked once.
+    """
+    host, fields = sandbox.with_build_dir()
+    deep = "/build" + "/d" * 8000
+    started = time.monotonic()
+    result = sandbox.run(
+        "echo ran",
+        ro_binds=[Bind(str(sandbox.tools / "busybox"), f"{deep}/mounted")],
+        files=[File(f"/build/kept{'/k' * 100}/file", b"contents\n")],
+        **fields,
+    )
+    assert result.ok, result
+    assert time.monotonic() - started < 30
+    assert [p.name for p in host.iterdir()] == ["kept"]

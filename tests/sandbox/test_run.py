@@ -109,6 +109,20 @@ def test_files_are_written_before_start(sandbox: Sandboxes) -> None:
     assert (host / ".attr-1").read_bytes() == b"payload\n"
 
 
+def test_a_spec_of_many_megabytes_does_not_hold_up_other_runs(sandbox: Sandboxes) -> None:
+    """The launcher serves every run from one thread, and hands each spec to its PID 1."""
+    host, fields = sandbox.with_build_dir()
+    large = sandbox.spec("true", files=[File("/build/large", b"x" * (48 << 20))], **fields)
+    handle = sandbox.launcher.submit(large)
+    started = time.monotonic()
+    small = sandbox.run("echo small")
+    waited = time.monotonic() - started
+    assert small.log == b"small\n"
+    assert handle.wait(timeout=120).ok
+    assert (host / "large").stat().st_size == 48 << 20
+    assert waited < 8
+
+
 def test_mountpoints_for_inputs_do_not_litter_scratch(sandbox: Sandboxes, tools: Path) -> None:
     store = sandbox.directory("store")
     fields = {"scratch": [Scratch("/nix/store", str(store))], "cwd": "/nix/store"}

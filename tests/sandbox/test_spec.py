@@ -1,5 +1,7 @@
 """The spec and result travel as JSON between processes and through the CLI."""
 
+import time
+
 import pytest
 
 from sandbox import Bind, File, Limits, SandboxResult, SandboxSpec, Scratch, SpecError
@@ -42,6 +44,14 @@ def test_result_round_trips() -> None:
         {"ro_binds": [Bind("/a", "/proc/x")]},
         {"ro_binds": [Bind("/a", "/dev")]},
         {"scratch": [Scratch("/build", "/a"), Scratch("/build/sub", "/b")]},
+        {
+            "scratch": [
+                Scratch("/build", "/a"),
+                Scratch("/build-x", "/b"),
+                Scratch("/build.x", "/c"),
+                Scratch("/build/sub", "/d"),
+            ]
+        },
         {"scratch": [Scratch("/x", "/a")], "ro_binds": [Bind("/b", "/x")]},
         {"env": {"A=B": "c"}},
         {"limits": Limits(memory=0)},
@@ -57,3 +67,15 @@ def test_invalid_specs_are_rejected(change: dict) -> None:
 def test_garbage_json_is_a_spec_error() -> None:
     with pytest.raises(SpecError):
         SandboxSpec.from_json('{"env": {}}')
+
+
+def test_scratch_targets_side_by_side_are_accepted() -> None:
+    scratch = [Scratch(p, f"/h{i}") for i, p in enumerate(["/b", "/b-x", "/b.x", "/bb/c"])]
+    SandboxSpec(argv=["/bin/true"], scratch=scratch).validate()
+
+
+def test_many_scratch_targets_are_checked_without_comparing_each_with_each() -> None:
+    scratch = [Scratch(f"/s{i}", f"/h{i}") for i in range(50_000)]
+    started = time.monotonic()
+    SandboxSpec(argv=["/bin/true"], scratch=scratch).validate()
+    assert time.monotonic() - started < 5
