@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from sandbox import Bind, Launcher, LauncherConfig, Limits, SandboxSpec
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 
 from .conftest import Sandboxes
@@ -38,11 +39,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10) -> bool:
     return condition()
 
 
+RUN_SLEEP = sleep_marker(1001)
 SCENARIOS = {
-    "success": ("setsid sleep 1001.5 & echo done", Limits()),
-    "failure": ("setsid sleep 1001.5 & exit 3", Limits()),
-    "timeout": ("setsid sleep 1001.5 & sleep 1001.5", Limits(wall_time=0.5)),
-    "cancel": ("setsid sleep 1001.5 & sleep 1001.5", Limits()),
+    "success": (f"setsid {RUN_SLEEP} & echo done", Limits()),
+    "failure": (f"setsid {RUN_SLEEP} & exit 3", Limits()),
+    "timeout": (f"setsid {RUN_SLEEP} & {RUN_SLEEP}", Limits(wall_time=0.5)),
+    "cancel": (f"setsid {RUN_SLEEP} & {RUN_SLEEP}", Limits()),
 }
 
 
@@ -59,7 +61,7 @@ def test_nothing_survives_a_run(sandbox: Sandboxes, scenario: str) -> None:
     result = handle.wait(30)
     if scenario == "cancel":
         assert result.stopped_by == "cancelled"
-    assert processes_with("sleep 1001.5") == []
+    assert processes_with(RUN_SLEEP) == []
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
     assert len(build_cgroups(sandbox.launcher)) == spares
     if sandbox.rootful:
@@ -92,9 +94,10 @@ def test_sigkilled_controller_leaves_nothing(
     mode: str, tools: Path, rootless_config: LauncherConfig
 ) -> None:
     config = client_config(LauncherConfig() if mode == "rootful" else rootless_config)
+    marker = sleep_marker(1002)
     mounts_before = Path("/proc/self/mountinfo").read_text()
     client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, repr(config), str(tools), "1002.5"],
+        [sys.executable, "-c", CLIENT, repr(config), str(tools), marker.removeprefix("sleep ")],
         stdout=subprocess.PIPE,
         cwd=ROOT,
         text=True,
@@ -102,11 +105,11 @@ def test_sigkilled_controller_leaves_nothing(
     assert client.stdout is not None
     pid, root_dir, *cgroup_parents = client.stdout.readline().split()
     assert client.stdout.readline() == "started\n"
-    assert len(processes_with("sleep 1002.5")) == 2
+    assert len(processes_with(marker)) == 2
     client.send_signal(signal.SIGKILL)
     client.wait()
     assert wait_until(lambda: not psutil.pid_exists(int(pid))), "launcher outlived its client"
-    assert wait_until(lambda: processes_with("sleep 1002.5") == [])
+    assert wait_until(lambda: processes_with(marker) == [])
     assert not Path(root_dir).exists()
     for parent in cgroup_parents:
         assert not Path(parent).exists()
@@ -118,15 +121,16 @@ def test_builds_die_with_a_sigkilled_launcher(tools: Path) -> None:
     assert launcher.info is not None
     parents = launcher.info.cgroup_parents
     root_dir = Path(launcher.info.root_dir)
+    marker = sleep_marker(1003)
     try:
         spec = SandboxSpec(
-            argv=["/bin/sh", "-c", "setsid sleep 1003.5 & sleep 1003.5"],
+            argv=["/bin/sh", "-c", f"setsid {marker} & {marker}"],
             ro_binds=[Bind(str(tools), "/bin")],
         )
         launcher.submit(spec)
-        assert wait_until(lambda: len(processes_with("sleep 1003.5")) == 2)
+        assert wait_until(lambda: len(processes_with(marker)) == 2)
         os.kill(launcher.info.pid, signal.SIGKILL)
-        assert wait_until(lambda: processes_with("sleep 1003.5") == [])
+        assert wait_until(lambda: processes_with(marker) == [])
     finally:
         launcher.stop()
     with Launcher():

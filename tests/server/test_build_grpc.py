@@ -27,6 +27,7 @@ from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.server.app import create_server
 from sandbox import Launcher
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 
 
@@ -214,7 +215,7 @@ def test_concurrent_builds_share_inputs(served: Served, tmp_path: Path) -> None:
 
 
 def test_client_cancel_kills_build(served: Served) -> None:
-    marker = "sleep 4171"
+    marker = sleep_marker(4171)
     msg = request_to_proto(_request(f"{marker}; echo x > /nix/store/out"), Family.SNIX)
     future = served.snix().DoBuild.future(msg, timeout=60)
     deadline = time.monotonic() + 20
