@@ -5,8 +5,9 @@ they start this process once and send it specs over a socket. It has already
 imported everything a sandbox needs, hands each run to a PID 1 cloned ahead of
 demand (spares.py, init.py), and multiplexes logs, timers and exits with one
 selector; the limits it watches itself are in enforcement.py and the result it
-reports is assembled by accounting.py. It also owns cleanup: when its client disappears it kills
-every build and removes every cgroup and directory it made before exiting.
+reports is assembled by accounting.py. It also owns cleanup: when its client
+disappears it kills every build and removes every cgroup and directory it made
+before exiting.
 """
 
 import contextlib
