@@ -7,7 +7,9 @@ shared by all runs, so no two live runs ever hold the same slot. The slot
 gives the run its own build uid range and uid lock directory, passed to every
 launcher it starts, in process or through ``builder`` commands, by the
 launcher's environment variables; and a token that every process marker of the
-run carries.
+run carries. A root run also moves to a mount namespace of its own with private
+propagation, so that a mount another run makes (a small disk, say) never shows
+in the mount table this run checks for leaked sandbox mounts, nor the reverse.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import secrets
 import tempfile
 
+from sandbox import syscalls
 from sandbox.launcher import UID_BASE_VARIABLE, UID_COUNT_VARIABLE, UID_LOCK_DIR_VARIABLE
 
 _SLOTS_DIR = (
@@ -64,6 +67,9 @@ def _settle() -> str:
     os.environ[UID_LOCK_DIR_VARIABLE] = os.path.join(_SLOTS_DIR, f"uids-{slot}")
     token = f"{slot:03d}{secrets.randbelow(1000):03d}"
     os.environ[_TOKEN_VARIABLE] = token
+    if os.geteuid() == 0:
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     return token
 
 

@@ -105,7 +105,7 @@ def test_sigkilled_controller_leaves_nothing(
     assert client.stdout is not None
     pid, root_dir, *cgroup_parents = client.stdout.readline().split()
     assert client.stdout.readline() == "started\n"
-    assert len(processes_with(marker)) == 2
+    assert wait_until(lambda: len(processes_with(marker)) == 2)
     client.send_signal(signal.SIGKILL)
     client.wait()
     assert wait_until(lambda: not psutil.pid_exists(int(pid))), "launcher outlived its client"
