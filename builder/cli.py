@@ -328,6 +328,12 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
         help="largest castore directory size (the size rule: about two per name) of a "
         "build's inputs together (default: 8388608)",
     )
+    parser.epilog = (
+        "Run as root, builds get host uids from $SANDBOX_UID_BASE (default 2000000000), "
+        "$SANDBOX_UID_COUNT of them (default 1024), each held by a lock in "
+        "$SANDBOX_UID_LOCK_DIR (default /run/sandbox-build-uids); processes that share "
+        "a range must share that directory."
+    )
 
 
 def _request_file_options(parser: argparse.ArgumentParser, out_help: str) -> None:

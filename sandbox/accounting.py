@@ -8,6 +8,9 @@ build's processes instead (ru_maxrss cannot serve: a process started with
 vfork inherits the high-water mark of its parent's address space), so the
 figure is a lower bound and the memory limit is only per process (RLIMIT_AS);
 the result lists it in ``unenforced_limits``.
+
+``result`` assembles what a run reports once PID 1 is reaped and its pipes are
+closed, from these figures and what the launcher saw along the way.
 """
 
 import contextlib
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 import psutil
 
 from sandbox.cgroups import BuildCgroup, CgroupStats
-from sandbox.result import Limit
+from sandbox.result import CANCELLED, Limit, SandboxResult
+from sandbox.run import Run
 from sandbox.spec import Limits
 
 #: Without a memory cgroup a process stopped by RLIMIT_AS peaks a little below
@@ -45,7 +49,7 @@ class TreeSample:
     rss: int
 
 
-def usage(
+def _usage(
     reported: dict[str, float] | None,
     rusage: resource.struct_rusage | None,
     cgroup: BuildCgroup | None,
@@ -81,7 +85,7 @@ def sample_tree(init_pid: int) -> TreeSample:
     return TreeSample(1 + len(children), rss)
 
 
-def limits_reached(limits: Limits, used: Usage, sig: int | None, memory_cgroup: bool) -> set[str]:
+def _limits_reached(limits: Limits, used: Usage, sig: int | None, memory_cgroup: bool) -> set[str]:
     """Limits the kernel's own counters show the build ran into."""
     reached: set[str] = set()
     if limits.memory is not None:
@@ -101,7 +105,7 @@ def limits_reached(limits: Limits, used: Usage, sig: int | None, memory_cgroup: 
     return reached
 
 
-def fatal_limit(reached: set[str], sig: int | None) -> str | None:
+def _fatal_limit(reached: set[str], sig: int | None) -> str | None:
     """The limit that killed a command the sandbox itself did not stop."""
     if sig == signal.SIGXCPU:
         return Limit.CPU_TIME
@@ -111,3 +115,49 @@ def fatal_limit(reached: set[str], sig: int | None) -> str | None:
         if limit in reached:
             return limit
     return None
+
+
+def result(run: Run) -> SandboxResult:
+    """What a finished run reports; reads its cgroup, so call it before removing that."""
+    limits = run.spec.limits
+    status = run.status
+    used = _usage(status.get("rusage"), run.rusage, run.cgroup, run.sampled_peak, limits)
+    reported = SandboxResult(
+        exit_code=status.get("exit_code"),
+        signal=status.get("signal"),
+        stopped_by=run.stopped_by,
+        wall_time=run.wall_time,
+        user_time=used.user_time,
+        system_time=used.system_time,
+        peak_memory=used.peak_memory,
+        log=bytes(run.log),
+        log_truncated=run.truncated,
+        error=status.get("error"),
+    )
+    if reported.exit_code is None and reported.signal is None and run.stopped_by is not None:
+        reported.signal = signal.SIGKILL
+    memory_cgroup = run.cgroup is not None and run.cgroup.controls_memory
+    reached = _limits_reached(limits, used, reported.signal, memory_cgroup)
+    reached |= run.reached
+    if status.get("scratch_full"):
+        reached.add(Limit.SCRATCH_BYTES)
+    if run.stopped_by is not None and run.stopped_by != CANCELLED:
+        reached.add(run.stopped_by)
+    if reported.stopped_by is None:
+        reported.stopped_by = _fatal_limit(reached, reported.signal)
+        if reported.stopped_by is not None:
+            reached.add(reported.stopped_by)
+    reported.limits_reached = sorted(reached)
+    reported.unenforced_limits = _unenforced(run)
+    return reported
+
+
+def _unenforced(run: Run) -> list[str]:
+    limits = run.spec.limits
+    cgroup = run.cgroup
+    missing = []
+    if limits.memory is not None and (cgroup is None or not cgroup.controls_memory):
+        missing.append(Limit.MEMORY.value)
+    if limits.cpu_time is not None and (cgroup is None or not cgroup.accounts_cpu):
+        missing.append(Limit.CPU_TIME.value)
+    return missing

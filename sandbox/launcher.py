@@ -30,6 +30,25 @@ LogCallback = Callable[[bytes], None]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
+#: Environment variables that set the defaults of the build uid range and its
+#: lock directory, so that every launcher a process starts (or a command it
+#: runs starts) can be moved to another range without code or options.
+UID_BASE_VARIABLE = "SANDBOX_UID_BASE"
+UID_COUNT_VARIABLE = "SANDBOX_UID_COUNT"
+UID_LOCK_DIR_VARIABLE = "SANDBOX_UID_LOCK_DIR"
+DEFAULT_UID_BASE = 2_000_000_000
+DEFAULT_UID_COUNT = 1024
+
+
+def _int_from_environment(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise LauncherError(f"${name} is {value!r}, not an integer") from None
+
 
 @dataclass(frozen=True)
 class LauncherConfig:
@@ -43,11 +62,17 @@ class LauncherConfig:
     uid from the range and an empty cgroup while it waits. ``uid_lock_dir``
     holds one lock file per uid of the range for a root launcher; launchers that
     share a range must share it. It is created 0700 if absent, and refused if it
-    is a symlink, owned by another user or open to group or others.
+    is a symlink, owned by another user or open to group or others. The three
+    default to ``$SANDBOX_UID_BASE``, ``$SANDBOX_UID_COUNT`` and
+    ``$SANDBOX_UID_LOCK_DIR`` when these are set.
     """
 
-    uid_base: int = 2_000_000_000
-    uid_count: int = 1024
+    uid_base: int = field(
+        default_factory=lambda: _int_from_environment(UID_BASE_VARIABLE, DEFAULT_UID_BASE)
+    )
+    uid_count: int = field(
+        default_factory=lambda: _int_from_environment(UID_COUNT_VARIABLE, DEFAULT_UID_COUNT)
+    )
     use_cgroups: bool = True
     python: str = sys.executable
     python_path: tuple[str, ...] = ()
@@ -55,7 +80,9 @@ class LauncherConfig:
     group: int | None = None
     start_timeout: float = 30.0
     spares: int = 2
-    uid_lock_dir: str = DEFAULT_LOCK_DIR
+    uid_lock_dir: str = field(
+        default_factory=lambda: os.environ.get(UID_LOCK_DIR_VARIABLE, DEFAULT_LOCK_DIR)
+    )
 
 
 @dataclass

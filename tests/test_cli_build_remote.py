@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from builder.castore.grpc.channel import open_channel
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
 from tests.waiting import wait_for
@@ -224,7 +225,7 @@ def test_invalid_request_is_refused_before_anything_is_sent(server: Server, tmp_
 def test_signal_cancels_the_remote_build(
     server: Server, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    marker = f"sleep {4100 + signum}"
+    marker = sleep_marker(4100 + signum)
     request = _request_file(tmp_path, f"{marker}; echo x > /nix/store/out")
     client = subprocess.Popen(
         [sys.executable, "-m", "builder", "build", "--remote", server.address, str(request)],

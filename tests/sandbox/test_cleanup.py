@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from sandbox import Bind, Launcher, LauncherConfig, Limits, SandboxSpec
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.waiting import wait_for
 
@@ -28,11 +29,12 @@ def build_cgroups(launcher: Launcher) -> set[str]:
     return {p.name for parent in launcher.info.cgroup_parents for p in Path(parent).glob("build-*")}
 
 
+RUN_SLEEP = sleep_marker(1001)
 SCENARIOS = {
-    "success": ("setsid sleep 1001.5 & echo done", Limits()),
-    "failure": ("setsid sleep 1001.5 & exit 3", Limits()),
-    "timeout": ("setsid sleep 1001.5 & sleep 1001.5", Limits(wall_time=0.5)),
-    "cancel": ("setsid sleep 1001.5 & sleep 1001.5", Limits()),
+    "success": (f"setsid {RUN_SLEEP} & echo done", Limits()),
+    "failure": (f"setsid {RUN_SLEEP} & exit 3", Limits()),
+    "timeout": (f"setsid {RUN_SLEEP} & {RUN_SLEEP}", Limits(wall_time=0.5)),
+    "cancel": (f"setsid {RUN_SLEEP} & {RUN_SLEEP}", Limits()),
 }
 
 
@@ -49,7 +51,7 @@ def test_nothing_survives_a_run(sandbox: Sandboxes, scenario: str) -> None:
     result = handle.wait(30)
     if scenario == "cancel":
         assert result.stopped_by == "cancelled"
-    assert processes_with("sleep 1001.5") == []
+    assert processes_with(RUN_SLEEP) == []
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
     # The launcher refills its spare groups after it has reported a run's result.
     wait_for(
@@ -86,9 +88,10 @@ def test_sigkilled_controller_leaves_nothing(
     mode: str, tools: Path, rootless_config: LauncherConfig
 ) -> None:
     config = client_config(LauncherConfig() if mode == "rootful" else rootless_config)
+    marker = sleep_marker(1002)
     mounts_before = Path("/proc/self/mountinfo").read_text()
     client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, repr(config), str(tools), "1002.5"],
+        [sys.executable, "-c", CLIENT, repr(config), str(tools), marker.removeprefix("sleep ")],
         stdout=subprocess.PIPE,
         cwd=ROOT,
         text=True,
@@ -96,11 +99,11 @@ def test_sigkilled_controller_leaves_nothing(
     assert client.stdout is not None
     pid, root_dir, *cgroup_parents = client.stdout.readline().split()
     assert client.stdout.readline() == "started\n"
-    wait_for(lambda: len(processes_with("sleep 1002.5")) == 2, "both sleeps to run")
+    wait_for(lambda: len(processes_with(marker)) == 2, "both sleeps to run")
     client.send_signal(signal.SIGKILL)
     client.wait()
     wait_for(lambda: not psutil.pid_exists(int(pid)), "the launcher to die with its client")
-    wait_for(lambda: processes_with("sleep 1002.5") == [], "the build to die with its client")
+    wait_for(lambda: processes_with(marker) == [], "the build to die with its client")
     assert not Path(root_dir).exists()
     for parent in cgroup_parents:
         assert not Path(parent).exists()
@@ -112,15 +115,16 @@ def test_builds_die_with_a_sigkilled_launcher(tools: Path) -> None:
     assert launcher.info is not None
     parents = launcher.info.cgroup_parents
     root_dir = Path(launcher.info.root_dir)
+    marker = sleep_marker(1003)
     try:
         spec = SandboxSpec(
-            argv=["/bin/sh", "-c", "setsid sleep 1003.5 & sleep 1003.5"],
+            argv=["/bin/sh", "-c", f"setsid {marker} & {marker}"],
             ro_binds=[Bind(str(tools), "/bin")],
         )
         launcher.submit(spec)
-        wait_for(lambda: len(processes_with("sleep 1003.5")) == 2, "both sleeps to run")
+        wait_for(lambda: len(processes_with(marker)) == 2, "both sleeps to run")
         os.kill(launcher.info.pid, signal.SIGKILL)
-        wait_for(lambda: processes_with("sleep 1003.5") == [], "the build to die with its launcher")
+        wait_for(lambda: processes_with(marker) == [], "the build to die with its launcher")
     finally:
         launcher.stop()
     with Launcher():

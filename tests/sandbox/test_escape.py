@@ -21,6 +21,8 @@ import psutil
 import pytest
 
 from sandbox import Bind, Limit, Limits, Scratch
+from tests.isolation import TOKEN, sleep_marker
+from tests.processes import processes_with
 
 from .conftest import SECRET, Sandboxes
 
@@ -354,18 +356,10 @@ def test_no_descriptors_are_inherited(sandbox: Sandboxes) -> None:
 # Resource exhaustion
 
 
-def build_processes(sandbox: Sandboxes, marker: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if marker in " ".join(process.info["cmdline"] or []):
-                found.append(process)
-    return found
-
-
 def test_fork_bomb_is_contained(sandbox: Sandboxes) -> None:
     limits = Limits(processes=64, wall_time=3)
-    result = sandbox.run("bomb() { bomb | bomb & }; bomb; sleep 100", limits=limits)
+    marker = sleep_marker(100)
+    result = sandbox.run(f"bomb() {{ bomb | bomb & }}; bomb; {marker}", limits=limits)
     assert result.stopped_by == Limit.WALL_TIME
     assert b"can't fork" in result.log
     if sandbox.rootful:
@@ -374,18 +368,19 @@ def test_fork_bomb_is_contained(sandbox: Sandboxes) -> None:
         # processes die too fast for sampling: the next test covers reporting.
         assert Limit.PROCESSES in result.limits_reached
     assert subprocess.run(["true"]).returncode == 0
-    assert build_processes(sandbox, "bomb()") == []
+    assert processes_with(marker) == []
 
 
 def test_process_exhaustion_is_contained_and_reported(sandbox: Sandboxes) -> None:
     limits = Limits(processes=32, wall_time=3)
-    result = sandbox.run("probe forkhold", limits=limits)
+    marker = f"probe forkhold {TOKEN}"
+    result = sandbox.run(marker, limits=limits)
     assert result.stopped_by == Limit.WALL_TIME
     assert Limit.PROCESSES in result.limits_reached
     refused = result.log.split()
     assert refused[:3] == [b"fork", b"refused", b"after"]
     assert int(refused[3].rstrip(b":")) <= 32
-    assert build_processes(sandbox, "probe forkhold") == []
+    assert processes_with(marker) == []
 
 
 def test_memory_bomb_is_contained(sandbox: Sandboxes) -> None:
@@ -415,12 +410,12 @@ def test_filling_scratch_stops_at_its_limit(sandbox: Sandboxes) -> None:
 
 
 def test_daemon_does_not_outlive_the_command(sandbox: Sandboxes) -> None:
-    marker = "4242.5"
-    script = f"setsid sleep {marker} & (sh -c 'sleep {marker} &' &); sleep 0.2; echo started"
+    marker = sleep_marker(4242)
+    script = f"setsid {marker} & (sh -c '{marker} &' &); sleep 0.2; echo started"
     result = sandbox.run(script)
     assert result.ok
     assert result.log == b"started\n"
-    assert build_processes(sandbox, f"sleep {marker}") == []
+    assert processes_with(marker) == []
 
 
 def test_output_flood_is_cut_at_the_log_limit(sandbox: Sandboxes) -> None:

@@ -21,9 +21,10 @@ from sandbox import (
     Scratch,
     UidsExhaustedError,
 )
+from tests.isolation import private_uid_base
 from tests.requirements import require_root
 
-UID_BASE = 1_990_100_000
+UID_BASE = private_uid_base(1)
 WAIT = 60.0
 
 

@@ -16,6 +16,7 @@ from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
 from builder.proto.builder.v1 import build_events_pb2
 from sandbox import Launcher
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.server.test_build_grpc import Served, _request, _serve, launcher  # noqa: F401
 from tests.waiting import wait_for
@@ -119,7 +120,7 @@ def _check_refusals(load: Load, expected: int) -> None:
 def test_exact_capacity_and_a_responsive_server(served_small: Served, tmp_path: Path) -> None:
     served = served_small
     build_id = _finished_build_id(served)
-    load = Load(served, "sleep 7301", 10)
+    load = Load(served, sleep_marker(7301), 10)
     try:
         _check_refusals(load, 7)
         wait_for(lambda: len(processes_with(load.marker)) > 0, "the admitted build to run")
@@ -137,7 +138,7 @@ def test_default_capacity_refuses_exactly_the_excess(
     served = served_default
     capacity = served.service.config.job_slots + served.service.config.queue_length
     build_id = _finished_build_id(served)
-    load = Load(served, "sleep 7302", capacity + 20)
+    load = Load(served, sleep_marker(7302), capacity + 20)
     try:
         _check_refusals(load, 20)
         wait_for(lambda: served.service.admitted == capacity, "every admitted build")
@@ -153,13 +154,13 @@ def test_default_capacity_refuses_exactly_the_excess(
 
 def test_a_caller_that_leaves_gives_its_place_back(served_small: Served) -> None:
     served = served_small
-    load = Load(served, "sleep 7303", 3)
+    load = Load(served, sleep_marker(7303), 3)
     extra: Load | None = None
     try:
         wait_for(lambda: served.service.admitted == 3, "three admitted builds")
         load.calls[1].cancel()
         wait_for(lambda: served.service.admitted == 2, "the cancelled build to leave")
-        extra = Load(served, "sleep 7303", 2)
+        extra = Load(served, sleep_marker(7303), 2)
         _check_refusals(extra, 1)
     finally:
         _cancel(served, load, *([extra] if extra else []))
@@ -168,7 +169,7 @@ def test_a_caller_that_leaves_gives_its_place_back(served_small: Served) -> None
 def test_log_followers_are_bounded_too(tmp_path: Path, launcher: Launcher) -> None:  # noqa: F811
     gen = _serve(tmp_path, launcher, job_slots=1, log_followers=2)
     served = next(gen)
-    load = Load(served, "sleep 7305", 0)
+    load = Load(served, sleep_marker(7305), 0)
     try:
         msg = request_to_proto(_request(f"{load.marker}; echo x > /nix/store/out"), Family.SNIX)
         stream = served.events().StreamBuild(msg, timeout=600)

@@ -26,6 +26,7 @@ from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.server.app import create_server
 from sandbox import Launcher
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.waiting import wait_for
 
@@ -226,7 +227,7 @@ def test_client_cancel_kills_build(served: Served) -> None:
 
     How promptly is a figure of tests/benchmarks/bench_build.py.
     """
-    marker = "sleep 4171"
+    marker = sleep_marker(4171)
     msg = request_to_proto(_request(f"{marker}; echo x > /nix/store/out"), Family.SNIX)
     future = served.snix().DoBuild.future(msg, timeout=600)
     wait_for(lambda: processes_with(marker), "the build to start")

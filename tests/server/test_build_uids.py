@@ -19,7 +19,7 @@ import pytest
 from builder.build.request import request_to_proto
 from builder.castore.wire import Family
 from sandbox import Launcher, LauncherConfig
-from sandbox.uids import DEFAULT_LOCK_DIR
+from tests.isolation import UID_LOCK_DIR, private_uid_base
 from tests.requirements import require_root
 from tests.server.test_build_grpc import Served, _request, _serve
 
@@ -62,7 +62,7 @@ def _squatter(base: int, count: int) -> Iterator[tuple[int, int]]:
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python is not None, "no system python3 for the unprivileged process"
     squatter = subprocess.Popen(
-        [python, "-c", SQUATTER, str(base), str(count), DEFAULT_LOCK_DIR],
+        [python, "-c", SQUATTER, str(base), str(count), UID_LOCK_DIR],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         user=NOBODY,
@@ -80,7 +80,7 @@ def _squatter(base: int, count: int) -> Iterator[tuple[int, int]]:
 
 
 def test_an_unprivileged_user_cannot_stop_builds(root: None, tmp_path: Path) -> None:
-    base, count = 1_990_200_000, 4
+    base, count = private_uid_base(2), 4
     config = LauncherConfig(uid_base=base, uid_count=count, spares=0)
     with Launcher(config) as launcher, _squatter(base, count) as held:
         assert held == (count, 0)
@@ -104,7 +104,7 @@ def _wait_for_build_dir(served: Served, name: str) -> Path:
 
 
 def test_running_out_of_build_uids_is_resource_exhausted(root: None, tmp_path: Path) -> None:
-    base = 1_990_300_000
+    base = private_uid_base(3)
     config = LauncherConfig(
         uid_base=base, uid_count=1, spares=0, uid_lock_dir=str(tmp_path / "uid-locks")
     )

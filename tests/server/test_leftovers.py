@@ -22,6 +22,7 @@ from builder.build.request import request_to_proto
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.server.test_build_grpc import _request
 from tests.waiting import wait_for
@@ -159,7 +160,7 @@ def test_work_tree_of_a_killed_server_is_removed_at_restart(
 ) -> None:
     builds = tmp_path / "data" / "build" / "builds"
     first = servers("first")
-    marker = f"sleep {4000 + os.getpid() % 1000}.5"
+    marker = sleep_marker(4000 + os.getpid() % 1000)
     request = request_to_proto(_request(f"{marker}; echo x > /nix/store/out"), Family.SNIX)
     call = snix_rpc.BuildServiceStub(first.channel).DoBuild.future(request, timeout=TIMEOUT * 4)
 
