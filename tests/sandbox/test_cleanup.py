@@ -46,7 +46,7 @@ def test_nothing_survives_a_run(sandbox: Sandboxes, scenario: str) -> None:
     _, fields = sandbox.with_build_dir()
     handle = sandbox.launcher.submit(sandbox.spec(script, limits=limits, **fields))
     if scenario == "cancel":
-        wait_for(lambda: len(processes_with("sleep 1001.5")) == 2, "both sleeps to run")
+        wait_for(lambda: len(processes_with(RUN_SLEEP)) == 2, "both sleeps to run")
         handle.cancel()
     result = handle.wait(30)
     if scenario == "cancel":

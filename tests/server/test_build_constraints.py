@@ -17,6 +17,7 @@ from builder.castore.fs.ingest import ingest_path
 from builder.castore.wire import Family
 from builder.proto.builder.v1 import build_events_pb2
 from sandbox import Launcher
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.server.test_build_grpc import (  # noqa: F401
     Served,
@@ -150,7 +151,7 @@ def test_eviction_spares_a_tree_in_use(tmp_path: Path, launcher: Launcher) -> No
             src.mkdir()
             (src / "data").write_text(name * 100)
             nodes.append(ingest_path(src, served.store.blobs, served.store.directories))
-        marker = "sleep 4175"
+        marker = sleep_marker(4175)
         slow = _request(
             f"{marker}; cat /nix/store/aaa-first/data > /nix/store/out", inputs=(nodes[0],)
         )

@@ -244,7 +244,7 @@ def test_queue_overflow(tmp_path: Path, launcher: Launcher) -> None:
     gen = _serve(tmp_path, launcher, job_slots=1, queue_length=1)
     served = next(gen)
     try:
-        marker = "sleep 4174"
+        marker = sleep_marker(4174)
         slow = request_to_proto(_request(f"{marker}; echo x > /nix/store/out"), Family.SNIX)
         running = served.snix().DoBuild.future(slow, timeout=600)
         wait_for(lambda: processes_with(marker), "the first build to run")
