@@ -25,8 +25,8 @@ from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
-    from builder.build.request import BuildRequest
-    from builder.build.service import BuildService, Event
+    from builder.executor.request import BuildRequest
+    from builder.executor.service import BuildService, Event
     from sandbox import Launcher
 
 
@@ -124,8 +124,8 @@ def cmd_castore_serve(args: argparse.Namespace) -> None:
 def _build_service(
     args: argparse.Namespace, store: Store, launcher: Launcher, allow_network: bool
 ) -> BuildService:
-    from builder.build.config import BuildConfig, BuildLimits
-    from builder.build.service import BuildService
+    from builder.executor.config import BuildConfig, BuildLimits
+    from builder.executor.service import BuildService
 
     data_dir = args.data_dir or default_data_dir()
     defaults = BuildConfig(work_dir=args.work_dir or data_dir / "build")
@@ -205,7 +205,7 @@ def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> Buil
 
 
 def _print_event(event: Event) -> None:
-    from builder.build.service import LogData, Started
+    from builder.executor.service import LogData, Started
 
     if isinstance(event, LogData):
         sys.stderr.buffer.write(event.data)
@@ -216,9 +216,9 @@ def _print_event(event: Event) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from builder.build.outputs import export_outputs
-    from builder.build.request import request_from_proto, snix_response
-    from builder.build.request_file import load_request_message
+    from builder.executor.outputs import export_outputs
+    from builder.executor.request import request_from_proto, snix_response
+    from builder.executor.request_file import load_request_message
 
     message = load_request_message(Path(args.request))
     # The user runs this on their own machine, as with Nix: fixed-output
@@ -242,9 +242,9 @@ def _channel_security(args: argparse.Namespace) -> ChannelSecurity:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from builder.build.outputs import export_outputs
-    from builder.build.request import request_from_proto
-    from builder.build.request_file import load_request_message
+    from builder.executor.outputs import export_outputs
+    from builder.executor.request import request_from_proto
+    from builder.executor.request_file import load_request_message
     from builder.remote.client import RemoteBuilder, signals_cancel
 
     message = load_request_message(Path(args.request))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.request import BuildRequest, Constraints, request_to_proto
 from builder.castore.wire import Family
+from builder.executor.request import BuildRequest, Constraints, request_to_proto
 from tests.requirements import missing
 from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
 from tests.server.test_build_grpc import _request

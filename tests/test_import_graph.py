@@ -188,7 +188,7 @@ def test_build_knows_nothing_of_grpc() -> None:
     offending = sorted(
         f"{module} imports {target}"
         for module, targets in _graph().items()
-        if module.startswith("builder.build.") or module == "builder.build"
+        if module.startswith("builder.executor.") or module == "builder.executor"
         for target in targets
         if target.split(".")[0] in ("grpc", "grpc_health", "grpc_reflection")
         or target.endswith("_pb2_grpc")

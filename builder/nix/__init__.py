@@ -1,5 +1,5 @@
 """Nix interop: real derivations built through the build service, results handed back to Nix.
 
-This package sits on ``builder.build`` and ``builder.castore``; nothing below
+This package sits on ``builder.executor`` and ``builder.castore``; nothing below
 imports it.
 """

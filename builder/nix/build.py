@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from builder.build.service import BuildExecutor, Event
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.nar import nar_hash
 from builder.errors import BuildFailedError
+from builder.executor.service import BuildExecutor, Event
 from builder.nix.derivation import Derivation, load_derivation
 from builder.nix.fixed_output import verify_fixed_output
 from builder.nix.inputs import InputResolver

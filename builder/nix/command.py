@@ -10,8 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from builder.build.service import BuildExecutor, Event, LogData
 from builder.errors import BuildFailedError
+from builder.executor.service import BuildExecutor, Event, LogData
 from builder.nix.session import NixSession, describe
 from builder.nix.store_path import StorePath
 

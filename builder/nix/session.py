@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from builder.build.service import BuildExecutor
 from builder.castore.fs.nar import nix_base32
+from builder.executor.service import BuildExecutor
 from builder.nix.build import DerivationBuilder, EventCallback
 from builder.nix.derivation import load_derivation
 from builder.nix.export import write_export

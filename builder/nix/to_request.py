@@ -20,10 +20,10 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from builder.build.request import AdditionalFile, BuildRequest, Constraints
 from builder.castore.fs.nar import nix_base32
 from builder.castore.nodes import Node
 from builder.errors import FailedPreconditionError
+from builder.executor.request import AdditionalFile, BuildRequest, Constraints
 from builder.nix.derivation import Derivation
 from builder.nix.store_path import STORE_DIR, StorePath
 from builder.nix.structured_attrs import attrs_json, attrs_sh

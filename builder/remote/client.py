@@ -17,8 +17,6 @@ from typing import Any
 
 import grpc
 
-from builder.build.request import BuildRequest, request_to_proto
-from builder.build.service import Event, LogData, Started
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.channel import open_channel
@@ -26,6 +24,8 @@ from builder.castore.grpc.security import ChannelSecurity
 from builder.castore.nodes import Node
 from builder.castore.wire import Family, node_from_proto
 from builder.errors import CancelledError, CommandFailedError, IntegrityError
+from builder.executor.request import BuildRequest, request_to_proto
+from builder.executor.service import Event, LogData, Started
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.remote.errors import remote_error
 from builder.remote.transfer import RemoteCastore

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 
-from builder.build.cancel import CancelToken
-from builder.build.outputs import CollectedOutput
-from builder.build.request import BuildRequest
-from builder.build.service import BuildOutcome, Event, EventSink, Started
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.security import ChannelSecurity
 from builder.errors import CancelledError
+from builder.executor.cancel import CancelToken
+from builder.executor.outputs import CollectedOutput
+from builder.executor.request import BuildRequest
+from builder.executor.service import BuildOutcome, Event, EventSink, Started
 from builder.remote.client import RemoteBuilder
 
 

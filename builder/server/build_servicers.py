@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 
-from builder.build.cancel import CancelToken
-from builder.build.request import request_from_proto, snix_response, tvix_response
-from builder.build.service import BuildOutcome, BuildService, LogData, Started, new_build_id
 from builder.errors import CommandFailedError
+from builder.executor.cancel import CancelToken
+from builder.executor.request import request_from_proto, snix_response, tvix_response
+from builder.executor.service import BuildOutcome, BuildService, LogData, Started, new_build_id
 from builder.proto.builder.v1 import build_events_pb2 as events_pb2
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc

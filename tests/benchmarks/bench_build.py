@@ -48,11 +48,11 @@ import grpc
 # Measure the checkout this script lives in, whatever is installed in the venv.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from builder.build.config import default_systems
 from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.wire import Family, node_to_proto
+from builder.executor.config import default_systems
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.benchmarks.nix_peer import instantiate, nix_env

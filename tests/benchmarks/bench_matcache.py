@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.build.matcache.cache import MaterialisationCache
-from builder.build.removal import remove_tree
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import Node
+from builder.executor.matcache.cache import MaterialisationCache
+from builder.executor.removal import remove_tree
 
 DIRECTORIES = 200
 FILES_PER_DIRECTORY = 100

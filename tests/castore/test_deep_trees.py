@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.removal import remove_tree
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.blobs.service import BlobService
@@ -22,6 +21,7 @@ from builder.castore.fs.ingest import ingest_path
 from builder.castore.fs.materialise import materialise_node
 from builder.castore.fs.nar import nar_hash
 from builder.castore.nodes import DirectoryNode
+from builder.executor.removal import remove_tree
 from tests.deep_trees import DEPTH, NEEDLE, at_bottom, depth_of, make_deep_tree, open_descriptors
 
 Stores = dict[str, Callable[[Path], tuple[BlobService, DirectoryService]]]

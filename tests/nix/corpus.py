@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.build.config import BuildConfig
-from builder.build.service import BuildService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
+from builder.executor.config import BuildConfig
+from builder.executor.service import BuildService
 from builder.nix.nix_store import nix_environment
 from builder.nix.session import NixSession
 from sandbox import Launcher

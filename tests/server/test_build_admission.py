@@ -11,9 +11,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from builder.build.request import request_to_proto
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
+from builder.executor.request import request_to_proto
 from builder.proto.builder.v1 import build_events_pb2
 from sandbox import Launcher
 from tests.isolation import sleep_marker

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from builder.build.request import Constraints, request_to_proto
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.wire import Family
+from builder.executor.request import Constraints, request_to_proto
 from builder.proto.builder.v1 import build_events_pb2
 from sandbox import Launcher
 from tests.isolation import sleep_marker

@@ -13,11 +13,11 @@ from typing import Any
 import grpc
 import pytest
 
-from builder.build.request import request_to_proto
 from builder.castore.digest import Digest
 from builder.castore.grpc.channel import open_channel
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
+from builder.executor.request import request_to_proto
 from builder.server.assembly import assemble_server
 from builder.server.status import INTERNAL_MESSAGE, rpc_errors
 from sandbox import Launcher

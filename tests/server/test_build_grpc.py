@@ -10,9 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from builder.build.config import BuildConfig, BuildLimits
-from builder.build.request import BuildRequest, Constraints, request_to_proto
-from builder.build.service import BuildService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.composition import Composition, Registry
 from builder.castore.digest import Digest
@@ -21,6 +18,9 @@ from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode
 from builder.castore.store import Store
 from builder.castore.wire import Family
+from builder.executor.config import BuildConfig, BuildLimits
+from builder.executor.request import BuildRequest, Constraints, request_to_proto
+from builder.executor.service import BuildService
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc

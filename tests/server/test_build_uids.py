@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from builder.build.request import request_to_proto
 from builder.castore.wire import Family
+from builder.executor.request import request_to_proto
 from sandbox import Launcher, LauncherConfig
 from tests.isolation import UID_LOCK_DIR, private_uid_base
 from tests.requirements import require_root

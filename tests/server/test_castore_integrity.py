@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from builder.build.request import request_to_proto
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.digest import Digest
@@ -27,6 +26,7 @@ from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.nodes import FileNode
 from builder.castore.wire import Family
 from builder.errors import IntegrityError
+from builder.executor.request import request_to_proto
 from builder.server.castore_server import create_castore_server
 from builder.server.castore_servicers import BLOB_CHUNK_SIZE
 from tests.blob_bytes import put_bytes, read_all

@@ -10,10 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from builder.build.config import BuildLimits
-from builder.build.matcache.cache import TMP_DIR, TREES_DIR
-from builder.build.removal import remove_tree
-from builder.build.request import request_to_proto
 from builder.castore.digest import Digest
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directory import Directory
@@ -21,6 +17,10 @@ from builder.castore.fs.materialise import materialise_node
 from builder.castore.fs.nar import nar_hash
 from builder.castore.nodes import DirectoryNode
 from builder.castore.wire import Family
+from builder.executor.config import BuildLimits
+from builder.executor.matcache.cache import TMP_DIR, TREES_DIR
+from builder.executor.removal import remove_tree
+from builder.executor.request import request_to_proto
 from sandbox import Launcher
 from tests.server.test_build_grpc import Served, _input, _request, _serve, launcher  # noqa: F401
 

@@ -18,9 +18,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from builder.build.request import request_to_proto
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
+from builder.executor.request import request_to_proto
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.isolation import sleep_marker
 from tests.processes import processes_with

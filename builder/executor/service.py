@@ -14,20 +14,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from builder.build.admission import Admission
-from builder.build.cancel import CancelToken
-from builder.build.config import BuildConfig
-from builder.build.constraints import check_constraints
-from builder.build.inputs import check_input_sizes, missing_inputs, require_inputs
-from builder.build.logs import LogStore
-from builder.build.matcache.cache import MaterialisationCache
-from builder.build.outputs import CollectedOutput
-from builder.build.request import BuildRequest
-from builder.build.results import ResultCache
-from builder.build.runner import BuildRunner
-from builder.build.slots import JobSlots
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
+from builder.executor.admission import Admission
+from builder.executor.cancel import CancelToken
+from builder.executor.config import BuildConfig
+from builder.executor.constraints import check_constraints
+from builder.executor.inputs import check_input_sizes, missing_inputs, require_inputs
+from builder.executor.logs import LogStore
+from builder.executor.matcache.cache import MaterialisationCache
+from builder.executor.outputs import CollectedOutput
+from builder.executor.request import BuildRequest
+from builder.executor.results import ResultCache
+from builder.executor.runner import BuildRunner
+from builder.executor.slots import JobSlots
 from sandbox import Launcher
 
 

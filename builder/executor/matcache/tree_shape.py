@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from builder.build.matcache.blob_files import BlobKey
 from builder.castore.digest import Digest
 from builder.castore.directory import Directory
 from builder.castore.fs import closure_member
 from builder.castore.fs.descent import walk
 from builder.castore.nodes import DirectoryNode
 from builder.errors import IntegrityError, InvalidArgumentError
+from builder.executor.matcache.blob_files import BlobKey
 
 # What a materialised directory costs beyond the blobs it links: one block.
 DIRECTORY_BLOCK = 4096

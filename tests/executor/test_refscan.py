@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from builder.build.refscan import NeedleScanner
+from builder.executor.refscan import NeedleScanner
 
 
 def _scan(needles: list[str], pieces: list[bytes]) -> list[int]:

@@ -63,9 +63,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from builder.build.matcache.blob_files import BlobKey, CacheBlobs
-from builder.build.matcache.tree_shape import TreePlan, plan_tree, scan_tree
-from builder.build.removal import remove_tree
 from builder.castore.blobs.service import BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
@@ -75,6 +72,9 @@ from builder.castore.fs.batches import DirectoryBatches
 from builder.castore.fs.descent import walk
 from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
+from builder.executor.matcache.blob_files import BlobKey, CacheBlobs
+from builder.executor.matcache.tree_shape import TreePlan, plan_tree, scan_tree
+from builder.executor.removal import remove_tree
 
 TREES_DIR = "trees"
 TMP_DIR = "tmp"

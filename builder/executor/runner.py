@@ -17,12 +17,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from builder.build.cancel import CancelToken
-from builder.build.config import BuildConfig
-from builder.build.matcache.cache import MaterialisationCache
-from builder.build.outputs import CollectedOutput, collect_outputs
-from builder.build.removal import remove_tree
-from builder.build.request import BuildRequest, PathTree, is_inside
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.nodes import SymlinkNode
@@ -35,6 +29,12 @@ from builder.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from builder.executor.cancel import CancelToken
+from builder.executor.config import BuildConfig
+from builder.executor.matcache.cache import MaterialisationCache
+from builder.executor.outputs import CollectedOutput, collect_outputs
+from builder.executor.removal import remove_tree
+from builder.executor.request import BuildRequest, PathTree, is_inside
 from sandbox import (
     Bind,
     File,

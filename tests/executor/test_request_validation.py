@@ -7,16 +7,16 @@ import time
 
 import pytest
 
-from builder.build.request import (
+from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+from builder.castore.wire import Family
+from builder.errors import InvalidArgumentError
+from builder.executor.request import (
     AdditionalFile,
     BuildRequest,
     Constraints,
     request_from_proto,
     request_to_proto,
 )
-from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
-from builder.castore.wire import Family
-from builder.errors import InvalidArgumentError
 from tests.digests import EMPTY_DIGEST
 
 

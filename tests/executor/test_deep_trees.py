@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.matcache.cache import TREES_DIR, MaterialisationCache
-from builder.build.outputs import export_outputs, scan_needles
-from builder.build.removal import remove_tree
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode
+from builder.executor.matcache.cache import TREES_DIR, MaterialisationCache
+from builder.executor.outputs import export_outputs, scan_needles
+from builder.executor.removal import remove_tree
 from tests.castore.test_deep_trees import few_descriptors
 from tests.deep_trees import DEPTH, NEEDLE, at_bottom, depth_of, make_deep_tree
 from tests.requirements import require_root

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from builder.build.config import BuildConfig
-from builder.build.request import Constraints
 from builder.errors import FailedPreconditionError
+from builder.executor.config import BuildConfig
+from builder.executor.request import Constraints
 
 
 def check_constraints(constraints: Constraints, config: BuildConfig) -> None:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from builder.build.outputs import CollectedOutput
 from builder.castore.nodes import Node, SymlinkNode, validate_root_node
 from builder.castore.wire import Family, node_from_proto, node_to_proto
 from builder.errors import InvalidArgumentError
+from builder.executor.outputs import CollectedOutput
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.tvix.build.protos import build_pb2 as tvix_build
 

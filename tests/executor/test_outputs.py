@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.outputs import (
-    CollectedOutput,
-    collect_outputs,
-    export_outputs,
-    scan_needles,
-)
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from builder.errors import BuildFailedError, InvalidArgumentError
+from builder.executor.outputs import (
+    CollectedOutput,
+    collect_outputs,
+    export_outputs,
+    scan_needles,
+)
 from tests.canary import make_canary, snapshot
 
 

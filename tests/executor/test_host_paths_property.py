@@ -22,14 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.build.config import BuildConfig
-from builder.build.request import AdditionalFile, BuildRequest, Constraints
-from builder.build.service import BuildService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import Node, SymlinkNode
 from builder.errors import BuilderError
+from builder.executor.config import BuildConfig
+from builder.executor.request import AdditionalFile, BuildRequest, Constraints
+from builder.executor.service import BuildService
 from sandbox import Launcher, LauncherConfig
 from tests.canary import make_canary, snapshot
 from tests.requirements import require_root

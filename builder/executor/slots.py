@@ -16,9 +16,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from builder.build.admission import Admission
-from builder.build.cancel import CancelToken
 from builder.errors import CancelledError, ResourceExhaustedError
+from builder.executor.admission import Admission
+from builder.executor.cancel import CancelToken
 
 
 class JobSlots:

@@ -12,10 +12,10 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from builder.build.outputs import CollectedOutput
-from builder.build.request import BuildRequest, request_to_proto, tvix_response
 from builder.castore.digest import Digest
 from builder.castore.wire import Family, node_from_proto
+from builder.executor.outputs import CollectedOutput
+from builder.executor.request import BuildRequest, request_to_proto, tvix_response
 from builder.proto.tvix.build.protos import build_pb2
 
 

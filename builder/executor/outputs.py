@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.build.refscan import NeedleScanner
-from builder.build.removal import remove_tree
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.descent import DIRECTORY_FLAGS, walk
@@ -28,6 +26,8 @@ from builder.castore.fs.ingest import ingest_path
 from builder.castore.fs.materialise import materialise_node
 from builder.castore.nodes import Node
 from builder.errors import BuildFailedError, InvalidArgumentError
+from builder.executor.refscan import NeedleScanner
+from builder.executor.removal import remove_tree
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,6 @@ from typing import BinaryIO
 
 import pytest
 
-from builder.build.matcache import blob_files
-from builder.build.matcache.cache import MaterialisationCache
-from builder.build.removal import remove_tree
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.service import BlobService, ChunkMeta
 from builder.castore.digest import Digest
@@ -28,6 +25,9 @@ from builder.castore.directory import Directory
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from builder.errors import FailedPreconditionError, IntegrityError
+from builder.executor.matcache import blob_files
+from builder.executor.matcache.cache import MaterialisationCache
+from builder.executor.removal import remove_tree
 from tests.blob_bytes import put_bytes
 from tests.waiting import wait_for
 
