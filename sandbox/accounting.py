@@ -1,8 +1,10 @@
 """Turning kernel bookkeeping into the figures a result reports.
 
 CPU times come from the rusage PID 1 collected for every process it reaped,
-which leaves out the sandbox's own setup; when PID 1 was killed before it could
-report, the launcher's rusage of PID 1 (setup included) stands in. Peak memory
+which leaves out the sandbox's own setup. When PID 1 was killed before it could
+report (a limit the launcher enforces, such as CPU time summed over the
+cgroup, can strike first), the cgroup's accounting of every process stands in,
+and without a cgroup the launcher's rusage of PID 1; both include the setup. Peak memory
 comes from the build's cgroup. Without a memory cgroup the launcher samples the
 build's processes instead (ru_maxrss cannot serve: a process started with
 vfork inherits the high-water mark of its parent's address space), so the
@@ -59,8 +61,11 @@ def _usage(
     stats = CgroupStats()
     if cgroup is not None:
         stats = cgroup.stats(limits.memory is not None, limits.processes is not None)
+    times = cgroup.cpu_times() if cgroup is not None and reported is None else None
     if reported is not None:
         user, system = reported["user"], reported["system"]
+    elif times is not None:
+        user, system = times
     elif rusage is not None:
         user, system = rusage.ru_utime, rusage.ru_stime
     else:

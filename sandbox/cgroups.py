@@ -102,6 +102,21 @@ class BuildCgroup:
             return None if ns is None else ns / 1e9
         return None
 
+    def cpu_times(self) -> tuple[float, float] | None:
+        """User and system seconds of every process the build ran, PID 1 included."""
+        if self.unified:
+            stat = _keyed(self.dirs["memory"] / "cpu.stat")
+            if "user_usec" not in stat or "system_usec" not in stat:
+                return None
+            return stat["user_usec"] / 1e6, stat["system_usec"] / 1e6
+        if self.accounts_cpu:
+            stat = _keyed(self.dirs["cpuacct"] / "cpuacct.stat")
+            if "user" not in stat or "system" not in stat:
+                return None
+            ticks = os.sysconf("SC_CLK_TCK")
+            return stat["user"] / ticks, stat["system"] / ticks
+        return None
+
     def pids(self) -> list[int]:
         found: set[int] = set()
         for path in set(self.dirs.values()):

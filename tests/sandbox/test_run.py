@@ -157,6 +157,21 @@ def test_cpu_time_limit(sandbox: Sandboxes) -> None:
     assert result.user_time + result.system_time >= 0.5
 
 
+@pytest.mark.parametrize("sandbox", ["rootful"], indirect=True)
+def test_cpu_time_of_a_build_the_launcher_killed(sandbox: Sandboxes) -> None:
+    """PID 1 dies with a cancelled build before it can report what its command
+    used; the build's cgroup still tells, where PID 1's own rusage shows nearly
+    nothing."""
+    spun = threading.Event()
+    script = "i=0; while :; do i=$((i+1)); [ $i = 300000 ] && echo spun; done"
+    handle = sandbox.launcher.submit(sandbox.spec(script), lambda data: spun.set())
+    assert spun.wait(120), "the build never spun"
+    handle.cancel()
+    result = handle.wait(120)
+    assert result.stopped_by == CANCELLED
+    assert result.user_time + result.system_time >= 0.2
+
+
 def test_cancel_from_another_thread(sandbox: Sandboxes) -> None:
     handle = sandbox.launcher.submit(sandbox.spec("echo go; sleep 60"))
     timer = threading.Timer(0.5, handle.cancel)
