@@ -253,10 +253,11 @@ class ForkServer:
                 self._finish(run)
 
     def _finish(self, run: Run) -> None:
-        """Report a run once everything it held is back, spares included.
+        """Report a run once everything it held is back, then refill the spares.
 
-        Refilling before the result is sent means a client that has its result
-        sees the launcher with its full complement of spares and nothing else.
+        Cloning a spare takes a while and the client waits for nothing but the
+        result, so the spares are refilled after it is sent; a client that has
+        its result may see the launcher one spare short for a moment.
         """
         del self.runs[run.run_id]
         os.close(run.lifeline_fd)
@@ -264,8 +265,8 @@ class ForkServer:
         if run.mountpoints:
             self._remove_mountpoints(run)
         self.spares.release(run.cgroup, run.host_uid)
-        self.spares.refill()
         self._send(Kind.RESULT, run.run_id, result.to_json().encode())
+        self.spares.refill()
 
     def _remove_mountpoints(self, run: Run) -> None:
         """Delete the empty mount targets the sandbox had to create in host scratch.

@@ -56,6 +56,7 @@ from builder.executor.config import default_systems
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from tests.benchmarks.nix_peer import instantiate, nix_env
+from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.waiting import wait_for
 
@@ -265,7 +266,7 @@ def cancel_latency(stub: Any, input_entry: Any, runs: int) -> Summary:
     """From a client cancelling a running DoBuild to the build's processes being gone."""
     seconds = []
     for run in range(runs):
-        marker = f"sleep {3600 + run}.25"
+        marker = sleep_marker(3600 + run)
         script = f"{marker}; {SCRIPT}"
         call = stub.DoBuild.future(build_request(input_entry, "cancel", script), timeout=600)
         wait_for(lambda m=marker: processes_with(m), "the build to start")
