@@ -21,23 +21,13 @@ from typing import Any
 import pytest
 
 from sandbox import Bind, Launcher, LauncherConfig, SandboxResult, SandboxSpec, Scratch
+from tests.requirements import missing
 
 ROOTLESS_UID = 64123
 BUSYBOX = Path("/bin/busybox")
 HERE = Path(__file__).resolve().parent
 SECRET = "host-secret-7f3a9c"
 _COUNTER = itertools.count()
-
-
-def strict() -> bool:
-    """In CI (root, namespaces available) a missing feature is a failure, not a skip."""
-    return os.geteuid() == 0 or bool(os.environ.get("CI"))
-
-
-def unavailable(reason: str) -> None:
-    if strict():
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +42,7 @@ def workspace() -> Iterator[Path]:
 def tools(workspace: Path) -> Path:
     """A /bin for the sandbox: static busybox with its applets, plus the probe."""
     if not BUSYBOX.exists():
-        unavailable("static busybox (busybox-static) is not installed")
+        missing("static busybox (busybox-static)")
     bin_dir = workspace / "tools" / "bin"
     bin_dir.mkdir(parents=True)
     shutil.copy(BUSYBOX, bin_dir / "busybox")
@@ -68,7 +58,7 @@ def tools(workspace: Path) -> Path:
         text=True,
     )
     if compiled.returncode != 0:
-        unavailable(f"cannot build static test programs: {compiled.stderr}")
+        missing(f"a toolchain for static test programs: {compiled.stderr}")
     for path in (workspace / "tools", bin_dir):
         path.chmod(0o755)
     return bin_dir
@@ -127,7 +117,7 @@ def _rootless_python(uid: int, pythonpath: Path) -> str:
             continue
         if probe.returncode == 0:
             return candidate
-    unavailable(f"no Python {version} executable by uid {uid} can import the launcher's packages")
+    missing(f"a Python {version} executable by uid {uid} that can import the launcher's packages")
     raise AssertionError("unreachable")
 
 
@@ -150,7 +140,7 @@ def rootless_config() -> Iterator[LauncherConfig]:
 @pytest.fixture(scope="session")
 def rootful_launcher() -> Iterator[Launcher]:
     if os.geteuid() != 0:
-        unavailable("rootful mode needs root")
+        missing("root (rootful mode)")
     with Launcher(LauncherConfig()) as launcher:
         yield launcher
 
