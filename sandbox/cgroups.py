@@ -281,17 +281,34 @@ def _sweep_stale(base: Path) -> None:
 
 
 def _write(path: Path, value: object, optional: bool = False) -> None:
+    """One write(2) on a bare descriptor: a run sets its limits and reads its
+    counters on the way to and from the build, and a buffered text file costs
+    several more system calls per control file than the value itself."""
     try:
-        with open(path, "w") as handle:
-            handle.write(str(value))
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
     except OSError:
         if not optional:
             raise
 
 
+def _read(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 def _read_int(path: Path) -> int | None:
     try:
-        return int(path.read_text().split()[0])
+        return int(_read(path).split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -299,7 +316,7 @@ def _read_int(path: Path) -> int | None:
 def _keyed(path: Path) -> dict[str, int]:
     values: dict[str, int] = {}
     with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
+        for line in _read(path).splitlines():
             key, _, value = line.partition(" ")
             with contextlib.suppress(ValueError):
                 values[key] = int(value)

@@ -143,7 +143,7 @@ def _before_spec(job: InitSetup) -> None:
     syscalls.setdomainname(identity.DOMAINNAME)
     if not job.network:
         netns.bring_up_loopback(job.loopback_request)
-    mounts.prepare_root(job.root)
+    mounts.prepare_root(job.root, job.inside_ids, job.network)
 
 
 def _after_spec(job: InitSetup, spec: SandboxSpec) -> list[int]:
@@ -152,9 +152,12 @@ def _after_spec(job: InitSetup, spec: SandboxSpec) -> list[int]:
     owner = job.host_ids if job.rootful else None
     layout = mounts.RootLayout()
     try:
-        mounts.populate_root(job.root, spec, owner, layout)
+        mounts.populate_root(job.root, spec, owner, layout, job.inside_ids)
     finally:
-        report(job.status_fd, {"mountpoints": layout.mountpoints})
+        # Only what needs undoing is reported: the launcher then wakes once
+        # less in the usual run, whose targets the caller has made already.
+        if layout.mountpoints:
+            report(job.status_fd, {"mountpoints": layout.mountpoints})
     copy_out = _open_copy_out(spec, owner)
     mounts.enter_root(job.root)
     if job.rootful:

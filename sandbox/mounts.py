@@ -77,15 +77,22 @@ class _Mount:
     device_ok: bool = False
 
 
-def prepare_root(root: str) -> None:
+def prepare_root(root: str, ids: tuple[int, int], network: bool) -> None:
     """Mount the parts of the root every build gets: tmpfs, /dev, /proc.
 
     Must run in the build's PID 1 (procfs shows the PID namespace of the
-    process that mounts it), in a mount namespace of its own.
+    process that mounts it), in a mount namespace of its own. The /etc files
+    that depend only on the profile PID 1 was cloned for (the inside ``ids``
+    and whether it has ``network``) are written here too, before a spec
+    arrives; ``populate_root`` rewrites them for a spec with other ids.
     """
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
     syscalls.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-    os.mkdir(_at(root, "/etc"))
+    etc = _at(root, "/etc")
+    os.mkdir(etc)
+    _write_users(etc, *ids)
+    if not network:
+        _write(f"{etc}/hosts", identity.hosts().encode())
     _make_dev(root)
     os.mkdir(_at(root, "/proc"), 0o555)
     syscalls.mount("proc", _at(root, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -93,19 +100,25 @@ def prepare_root(root: str) -> None:
 
 
 def populate_root(
-    root: str, spec: SandboxSpec, owner: tuple[int, int] | None, layout: RootLayout
+    root: str,
+    spec: SandboxSpec,
+    owner: tuple[int, int] | None,
+    layout: RootLayout,
+    prepared_ids: tuple[int, int],
 ) -> None:
     """Add what the spec asks for to a prepared root, then make it read-only.
 
     ``owner`` is the host uid/gid the build runs as when the caller is root and
     files must be handed over; rootless callers already own what they create.
+    ``prepared_ids`` are the ids ``prepare_root`` wrote /etc/passwd and
+    /etc/group for.
     Scratch dirs are host directories the caller may have filled (symlink
     inputs), so every target is reached through ``hostpaths`` from a descriptor
     of the root and mounted onto a descriptor of itself: a symlink on the way
     is refused rather than followed out onto the host. ``layout`` is filled as
     work proceeds, so that it also tells what to undo when a step fails.
     """
-    _make_etc(root, spec)
+    _make_etc(root, spec, prepared_ids)
     store = _make_store(root, spec, owner)
     mounts = [
         _Mount(store[i] if store else s.host, s.target, writable=True)
@@ -158,12 +171,24 @@ def _at(root: str, path: str) -> str:
     return root + path
 
 
-def _make_etc(root: str, spec: SandboxSpec) -> None:
+def _write_users(etc: str, uid: int, gid: int) -> None:
+    _write(f"{etc}/passwd", identity.passwd(uid, gid).encode())
+    _write(f"{etc}/group", identity.group(gid).encode())
+
+
+def _make_etc(root: str, spec: SandboxSpec, prepared_ids: tuple[int, int]) -> None:
+    """Finish /etc: the build user's entries if the spec's ids are not those
+    prepared, and the host's name service files for a build with network.
+
+    Those are bound only now, so that a build sees the host's current files
+    rather than those of when its PID 1 was cloned.
+    """
     etc = _at(root, "/etc")
-    _write(f"{etc}/passwd", identity.passwd(spec.uid, spec.gid).encode())
-    _write(f"{etc}/group", identity.group(spec.gid).encode())
+    if (spec.uid, spec.gid) != prepared_ids:
+        os.unlink(f"{etc}/passwd")
+        os.unlink(f"{etc}/group")
+        _write_users(etc, spec.uid, spec.gid)
     if not spec.network:
-        _write(f"{etc}/hosts", identity.hosts().encode())
         return
     for name in NETWORK_ETC:
         host = f"/etc/{name}"

@@ -121,17 +121,18 @@ class BuildRunner:
     ) -> SandboxResult:
         """Run the spec, telling a request the sandbox refuses from a sandbox that failed.
 
-        The spec is checked here first, so a refusal is the request's fault;
-        the launcher checks it again with the same rules, so a rejection from
-        its side means the host could not start the sandbox (no free build
-        uid, a clone that failed).
+        ``submit`` checks the spec before sending it, so a refusal there is
+        the request's fault; the launcher checks it again with the same
+        rules, so a rejection from its side (through ``wait``) means the host
+        could not start the sandbox (no free build uid, a clone that failed).
         """
         try:
-            spec.validate()
+            handle = self._launcher.submit(spec, on_log)
         except SpecError as error:
             raise InvalidArgumentError(f"the sandbox refuses this request: {error}") from error
+        except LauncherError as error:
+            raise UnavailableError(f"the sandbox launcher is not available: {error}") from error
         try:
-            handle = self._launcher.submit(spec, on_log)
             cancel.attach(handle)
             try:
                 return handle.wait()
