@@ -9,7 +9,7 @@ import base64
 import itertools
 import json
 import posixpath
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from sandbox.errors import SpecError
@@ -135,7 +135,7 @@ class SandboxSpec:
                 raise SpecError(f"limit {limit.name} must be positive")
 
     def to_json(self) -> str:
-        return json.dumps(_encode(asdict(self)), sort_keys=True)
+        return json.dumps(_encode(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "SandboxSpec":
@@ -179,6 +179,9 @@ def _within(path: str, parent: str) -> bool:
 
 
 def _encode(value: Any) -> Any:
+    """JSON-ready data, as ``asdict`` would give but without its deep copy of every value."""
+    if is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, bytes):
         return {"base64": base64.b64encode(value).decode()}
     if isinstance(value, dict):
