@@ -53,13 +53,13 @@ def at_bottom(root: Path, depth: int = DEPTH) -> Iterator[int]:
         os.close(fd)
 
 
-def depth_of(root: Path) -> int:
-    """How many LEVEL directories are nested under ``root``."""
+def depth_of(root: Path, level: bytes = LEVEL) -> int:
+    """How many directories named ``level`` are nested under ``root``."""
     depth = 0
     fd = os.open(root, _FLAGS)
     try:
-        while os.fsdecode(LEVEL) in os.listdir(fd):
-            child = os.open(LEVEL, _FLAGS, dir_fd=fd)
+        while os.fsdecode(level) in os.listdir(fd):
+            child = os.open(level, _FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
             depth += 1

@@ -22,6 +22,7 @@ from builder.executor.matcache.cache import TMP_DIR, TREES_DIR
 from builder.executor.removal import remove_tree
 from builder.executor.request import request_to_proto
 from sandbox import Launcher
+from tests.deep_trees import depth_of
 from tests.server.test_build_grpc import Served, _input, _request, _serve, launcher  # noqa: F401
 
 DEPTH = 2_000
@@ -55,20 +56,6 @@ def _builds_left(served: Served) -> list[str]:
     return [tree for owner in os.listdir(builds) for tree in os.listdir(builds / owner)]
 
 
-def _depth(root: Path) -> int:
-    depth = 0
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        while "d" in os.listdir(fd):
-            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = child
-            depth += 1
-    finally:
-        os.close(fd)
-    return depth
-
-
 def test_deep_scratch_left_behind_is_removed(served: Served) -> None:
     request = _request(f"cd /build && {DEEP} && echo ok > /nix/store/out")
     response = served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=300)
@@ -95,7 +82,7 @@ def test_deep_output_is_stored_rendered_materialised_and_scanned(
     assert nar_size > DEPTH * 100
     dest = tmp_path / "materialised"
     materialise_node(node, dest, store.blobs, store.directories)
-    assert _depth(dest) == DEPTH
+    assert depth_of(dest, b"d") == DEPTH
     assert _builds_left(served) == []
 
 
