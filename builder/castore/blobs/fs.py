@@ -257,11 +257,7 @@ class FsBlobService:
             with self.space():
                 _sync_filesystem(self._tmp_name)
                 for tmp, final in batch.placements:
-                    shard = os.path.dirname(final)
-                    if shard not in self._shards:
-                        with contextlib.suppress(FileExistsError):
-                            os.mkdir(shard)
-                        self._shards.add(shard)
+                    self._make_shard(os.path.dirname(final))
                     os.replace(tmp, final)
                 _sync_filesystem(self._root_name)
         finally:
@@ -292,15 +288,22 @@ class FsBlobService:
     def _place(self, tmp: str, final: str) -> None:
         """Rename a flushed temporary file into place and flush the directory entry too."""
         shard = os.path.dirname(final)
-        if shard not in self._shards:
-            try:
-                os.mkdir(shard)
-                _sync_directory(self._root_name)
-            except FileExistsError:
-                pass
-            self._shards.add(shard)
+        if self._make_shard(shard):
+            _sync_directory(self._root_name)
         os.replace(tmp, final)
         _sync_directory(shard)
+
+    def _make_shard(self, shard: str) -> bool:
+        """Make sure a shard directory exists; whether this call created it."""
+        if shard in self._shards:
+            return False
+        try:
+            os.mkdir(shard)
+            created = True
+        except FileExistsError:
+            created = False
+        self._shards.add(shard)
+        return created
 
     def _commit(self, tmp: str, fd: int, digest: Digest) -> None:
         with self.space():
