@@ -97,7 +97,8 @@ def cmd_cat(args: argparse.Namespace) -> None:
 
 def cmd_nar(args: argparse.Namespace) -> None:
     from builder.castore.fs.ingest import ingest_path
-    from builder.castore.fs.nar import nar_hash, nix_base32, write_nar
+    from builder.castore.fs.nar import nar_hash, write_nar
+    from builder.store import nixbase32
 
     with _store(args) as store:
         target = Path(args.path_or_digest)
@@ -108,7 +109,7 @@ def cmd_nar(args: argparse.Namespace) -> None:
             node = _resolve_digest(store, args.path_or_digest)
         if args.hash:
             digest, size = nar_hash(node, store.blobs, store.directories)
-            print(f"sha256:{nix_base32(digest)}\t{size}")
+            print(f"sha256:{nixbase32.encode(digest)}\t{size}")
         else:
             write_nar(node, sys.stdout.buffer, store.blobs, store.directories)
             sys.stdout.buffer.flush()

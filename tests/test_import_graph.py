@@ -184,6 +184,15 @@ def test_castore_imports_only_the_stubs_and_the_errors() -> None:
     assert not offending, "\n".join(offending)
 
 
+def test_store_sits_on_the_castore_alone() -> None:
+    offending = _violations(
+        _graph(),
+        "builder.store",
+        ("builder.store", "builder.castore", "builder.proto", "builder.errors"),
+    )
+    assert not offending, "\n".join(offending)
+
+
 def test_build_knows_nothing_of_grpc() -> None:
     offending = sorted(
         f"{module} imports {target}"

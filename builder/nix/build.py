@@ -18,9 +18,9 @@ from builder.executor.service import BuildExecutor, Event
 from builder.nix.derivation import Derivation, load_derivation
 from builder.nix.fixed_output import verify_fixed_output
 from builder.nix.inputs import InputResolver
-from builder.nix.path_info import PathInfo, PathRegistry
-from builder.nix.store_path import StorePath
 from builder.nix.to_request import derivation_to_request
+from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.store_path import StorePath
 
 EventCallback = Callable[[StorePath, Event], None]
 

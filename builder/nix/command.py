@@ -13,7 +13,7 @@ from pathlib import Path
 from builder.errors import BuildFailedError
 from builder.executor.service import BuildExecutor, Event, LogData
 from builder.nix.session import NixSession, describe
-from builder.nix.store_path import StorePath
+from builder.store.store_path import StorePath
 
 REGISTRY_FILE = "nix-paths.sqlite"
 

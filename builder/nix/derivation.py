@@ -15,7 +15,7 @@ from typing import Any
 
 from builder.errors import InvalidArgumentError
 from builder.nix.aterm import ATermReader
-from builder.nix.store_path import StorePath
+from builder.store.store_path import StorePath
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.nar import Writable, write_nar
 from builder.errors import InvalidArgumentError
-from builder.nix.path_info import PathInfo
+from builder.store.path_info import PathInfo
 
 EXPORT_MAGIC = 0x4558494E
 

@@ -17,7 +17,7 @@ from builder.castore.fs.nar import write_nar
 from builder.castore.nodes import FileNode, Node
 from builder.errors import BuildFailedError, InvalidArgumentError, NotFoundError
 from builder.nix.derivation import DerivationOutput
-from builder.nix.store_path import StorePath
+from builder.store.store_path import StorePath
 
 ALGORITHMS = {"sha1": 20, "sha256": 32, "sha512": 64}
 

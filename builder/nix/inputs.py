@@ -17,8 +17,8 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.errors import NotFoundError
 from builder.nix.nix_store import NixStore
-from builder.nix.path_info import PathInfo, PathRegistry
-from builder.nix.store_path import StorePath
+from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.store_path import StorePath
 
 
 class InputResolver:

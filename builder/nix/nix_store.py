@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from builder.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
-from builder.nix.store_path import StorePath
+from builder.store.store_path import StorePath
 
 # Without a daemon and build users, and with no binary cache to wait for.
 DEFAULT_NIX_CONFIG = "build-users-group =\nsubstituters =\nsandbox = true"

@@ -17,8 +17,8 @@ from builder.errors import BuilderError, BuildFailedError
 from builder.nix.build import DerivationBuilder, EventCallback
 from builder.nix.derivation import Derivation, load_derivation
 from builder.nix.nix_store import NixStore
-from builder.nix.path_info import PathInfo, PathRegistry
-from builder.nix.store_path import StorePath
+from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.store_path import StorePath
 
 
 @dataclass

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from builder.castore.fs.nar import nix_base32
 from builder.executor.service import BuildExecutor
 from builder.nix.build import DerivationBuilder, EventCallback
 from builder.nix.derivation import load_derivation
 from builder.nix.export import write_export
 from builder.nix.inputs import InputResolver
 from builder.nix.nix_store import NixStore
-from builder.nix.path_info import PathInfo, PathRegistry
 from builder.nix.recursive import build_recursively
-from builder.nix.store_path import StorePath
+from builder.store import nixbase32
+from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.store_path import StorePath
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class CheckResult:
 
 def describe(info: PathInfo) -> str:
     """The line ``builder nix build`` prints per output."""
-    return f"{info.path} sha256:{nix_base32(info.nar_sha256)}"
+    return f"{info.path} sha256:{nixbase32.encode(info.nar_sha256)}"
 
 
 class NixSession:

@@ -20,13 +20,13 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from builder.castore.fs.nar import nix_base32
 from builder.castore.nodes import Node
 from builder.errors import FailedPreconditionError
 from builder.executor.request import AdditionalFile, BuildRequest, Constraints
 from builder.nix.derivation import Derivation
-from builder.nix.store_path import STORE_DIR, StorePath
 from builder.nix.structured_attrs import attrs_json, attrs_sh
+from builder.store import nixbase32
+from builder.store.store_path import STORE_DIR, StorePath
 
 BUILD_DIR = "/build"
 HOME = "/homeless-shelter"
@@ -45,7 +45,7 @@ class NixRequest:
 
 
 def pass_as_file_name(variable: str) -> str:
-    return ".attr-" + nix_base32(hashlib.sha256(variable.encode()).digest())
+    return ".attr-" + nixbase32.encode(hashlib.sha256(variable.encode()).digest())
 
 
 def derivation_to_request(

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from builder.castore.fs.nar import nix_base32
 from builder.errors import BuilderError
 from builder.nix.derivation import load_derivation
 from builder.nix.nix_store import NixPathFacts, NixStore
-from builder.nix.path_info import PathInfo
-from builder.nix.store_path import StorePath
+from builder.store import nixbase32
+from builder.store.path_info import PathInfo
+from builder.store.store_path import StorePath
 from tests.nix.corpus import (
     FAILING,
     FILES,
@@ -88,7 +88,7 @@ def test_outputs_agree_with_nix(corpus: Corpus, name: str) -> None:
     for info in ours:
         theirs = corpus.nix_facts.get(info.path)
         assert theirs is not None, f"nix-build did not produce {info.path}:\n{corpus.nix_log}"
-        assert nix_base32(info.nar_sha256) == nix_base32(theirs.nar_sha256), info.path
+        assert nixbase32.encode(info.nar_sha256) == nixbase32.encode(theirs.nar_sha256), info.path
         assert info.nar_size == theirs.nar_size
         assert sorted(info.references) == sorted(theirs.references), info.path
 
@@ -197,7 +197,7 @@ def test_cli_builds_checks_and_imports_into_nix(corpus: Corpus, tmp_path: Path) 
     assert "diamond-left> " not in built.stderr
     nix = NixStore(NIX_ENV)
     facts = nix.facts([output])[output]
-    assert line.endswith(nix_base32(facts.nar_sha256))
+    assert line.endswith(nixbase32.encode(facts.nar_sha256))
     subprocess.run(["nix-store", "--verify-path", str(output)], env=NIX_ENV, check=True)
     assert {r.name for r in facts.references} == {"diamond-left", "diamond-right"}
     assert facts.deriver == StorePath.parse(drv)
@@ -233,9 +233,11 @@ def test_cli_builds_on_a_remote_server(corpus: Corpus, tmp_path: Path) -> None:
         assert built.returncode == 0, built.stderr
         lines = built.stdout.strip().splitlines()
         expected = _built(corpus, "chain")
-        assert lines == [f"{info.path} sha256:{nix_base32(info.nar_sha256)}" for info in expected]
+        assert lines == [
+            f"{info.path} sha256:{nixbase32.encode(info.nar_sha256)}" for info in expected
+        ]
         for info in expected:
-            assert nix_base32(corpus.nix_facts[info.path].nar_sha256) in built.stdout
+            assert nixbase32.encode(corpus.nix_facts[info.path].nar_sha256) in built.stdout
         refused = _cli(
             "build", drv, "--check", "--remote", f"grpc+unix://{socket}", data=tmp_path / "c2"
         )

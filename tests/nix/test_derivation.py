@@ -6,9 +6,9 @@ import pytest
 
 from builder.errors import InvalidArgumentError
 from builder.nix.derivation import parse_derivation
-from builder.nix.store_path import StorePath
 from builder.nix.structured_attrs import attrs_sh
 from builder.nix.to_request import derivation_to_request, pass_as_file_name
+from builder.store.store_path import StorePath
 
 OUT = "/nix/store/6lbdqv5q427139s151yq2hnmfhi2rcr7-pass-as-file"
 DEP = "/nix/store/l21q2fxzr56a48a35zsmyxc6pij4zrbm-dep.drv"

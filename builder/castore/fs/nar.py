@@ -1,4 +1,4 @@
-"""Rendering a castore node as a Nix archive (NAR), and Nix's base-32 hash text.
+"""Rendering a castore node as a Nix archive (NAR).
 
 A NAR is what Nix hashes to name and verify store paths, so every byte must
 match what ``nix-store --dump`` writes for the same tree: each string is a
@@ -23,8 +23,6 @@ from builder.castore.directory import Directory
 from builder.castore.fs import closure_member, fetch_closure
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.errors import IntegrityError, NotFoundError
-
-NIX_BASE32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 
 
 class Writable(Protocol):
@@ -118,12 +116,3 @@ def nar_hash(node: Node, blobs: BlobService, directories: DirectoryService) -> t
     sink = _HashingSink()
     write_nar(node, sink, blobs, directories)
     return sink.sha256.digest(), sink.size
-
-
-def nix_base32(data: bytes) -> str:
-    """Nix's base-32 text: 5-bit groups of the little-endian number, most significant first."""
-    value = int.from_bytes(data, "little")
-    length = (len(data) * 8 + 4) // 5
-    return "".join(
-        NIX_BASE32_ALPHABET[(value >> (5 * i)) & 0x1F] for i in range(length - 1, -1, -1)
-    )

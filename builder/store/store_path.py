@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from builder.castore.fs.nar import NIX_BASE32_ALPHABET
 from builder.errors import InvalidArgumentError
+from builder.store import nixbase32
 
 STORE_DIR = "/nix/store"
-HASH_PART_LENGTH = 32
+DIGEST_SIZE = 20
+MAX_NAME_LENGTH = 211
+HASH_PART_LENGTH = nixbase32.encoded_length(DIGEST_SIZE)
 _NAME = re.compile(r"[A-Za-z0-9+\-._?=]+")
-_HASH_PART = re.compile(f"[{NIX_BASE32_ALPHABET}]{{{HASH_PART_LENGTH}}}")
+_HASH_PART = re.compile(f"[{nixbase32.ALPHABET}]{{{HASH_PART_LENGTH}}}")
 
 
 @dataclass(frozen=True, order=True)
@@ -33,9 +35,18 @@ class StorePath:
         hash_part, dash, name = base[:HASH_PART_LENGTH], base[HASH_PART_LENGTH:][:1], base[33:]
         if not _HASH_PART.fullmatch(hash_part) or dash != "-":
             raise InvalidArgumentError(f"{where}: {text!r} does not start with a hash part")
-        if not _NAME.fullmatch(name) or name.startswith("."):
+        if not _NAME.fullmatch(name) or name.startswith(".") or len(name) > MAX_NAME_LENGTH:
             raise InvalidArgumentError(f"{where}: {text!r} has an invalid name {name!r}")
         return cls(hash_part, name)
+
+    @classmethod
+    def from_basename(cls, basename: str, where: str = "store path") -> StorePath:
+        return cls.parse(f"{STORE_DIR}/{basename}", where)
+
+    @property
+    def digest(self) -> bytes:
+        """The 20 bytes the hash part encodes: how PathInfo services look a path up."""
+        return nixbase32.decode(self.hash_part, DIGEST_SIZE)
 
     @property
     def basename(self) -> str:
