@@ -20,9 +20,9 @@ from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.nodes import DirectoryNode, FileNode, Node
-from builder.castore.store import DATA_DIR_ENV, Store, default_data_dir
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
+from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
     from builder.executor.request import BuildRequest

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from builder.castore.store import Store
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.executor.service import BuildService
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, TlsConfig, assemble_server
 from builder.server.build_servicers import add_build_services
 from builder.server.castore_server import add_castore_services
 from builder.server.running import run_until_signalled
+from builder.store.store import Store
 
 logger = logging.getLogger(__name__)
 
