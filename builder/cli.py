@@ -119,7 +119,7 @@ def cmd_castore_serve(args: argparse.Namespace) -> None:
     from builder.server.castore_server import serve_castore
 
     with _store(args) as store:
-        serve_castore(store.blobs, store.directories, args.listen)
+        serve_castore(store.blobs, store.directories, args.listen, pathinfos=store.pathinfos)
 
 
 def _build_service(
