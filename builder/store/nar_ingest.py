@@ -27,16 +27,27 @@ Nothing is stored on failure: no directory is put, and the blob being written
 when the error is found is aborted. Blobs of files completed before the error
 stay in the blob service, content-addressed and referenced by nothing; they are
 left to garbage collection rather than deleted, since another writer may have
-stored the same contents and rely on that digest.
+stored the same contents and rely on that digest. A blob service that writes in
+batches (``BatchBlobWriter``, the fs store) gets the whole archive as one
+batch, which a failure discards: then no new blob appears at all, and an
+archive of many small files pays for making its blobs durable once, not once
+per file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.blobs.service import (
+    READ_CHUNK_SIZE,
+    BatchBlobWriter,
+    BlobService,
+    BlobWriter,
+)
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.nodes import (
@@ -64,6 +75,8 @@ _MAX_NAME_LENGTH = 255
 _SMALL_FILE_SIZE = 64 << 10
 
 _ZEROS = bytes(8)
+
+OpenWrite = Callable[[], BlobWriter]
 
 
 class NarSource(Protocol):
@@ -249,17 +262,23 @@ def ingest_nar(
             f"expected_sha256: must be {NAR_SHA256_SIZE} bytes, got {len(expected_sha256)}"
         )
     reader = _Reader(source, expected_size)
-    node, closure = _parse(reader, name, blobs)
-    if expected_size is not None and reader.offset != expected_size:
-        raise InvalidArgumentError(
-            f"NAR size: expected {expected_size} bytes, but the archive ended after {reader.offset}"
-        )
-    sha256 = reader.sha256.digest()
-    if expected_sha256 is not None and sha256 != expected_sha256:
-        raise InvalidArgumentError(
-            f"NAR sha256: expected sha256:{nixbase32.encode(expected_sha256)}, "
-            f"got sha256:{nixbase32.encode(sha256)}"
-        )
+    with contextlib.ExitStack() as batch:
+        open_write = blobs.open_write
+        if isinstance(blobs, BatchBlobWriter):
+            open_write = batch.enter_context(blobs.write_batch())
+        node, closure = _parse(reader, name, open_write)
+        if expected_size is not None and reader.offset != expected_size:
+            raise InvalidArgumentError(
+                f"NAR size: expected {expected_size} bytes, "
+                f"but the archive ended after {reader.offset}"
+            )
+        sha256 = reader.sha256.digest()
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            raise InvalidArgumentError(
+                f"NAR sha256: expected sha256:{nixbase32.encode(expected_sha256)}, "
+                f"got sha256:{nixbase32.encode(sha256)}"
+            )
+    # The batch has ended: every blob is durable before a directory refers to it.
     if closure:
         putter = directories.put_multiple_start()
         for directory in closure:
@@ -268,14 +287,14 @@ def ingest_nar(
     return IngestedNar(node, reader.offset, sha256)
 
 
-def _parse(reader: _Reader, name: bytes, blobs: BlobService) -> tuple[Node, list[Directory]]:
+def _parse(reader: _Reader, name: bytes, open_write: OpenWrite) -> tuple[Node, list[Directory]]:
     """The root node and every directory below it, leaves first; only blobs are stored."""
     closure: list[Directory] = []
     stack: list[_Frame] = []
     reader.expect(_ARCHIVE_START)
     while True:
         # At a node's type: "(" and "type" have been read.
-        node = _node_body(reader, name, stack, blobs)
+        node = _node_body(reader, name, stack, open_write)
         while node is not None or stack:
             if node is not None:
                 if not stack:
@@ -321,13 +340,13 @@ def _entry_name(reader: _Reader, frame: _Frame, entry_start: int) -> bytes:
 
 
 def _node_body(
-    reader: _Reader, name: bytes, stack: list[_Frame], blobs: BlobService
+    reader: _Reader, name: bytes, stack: list[_Frame], open_write: OpenWrite
 ) -> Node | None:
     """Read one node after its "(" "type"; a directory is pushed and ``None`` returned."""
     start = reader.offset
     kind = reader.string(_MAX_TYPE_LENGTH, "node type")
     if kind == b"regular":
-        return _regular(reader, name, blobs)
+        return _regular(reader, name, open_write)
     if kind == b"symlink":
         reader.expect(_SYMLINK_TARGET)
         target_start = reader.offset
@@ -344,7 +363,7 @@ def _node_body(
     raise reader.error(start, f"unknown node type {kind!r}")
 
 
-def _regular(reader: _Reader, name: bytes, blobs: BlobService) -> FileNode:
+def _regular(reader: _Reader, name: bytes, open_write: OpenWrite) -> FileNode:
     start = reader.offset
     marker = reader.string(_MAX_MARKER_LENGTH, "field name")
     executable = marker == _EXECUTABLE
@@ -355,7 +374,7 @@ def _regular(reader: _Reader, name: bytes, blobs: BlobService) -> FileNode:
     size_start = reader.offset
     size = reader.number()
     padding = -size % 8
-    writer = blobs.open_write()
+    writer = open_write()
     try:
         if size <= _SMALL_FILE_SIZE:
             data = reader.take(size + padding + len(_CLOSE))
