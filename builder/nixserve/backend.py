@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +29,7 @@ from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.owned_dir import OwnedDirectory
-from builder.errors import InvalidArgumentError
+from builder.errors import FailedPreconditionError, InvalidArgumentError
 from builder.executor.config import BuildConfig
 from builder.executor.removal import remove_tree
 from builder.executor.service import BuildExecutor, BuildService
@@ -76,6 +77,11 @@ class EmbeddedBackend:
 
     def executor(self) -> BuildExecutor:
         if self._service is None:
+            if threading.active_count() > 1:
+                names = ", ".join(t.name for t in threading.enumerate())
+                raise FailedPreconditionError(
+                    f"the sandbox launcher must start before any thread, found: {names}"
+                )
             launcher = Launcher().start()
             self._opened.callback(launcher.stop)
             work = OwnedDirectory(self._data_dir / WORK_DIR, remove_tree)
