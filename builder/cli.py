@@ -269,7 +269,6 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_nix_build(args: argparse.Namespace) -> None:
     from builder.nix.command import nix_build
 
-    data_dir = args.data_dir or default_data_dir()
     if args.remote:
         from builder.remote.client import signals_cancel
         from builder.remote.executor import RemoteBuildExecutor
@@ -284,15 +283,15 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
         )
         try:
             with signals_cancel():
-                nix_build(remote, data_dir, args.derivation, args.import_to_nix, check=False)
+                nix_build(remote, store.pathinfos, args.derivation, args.import_to_nix, check=False)
         finally:
             remote.close()
             store.close()
         return
     if args.check:
         args.no_result_cache = True
-    with _local_builds(args, allow_network=True) as (_, builds):
-        nix_build(builds, data_dir, args.derivation, args.import_to_nix, args.check)
+    with _local_builds(args, allow_network=True) as (store, builds):
+        nix_build(builds, store.pathinfos, args.derivation, args.import_to_nix, args.check)
 
 
 def _build_options(parser: argparse.ArgumentParser) -> None:

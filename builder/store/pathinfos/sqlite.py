@@ -5,6 +5,9 @@ another thread or process writes; the busy timeout makes several processes
 sharing one file queue their writes instead of failing. ``synchronous=FULL``
 flushes the log at every commit, so a path reported as recorded survives a
 power loss. Records are the deterministic tvix encoding of the PathInfo.
+
+A database in memory is one shared-cache database, whose table locks fail at
+once instead of waiting; its statements are serialised instead.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +40,12 @@ _LIST_PAGE = 256
 class SqlitePathInfoService:
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
+        self._serial: AbstractContextManager[object] = nullcontext()
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         else:
             self._path = f"file:pathinfo-{id(self)}?mode=memory&cache=shared"
+            self._serial = threading.Lock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -65,11 +71,13 @@ class SqlitePathInfoService:
         return conn
 
     def get(self, digest: bytes) -> PathInfo | None:
-        row = (
-            self._connection()
-            .execute("SELECT data FROM pathinfos WHERE digest = ?", (check_digest(digest),))
-            .fetchone()
-        )
+        check_digest(digest)
+        with self._serial:
+            row = (
+                self._connection()
+                .execute("SELECT data FROM pathinfos WHERE digest = ?", (digest,))
+                .fetchone()
+            )
         return None if row is None else self._decode(digest, row[0])
 
     def _decode(self, digest: bytes, data: bytes) -> PathInfo:
@@ -84,7 +92,7 @@ class SqlitePathInfoService:
         info.validate()
         conn = self._connection()
         try:
-            with conn:
+            with self._serial, conn:
                 conn.execute(
                     "INSERT OR REPLACE INTO pathinfos (digest, data) VALUES (?, ?)",
                     (info.path.digest, encode_path_info(info)),
@@ -100,14 +108,16 @@ class SqlitePathInfoService:
     def list(self) -> Iterator[PathInfo]:
         after = b""
         while True:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT digest, data FROM pathinfos WHERE digest > ? ORDER BY digest LIMIT ?",
-                    (after, _LIST_PAGE),
+            with self._serial:
+                rows = (
+                    self._connection()
+                    .execute(
+                        "SELECT digest, data FROM pathinfos WHERE digest > ?"
+                        " ORDER BY digest LIMIT ?",
+                        (after, _LIST_PAGE),
+                    )
+                    .fetchall()
                 )
-                .fetchall()
-            )
             for digest, data in rows:
                 yield self._decode(digest, data)
             if len(rows) < _LIST_PAGE:
