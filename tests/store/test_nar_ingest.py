@@ -543,3 +543,13 @@ def test_a_huge_file_is_ingested_in_bounded_memory(tmp_path: Path) -> None:
     assert nar_size == BIG_FILE_SIZE + 112
     # Measured: under 2 MiB (a read chunk and its copies); holding the file would be 1 GiB.
     assert growth_kib < 8 * READ_CHUNK_SIZE // 1024, f"peak RSS grew by {growth_kib} KiB"
+
+
+def test_padding_of_entry_and_close_markers_is_checked() -> None:
+    nar = archive(directory((b"a", symlink(b"t"))))
+    entry_at = nar.index(tok(b"entry"))
+    assert_rejected(
+        _set(nar, entry_at + 15, 7), f"offset {entry_at + 15}: non-zero padding after 'entry'"
+    )
+    assert_rejected(_set(nar, len(nar) - 1, 7), f"offset {len(nar) - 1}: non-zero padding after")
+    assert_rejected(_set(nar, entry_at + 8, ord("E")), f"offset {entry_at}: expected 'entry' or")
