@@ -62,8 +62,7 @@ from builder.castore.nodes import (
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.errors import InvalidArgumentError
 from builder.store import nixbase32
-
-NAR_SHA256_SIZE = 32
+from builder.store.path_info import NAR_SHA256_SIZE
 
 # Longest strings allowed where only a node type or a field marker may appear.
 _MAX_TYPE_LENGTH = len(b"directory")
