@@ -51,6 +51,7 @@ from builder.castore.blobs.service import (
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.nodes import (
+    MAX_NAME_LENGTH,
     MAX_TARGET_LENGTH,
     DirectoryNode,
     FileNode,
@@ -61,13 +62,11 @@ from builder.castore.nodes import (
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.errors import InvalidArgumentError
 from builder.store import nixbase32
-
-NAR_SHA256_SIZE = 32
+from builder.store.path_info import NAR_SHA256_SIZE
 
 # Longest strings allowed where only a node type or a field marker may appear.
 _MAX_TYPE_LENGTH = len(b"directory")
 _MAX_MARKER_LENGTH = len(b"executable")
-_MAX_NAME_LENGTH = 255
 
 # Files up to this size are read together with their padding and closing
 # parenthesis in one read: small files are the common case, and every read
@@ -112,9 +111,7 @@ _EMPTY_THEN_CONTENTS = _token(b"") + _CONTENTS
 
 # The fixed runs of tokens the grammar allows at each place, read in one go.
 _ARCHIVE_START = _MAGIC + _OPEN + _TYPE
-_ENTRY_START = _ENTRY + _OPEN + _NAME
 _ENTRY_NODE = _NODE + _OPEN + _TYPE
-_SYMLINK_TARGET = _TARGET
 _ENTRY_OR_CLOSE_SIZE = len(_ENTRY)  # the same as len(_CLOSE)
 
 
@@ -311,20 +308,26 @@ def _parse(reader: _Reader, name: bytes, open_write: OpenWrite) -> tuple[Node, l
                 node = directory.node(frame.name)
                 continue
             if marker != _ENTRY:
-                expected = _ENTRY if marker[:8] == _ENTRY[:8] else _CLOSE
-                index, problem = _first_difference(expected, marker)
-                if problem.startswith("expected"):
-                    problem = "expected 'entry' or ')'"
-                raise reader.error(start + index, problem)
-            reader.expect(_ENTRY_START[len(_ENTRY) :])
+                raise _entry_or_close_error(reader, start, marker)
+            reader.expect(_OPEN + _NAME)
             name = _entry_name(reader, frame, start)
             reader.expect(_ENTRY_NODE)
             break
 
 
+def _entry_or_close_error(reader: _Reader, start: int, found: bytes) -> InvalidArgumentError:
+    for expected in (_ENTRY, _CLOSE):
+        text_end = 8 + int.from_bytes(expected[:8], "little")
+        if found[:text_end] == expected[:text_end]:
+            # The right token with something in its padding.
+            index, problem = _first_difference(expected, found)
+            return reader.error(start + index, problem)
+    return reader.error(start, "expected 'entry' or ')'")
+
+
 def _entry_name(reader: _Reader, frame: _Frame, entry_start: int) -> bytes:
     start = reader.offset
-    name = reader.string(_MAX_NAME_LENGTH, "entry name")
+    name = reader.string(MAX_NAME_LENGTH, "entry name")
     check_name(name, f"NAR at offset {start}: directory entry")
     if frame.previous is not None and name <= frame.previous:
         problem = "duplicate" if name == frame.previous else "unsorted"
@@ -348,7 +351,7 @@ def _node_body(
     if kind == b"regular":
         return _regular(reader, name, open_write)
     if kind == b"symlink":
-        reader.expect(_SYMLINK_TARGET)
+        reader.expect(_TARGET)
         target_start = reader.offset
         target = reader.string(MAX_TARGET_LENGTH, "symlink target")
         if not target:

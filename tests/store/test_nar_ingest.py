@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -532,14 +533,29 @@ print(result.nar_size, after - before)
 
 def test_a_huge_file_is_ingested_in_bounded_memory(tmp_path: Path) -> None:
     """1 GiB of contents, made up as it is read, raises the peak RSS by a few chunks at most."""
-    out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, str(BIG_FILE_SIZE), str(tmp_path)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.split()
+    store = tmp_path / "store"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(BIG_FILE_SIZE), str(store)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        ).stdout.split()
+    finally:
+        # A gigabyte blob should not outlive the test in the kept temporary directories.
+        shutil.rmtree(store, ignore_errors=True)
     nar_size, growth_kib = int(out[0]), int(out[1])
     assert nar_size == BIG_FILE_SIZE + 112
     # Measured: under 2 MiB (a read chunk and its copies); holding the file would be 1 GiB.
     assert growth_kib < 8 * READ_CHUNK_SIZE // 1024, f"peak RSS grew by {growth_kib} KiB"
+
+
+def test_padding_of_entry_and_close_markers_is_checked() -> None:
+    nar = archive(directory((b"a", symlink(b"t"))))
+    entry_at = nar.index(tok(b"entry"))
+    assert_rejected(
+        _set(nar, entry_at + 15, 7), f"offset {entry_at + 15}: non-zero padding after 'entry'"
+    )
+    assert_rejected(_set(nar, len(nar) - 1, 7), f"offset {len(nar) - 1}: non-zero padding after")
+    assert_rejected(_set(nar, entry_at + 8, ord("E")), f"offset {entry_at}: expected 'entry' or")
