@@ -44,6 +44,13 @@ class Derivation:
     def environment(self) -> dict[str, str]:
         return dict(self.env)
 
+    def validate(self, where: str = "") -> None:
+        """What every derivation must satisfy, however it arrived (``.drv`` file or wire)."""
+        if not self.outputs:
+            raise InvalidArgumentError(f"{where}outputs: a derivation needs at least one output")
+        _check_unique([o.name for o in self.outputs], f"{where}outputs")
+        _check_unique([k for k, _ in self.env], f"{where}env")
+
     def structured_attrs(self) -> dict[str, Any] | None:
         """The attributes of a ``__structuredAttrs`` derivation, which Nix keeps in ``__json``."""
         raw = self.environment.get("__json")
@@ -85,11 +92,7 @@ def parse_derivation(data: bytes, source: str = "derivation") -> Derivation:
     env = reader.list(lambda f: _pair(reader, f), "env")
     reader.expect(")", "env")
     reader.end()
-    if not outputs:
-        raise InvalidArgumentError(f"{source}: outputs: a derivation needs at least one output")
-    _check_unique([o.name for o in outputs], f"{source}: outputs")
-    _check_unique([k for k, _ in env], f"{source}: env")
-    return Derivation(
+    drv = Derivation(
         outputs=tuple(outputs),
         input_derivations=tuple(input_drvs),
         input_sources=tuple(sources),
@@ -98,6 +101,8 @@ def parse_derivation(data: bytes, source: str = "derivation") -> Derivation:
         args=tuple(args),
         env=tuple(env),
     )
+    drv.validate(f"{source}: ")
+    return drv
 
 
 def _store_path(reader: ATermReader, field: str) -> StorePath:

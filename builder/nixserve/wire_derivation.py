@@ -80,8 +80,6 @@ def read_derivation(reader: WireReader) -> WireDerivation:
 
 def to_derivation(wire: WireDerivation) -> Derivation:
     """Check the derivation as ``.drv`` parsing would; input derivations arrive as sources."""
-    if not wire.outputs:
-        raise InvalidArgumentError("outputs: a derivation needs at least one output")
     outputs = []
     for i, (name, path, algo, digest) in enumerate(wire.outputs):
         if not path:
@@ -94,12 +92,10 @@ def to_derivation(wire: WireDerivation) -> Derivation:
         outputs.append(
             DerivationOutput(name, StorePath.parse(path, f"outputs[{i}].path"), algo, digest)
         )
-    _unique([o.name for o in outputs], "outputs")
-    _unique([k for k, _ in wire.env], "env")
     sources = tuple(
         StorePath.parse(text, f"inputSrcs[{i}]") for i, text in enumerate(wire.input_sources)
     )
-    return Derivation(
+    drv = Derivation(
         outputs=tuple(outputs),
         input_derivations=(),
         input_sources=sources,
@@ -108,11 +104,5 @@ def to_derivation(wire: WireDerivation) -> Derivation:
         args=wire.args,
         env=wire.env,
     )
-
-
-def _unique(names: list[str], where: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise InvalidArgumentError(f"{where}: {name!r} appears twice")
-        seen.add(name)
+    drv.validate()
+    return drv
