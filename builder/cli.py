@@ -20,9 +20,9 @@ from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.nodes import DirectoryNode, FileNode, Node
-from builder.castore.store import DATA_DIR_ENV, Store, default_data_dir
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
+from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
     from builder.executor.request import BuildRequest
@@ -119,7 +119,7 @@ def cmd_castore_serve(args: argparse.Namespace) -> None:
     from builder.server.castore_server import serve_castore
 
     with _store(args) as store:
-        serve_castore(store.blobs, store.directories, args.listen)
+        serve_castore(store.blobs, store.directories, args.listen, pathinfos=store.pathinfos)
 
 
 def _build_service(
@@ -269,7 +269,6 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_nix_build(args: argparse.Namespace) -> None:
     from builder.nix.command import nix_build
 
-    data_dir = args.data_dir or default_data_dir()
     if args.remote:
         from builder.remote.client import signals_cancel
         from builder.remote.executor import RemoteBuildExecutor
@@ -284,15 +283,15 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
         )
         try:
             with signals_cancel():
-                nix_build(remote, data_dir, args.derivation, args.import_to_nix, check=False)
+                nix_build(remote, store.pathinfos, args.derivation, args.import_to_nix, check=False)
         finally:
             remote.close()
             store.close()
         return
     if args.check:
         args.no_result_cache = True
-    with _local_builds(args, allow_network=True) as (_, builds):
-        nix_build(builds, data_dir, args.derivation, args.import_to_nix, args.check)
+    with _local_builds(args, allow_network=True) as (store, builds):
+        nix_build(builds, store.pathinfos, args.derivation, args.import_to_nix, args.check)
 
 
 def _build_options(parser: argparse.ArgumentParser) -> None:

@@ -545,6 +545,7 @@ def test_store_configuration_reaches_a_tls_and_token_server(pki: Pki, tmp_path: 
                     {
                         "blobservices": {"root": {**remote, **extra}},
                         "directoryservices": {"root": {**remote, **extra}},
+                        "pathinfoservices": {"root": {**remote, **extra}},
                     }
                 )
             )

@@ -1,15 +1,18 @@
 """Named service instances built from configuration.
 
-A configuration has two sections, ``blobservices`` and ``directoryservices``,
-each mapping an instance name to a table with a ``type`` tag and that type's
-parameters. Parameters may refer to other instances by name (or give a URL
-shorthand inline), so layered stores such as a memory cache in front of a
-remote server are described, not coded. Each instance is built once, on first
-use, even when several threads ask for it at the same moment.
+A configuration has up to three sections, ``blobservices``,
+``directoryservices`` and ``pathinfoservices``, each mapping an instance name to
+a table with a ``type`` tag and that type's parameters. Parameters may refer to
+other instances by name (or give a URL shorthand inline), so layered stores such
+as a memory cache in front of a remote server are described, not coded. Each
+instance is built once, on first use, even when several threads ask for it at
+the same moment.
 
 Every service type is a ``Backend`` declared beside its implementation: its tag,
 the URL schemes that stand for it and how its parameters are read. A
-``Registry`` is the set of backends a composition may use.
+``Registry`` is the set of backends a composition may use. The castore knows
+the third kind only as a name: the PathInfo backends live in the store layer
+above and reach the composition through a registry built there.
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.errors import InvalidArgumentError
 
-Kind = Literal["blob", "directory"]
-SECTIONS: dict[Kind, str] = {"blob": "blobservices", "directory": "directoryservices"}
+Kind = Literal["blob", "directory", "pathinfo"]
+SECTIONS: dict[Kind, str] = {
+    "blob": "blobservices",
+    "directory": "directoryservices",
+    "pathinfo": "pathinfoservices",
+}
 
 
 class ConfigError(InvalidArgumentError):
@@ -164,6 +171,10 @@ class Composition:
 
     def directory_service(self, name: str) -> DirectoryService:
         return self._get("directory", name)
+
+    def pathinfo_service(self, name: str) -> Any:
+        """The named PathInfo service, typed by the store layer that defines the protocol."""
+        return self._get("pathinfo", name)
 
     def _get(self, kind: Kind, name: str) -> Any:
         with self._lock:

@@ -1,4 +1,8 @@
-"""The service types every store configuration can use, each declared beside its service."""
+"""The castore service types, each declared beside its service.
+
+The store layer adds its PathInfo backends to these to make the registry stores
+are opened with.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from builder.castore.directories import memory as memory_directories
 from builder.castore.directories import objectstore as objectstore_directories
 from builder.castore.directories import sqlite as sqlite_directories
 
-DEFAULT_REGISTRY = Registry(
+CASTORE_BACKENDS = tuple(
     module.BACKEND
     for module in (
         memory_blobs,
@@ -29,3 +33,5 @@ DEFAULT_REGISTRY = Registry(
         cache_directories,
     )
 )
+
+CASTORE_REGISTRY = Registry(CASTORE_BACKENDS)

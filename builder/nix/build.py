@@ -19,7 +19,8 @@ from builder.nix.derivation import Derivation, load_derivation
 from builder.nix.fixed_output import verify_fixed_output
 from builder.nix.inputs import InputResolver
 from builder.nix.to_request import derivation_to_request
-from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.path_info import PathInfo
+from builder.store.service import PathInfoService
 from builder.store.store_path import StorePath
 
 EventCallback = Callable[[StorePath, Event], None]
@@ -42,7 +43,7 @@ class DerivationBuilder:
         self,
         service: BuildExecutor,
         resolver: InputResolver,
-        registry: PathRegistry,
+        registry: PathInfoService,
         blobs: BlobService,
         directories: DirectoryService,
         impure_env: Mapping[str, str] | None = None,

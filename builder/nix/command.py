@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
 
 from builder.errors import BuildFailedError
 from builder.executor.service import BuildExecutor, Event, LogData
 from builder.nix.session import NixSession, describe
+from builder.store.service import PathInfoService
 from builder.store.store_path import StorePath
-
-REGISTRY_FILE = "nix-paths.sqlite"
 
 
 def nix_build(
-    service: BuildExecutor, data_dir: Path, drv_path: str, import_to_nix: bool, check: bool
+    service: BuildExecutor,
+    pathinfos: PathInfoService,
+    drv_path: str,
+    import_to_nix: bool,
+    check: bool,
 ) -> None:
-    session = NixSession(service, data_dir / REGISTRY_FILE)
+    session = NixSession(service, pathinfos)
     lock = threading.Lock()
 
     def on_event(drv: StorePath, event: Event) -> None:
@@ -32,20 +34,17 @@ def nix_build(
                 sys.stderr.buffer.write(b"".join(prefix + line for line in lines))
                 sys.stderr.buffer.flush()
 
-    try:
-        if check:
-            results = session.check(drv_path, on_event)
-            for result in results:
-                verdict = "identical" if result.identical else "DIFFERS"
-                print(f"{describe(result.again)} {verdict}")
-            if not all(r.identical for r in results):
-                raise BuildFailedError(f"'{drv_path}' is not deterministic")
-            infos = [r.first for r in results]
-        else:
-            infos = session.build(drv_path, on_event)
-            for info in infos:
-                print(describe(info))
-        if import_to_nix:
-            session.import_to_nix(infos)
-    finally:
-        session.close()
+    if check:
+        results = session.check(drv_path, on_event)
+        for result in results:
+            verdict = "identical" if result.identical else "DIFFERS"
+            print(f"{describe(result.again)} {verdict}")
+        if not all(r.identical for r in results):
+            raise BuildFailedError(f"'{drv_path}' is not deterministic")
+        infos = [r.first for r in results]
+    else:
+        infos = session.build(drv_path, on_event)
+        for info in infos:
+            print(describe(info))
+    if import_to_nix:
+        session.import_to_nix(infos)

@@ -1,6 +1,6 @@
 """Finding a derivation's input closure in the castore, ingesting from Nix what is missing.
 
-A path we built is already in the registry; anything else must be valid in
+A path we built is already recorded in the PathInfo service; anything else must be valid in
 the local Nix store, whence it is ingested once, with the references and NAR
 hash Nix recorded for it. References are followed until the closure is
 complete, so a build sees every path its inputs may point at.
@@ -17,19 +17,20 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.errors import NotFoundError
 from builder.nix.nix_store import NixStore
-from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.path_info import PathInfo
+from builder.store.service import PathInfoService
 from builder.store.store_path import StorePath
 
 
 class InputResolver:
     def __init__(
         self,
-        registry: PathRegistry,
+        pathinfos: PathInfoService,
         nix: NixStore,
         blobs: BlobService,
         directories: DirectoryService,
     ) -> None:
-        self._registry = registry
+        self._pathinfos = pathinfos
         self._nix = nix
         self._blobs = blobs
         self._directories = directories
@@ -37,7 +38,7 @@ class InputResolver:
         self._lock = threading.Lock()
 
     def known(self, path: StorePath) -> PathInfo | None:
-        return self._registry.get(path)
+        return self._pathinfos.get(path.digest)
 
     def closure(self, roots: Iterable[StorePath]) -> list[PathInfo]:
         with self._lock:
@@ -46,7 +47,7 @@ class InputResolver:
             while pending:
                 missing = []
                 for path in pending:
-                    info = self._registry.get(path)
+                    info = self._pathinfos.get(path.digest)
                     if info is None:
                         missing.append(path)
                     else:
@@ -70,6 +71,6 @@ class InputResolver:
             info = PathInfo(
                 path, node, fact.nar_sha256, fact.nar_size, fact.references, fact.deriver
             )
-            self._registry.put(info)
+            self._pathinfos.put(info)
             infos.append(info)
         return infos

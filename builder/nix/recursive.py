@@ -17,7 +17,8 @@ from builder.errors import BuilderError, BuildFailedError
 from builder.nix.build import DerivationBuilder, EventCallback
 from builder.nix.derivation import Derivation, load_derivation
 from builder.nix.nix_store import NixStore
-from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.path_info import PathInfo
+from builder.store.service import PathInfoService
 from builder.store.store_path import StorePath
 
 
@@ -28,7 +29,7 @@ class _Job:
     needed_by: set[StorePath] = field(default_factory=set)
 
 
-def plan(root: StorePath, registry: PathRegistry, nix: NixStore) -> dict[StorePath, _Job]:
+def plan(root: StorePath, registry: PathInfoService, nix: NixStore) -> dict[StorePath, _Job]:
     """The derivations to build, each with the to-be-built derivations it waits for."""
     root_drv = load_derivation(str(root))
     if not _missing({root: root_drv}, {root: {o.name for o in root_drv.outputs}}, registry, nix):
@@ -57,14 +58,14 @@ def plan(root: StorePath, registry: PathRegistry, nix: NixStore) -> dict[StorePa
 def _missing(
     drvs: dict[StorePath, Derivation],
     wanted: dict[StorePath, set[str]],
-    registry: PathRegistry,
+    registry: PathInfoService,
     nix: NixStore,
 ) -> list[StorePath]:
     """Derivations with a wanted output neither known here nor valid in Nix."""
     outputs = {
         path: [o.path for o in drv.outputs if o.name in wanted[path]] for path, drv in drvs.items()
     }
-    unknown = {p for paths in outputs.values() for p in paths if registry.get(p) is None}
+    unknown = {p for paths in outputs.values() for p in paths if registry.get(p.digest) is None}
     valid_in_nix = nix.valid(unknown)
     return sorted(
         path
@@ -76,7 +77,7 @@ def _missing(
 def build_recursively(
     root: StorePath,
     builder: DerivationBuilder,
-    registry: PathRegistry,
+    registry: PathInfoService,
     nix: NixStore,
     jobs: int,
     on_event: EventCallback | None = None,

@@ -1,9 +1,9 @@
 """Everything a Nix build needs, assembled once over a store and a build service.
 
-The CLI, the tests and the benchmark all build derivations the same way: the
-path registry lives beside the embedded store in the data directory, inputs
-come from the local Nix store, outputs are recorded and can be imported back
-into Nix.
+The CLI, the tests and the benchmark all build derivations the same way: paths
+are recorded in the store's PathInfo service beside the castore holding their
+contents, inputs come from the local Nix store, outputs are recorded and can
+be imported back into Nix.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from builder.executor.service import BuildExecutor
@@ -22,7 +21,8 @@ from builder.nix.inputs import InputResolver
 from builder.nix.nix_store import NixStore
 from builder.nix.recursive import build_recursively
 from builder.store import nixbase32
-from builder.store.path_info import PathInfo, PathRegistry
+from builder.store.path_info import PathInfo
+from builder.store.service import PathInfoService
 from builder.store.store_path import StorePath
 
 
@@ -46,17 +46,17 @@ class NixSession:
     def __init__(
         self,
         service: BuildExecutor,
-        registry_path: Path,
+        pathinfos: PathInfoService,
         nix_env: Mapping[str, str] | None = None,
     ) -> None:
         self._service = service
-        self.registry = PathRegistry(registry_path)
+        self.pathinfos = pathinfos
         self.nix = NixStore(nix_env)
-        self._resolver = InputResolver(self.registry, self.nix, service.blobs, service.directories)
+        self._resolver = InputResolver(pathinfos, self.nix, service.blobs, service.directories)
         self._builder = DerivationBuilder(
             service,
             self._resolver,
-            self.registry,
+            pathinfos,
             service.blobs,
             service.directories,
             impure_env=dict(os.environ),
@@ -65,7 +65,7 @@ class NixSession:
     def build(self, drv_path: str, on_event: EventCallback | None = None) -> list[PathInfo]:
         root = StorePath.parse(drv_path, "derivation")
         return build_recursively(
-            root, self._builder, self.registry, self.nix, self._service.job_slots, on_event
+            root, self._builder, self.pathinfos, self.nix, self._service.job_slots, on_event
         )
 
     def check(self, drv_path: str, on_event: EventCallback | None = None) -> list[CheckResult]:
@@ -85,6 +85,3 @@ class NixSession:
 
     def import_to_nix(self, infos: list[PathInfo]) -> None:
         self.nix.import_stream(lambda stdin: self.export(infos, stdin))
-
-    def close(self) -> None:
-        self.registry.close()

@@ -1,18 +1,19 @@
-"""The whole product on one port: castore and build services of both families,
-the streaming extension, health and reflection, optional TLS and token auth."""
+"""The whole product on one port: castore, PathInfo and build services of both
+families, the streaming extension, health and reflection, optional TLS and token auth."""
 
 from __future__ import annotations
 
 import logging
 from functools import partial
 
-from builder.castore.store import Store
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.executor.service import BuildService
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, TlsConfig, assemble_server
 from builder.server.build_servicers import add_build_services
 from builder.server.castore_server import add_castore_services
+from builder.server.pathinfo_servicers import add_pathinfo_services
 from builder.server.running import run_until_signalled
+from builder.store.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,14 @@ def create_server(
         directories=store.directories,
         max_directory_entries=max_directory_entries,
     )
+    pathinfos = partial(
+        add_pathinfo_services,
+        pathinfos=store.pathinfos,
+        blobs=store.blobs,
+        directories=store.directories,
+    )
     return assemble_server(
-        [castore, partial(add_build_services, service=builds)],
+        [castore, pathinfos, partial(add_build_services, service=builds)],
         listen,
         builds.capacity + builds.config.log_followers + reserve_workers,
         tls,

@@ -1,4 +1,8 @@
-"""A server exposing the castore in both families, alone or as part of the whole product."""
+"""A server exposing the castore in both families, alone or as part of the whole product.
+
+Given a PathInfo service too, it serves the store's PathInfoService beside
+the castore it checks records against.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, assemble_server
 from builder.server.castore_servicers import BlobServicer, DirectoryServicer
+from builder.server.pathinfo_servicers import add_pathinfo_services
 from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
+from builder.store.service import PathInfoService
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +44,23 @@ def create_castore_server(
     listen: list[str],
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    pathinfos: PathInfoService | None = None,
 ) -> BoundServer:
-    add = partial(
-        add_castore_services,
-        blobs=blobs,
-        directories=directories,
-        max_directory_entries=max_directory_entries,
-    )
-    return assemble_server([add], listen, max_workers)
+    add = [
+        partial(
+            add_castore_services,
+            blobs=blobs,
+            directories=directories,
+            max_directory_entries=max_directory_entries,
+        )
+    ]
+    if pathinfos is not None:
+        add.append(
+            partial(
+                add_pathinfo_services, pathinfos=pathinfos, blobs=blobs, directories=directories
+            )
+        )
+    return assemble_server(add, listen, max_workers)
 
 
 def serve_castore(
@@ -54,7 +69,8 @@ def serve_castore(
     listen: list[str],
     max_workers: int = DEFAULT_MAX_WORKERS,
     grace: float = DEFAULT_GRACE_SECONDS,
+    pathinfos: PathInfoService | None = None,
 ) -> None:
-    bound = create_castore_server(blobs, directories, listen, max_workers)
+    bound = create_castore_server(blobs, directories, listen, max_workers, pathinfos=pathinfos)
     logger.info("castore listening on %s", ", ".join(bound.addresses))
     run_until_signalled(bound.server, bound.health, grace)

@@ -8,18 +8,12 @@ hash of every path it receives, so these facts must describe the node exactly.
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
-import threading
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 
 from builder.castore.nodes import Node
-from builder.castore.wire import node_from_proto, node_to_proto
 from builder.errors import InvalidArgumentError
-from builder.proto.tvix.castore.protos import castore_pb2
 from builder.store import nixbase32
 from builder.store.store_path import StorePath
 
@@ -120,53 +114,3 @@ class PathInfo:
             raise InvalidArgumentError(f"{where}: deriver {self.deriver} is not a .drv path")
         if self.ca is not None:
             self.ca.validate(f"{where}.ca")
-
-
-class PathRegistry:
-    def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(db_path), check_same_thread=False, timeout=30)
-        self._lock = threading.Lock()
-        with self._lock, self._conn:
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS nix_paths (path TEXT PRIMARY KEY, node BLOB NOT NULL,"
-                " nar_sha256 BLOB NOT NULL, nar_size INTEGER NOT NULL,"
-                " refs TEXT NOT NULL, deriver TEXT)"
-            )
-
-    def get(self, path: StorePath) -> PathInfo | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT node, nar_sha256, nar_size, refs, deriver FROM nix_paths WHERE path = ?",
-                (str(path),),
-            ).fetchone()
-        if row is None:
-            return None
-        node_bytes, nar_sha256, nar_size, refs, deriver = row
-        message = castore_pb2.Node.FromString(node_bytes)
-        return PathInfo(
-            path,
-            node_from_proto(message, str(path)),
-            nar_sha256,
-            nar_size,
-            tuple(StorePath.parse(r) for r in json.loads(refs)),
-            StorePath.parse(deriver) if deriver else None,
-        )
-
-    def put(self, info: PathInfo) -> None:
-        with self._lock, self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO nix_paths VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    str(info.path),
-                    node_to_proto(info.node).SerializeToString(deterministic=True),
-                    info.nar_sha256,
-                    info.nar_size,
-                    json.dumps([str(r) for r in info.references]),
-                    str(info.deriver) if info.deriver else None,
-                ),
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()

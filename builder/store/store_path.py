@@ -21,6 +21,13 @@ _NAME = re.compile(r"[A-Za-z0-9+\-._?=]+")
 _HASH_PART = re.compile(f"[{nixbase32.ALPHABET}]{{{HASH_PART_LENGTH}}}")
 
 
+def check_digest(digest: bytes, where: str = "digest") -> bytes:
+    """A store path digest as a client sent it: exactly 20 bytes, or refused before any lookup."""
+    if len(digest) != DIGEST_SIZE:
+        raise InvalidArgumentError(f"{where}: {len(digest)} bytes, expected {DIGEST_SIZE}")
+    return digest
+
+
 @dataclass(frozen=True, order=True)
 class StorePath:
     hash_part: str
@@ -42,6 +49,12 @@ class StorePath:
     @classmethod
     def from_basename(cls, basename: str, where: str = "store path") -> StorePath:
         return cls.parse(f"{STORE_DIR}/{basename}", where)
+
+    @classmethod
+    def from_digest(cls, digest: bytes, name: str, where: str = "store path") -> StorePath:
+        """The path whose hash part encodes ``digest``, its name checked like a parsed one."""
+        hash_part = nixbase32.encode(check_digest(digest, f"{where}.digest"))
+        return cls.from_basename(f"{hash_part}-{name}", where)
 
     @property
     def digest(self) -> bytes:

@@ -14,8 +14,10 @@ from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.composition import Backend, Composition, ConfigError, Params, Registry
 from builder.castore.directories.cache import CacheDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
-from builder.castore.registry import DEFAULT_REGISTRY
-from builder.castore.store import DATA_DIR_ENV, Store
+from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.registry import DEFAULT_REGISTRY
+from builder.store.store import DATA_DIR_ENV, Store
+from builder.store.store_url import store_config
 from tests.blob_bytes import put_bytes, read_all
 from tests.waiting import wait_for
 
@@ -40,6 +42,10 @@ path = "{tmp_path / "blobs"}"
 type = "cache"
 near = "memory://"
 far = "sqlite://{tmp_path / "dirs.db"}"
+
+[pathinfoservices.root]
+type = "sqlite"
+path = "{tmp_path / "pathinfo.db"}"
 """
     )
     store = Store.open(str(config))
@@ -48,6 +54,7 @@ far = "sqlite://{tmp_path / "dirs.db"}"
     assert isinstance(store.blobs.far, FsBlobService)
     assert isinstance(store.directories, CacheDirectoryService)
     assert isinstance(store.directories.far, SqliteDirectoryService)
+    assert isinstance(store.pathinfos, SqlitePathInfoService)
     digest = put_bytes(store.blobs, b"layered")
     assert read_all(store.blobs.near, digest) == b"layered"
     store.close()
@@ -60,6 +67,7 @@ def test_json_config(tmp_path: Path) -> None:
             {
                 "blobservices": {"root": {"type": "memory"}},
                 "directoryservices": {"root": {"type": "memory"}},
+                "pathinfoservices": {"root": {"type": "memory"}},
             }
         )
     )
@@ -173,6 +181,10 @@ def test_third_party_type() -> None:
         ),
         ("blob", "grpc+unix:///run/b.sock", {"type": "grpc", "url": "grpc+unix:///run/b.sock"}),
         ("directory", "grpc+http://[::1]:8000", {"type": "grpc", "url": "grpc+http://[::1]:8000"}),
+        ("pathinfo", "memory://", {"type": "memory"}),
+        ("pathinfo", "sqlite:///var/p.db", {"type": "sqlite", "path": "/var/p.db"}),
+        ("pathinfo", "objectstore+memory://", {"type": "objectstore", "url": "memory://"}),
+        ("pathinfo", "grpc+unix:///run/s.sock", {"type": "grpc", "url": "grpc+unix:///run/s.sock"}),
     ],
 )
 def test_url_shorthands(kind: str, url: str, expected: dict) -> None:
@@ -194,3 +206,30 @@ def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     store.close()
     assert (tmp_path / "data" / "blobs" / digest.hex()[:2] / digest.hex()).is_file()
     assert (tmp_path / "data" / "directories.sqlite").is_file()
+    assert (tmp_path / "data" / "pathinfo.sqlite").is_file()
+
+
+def test_a_configuration_without_a_pathinfo_root_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "store.json"
+    config.write_text(
+        json.dumps(
+            {
+                "blobservices": {"root": {"type": "memory"}},
+                "directoryservices": {"root": {"type": "memory"}},
+            }
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=r"no pathinfo service named 'root' in \[pathinfoservices\]"
+    ):
+        Store.open(str(config))
+
+
+@pytest.mark.parametrize(
+    ("url", "pathinfo_type"),
+    [("memory://", "memory"), ("objectstore+memory://", "objectstore"), ("grpc+unix:///s", "grpc")],
+)
+def test_a_store_url_names_all_three_services(url: str, pathinfo_type: str) -> None:
+    config = store_config(url, DEFAULT_REGISTRY)
+    assert set(config) == {"blobservices", "directoryservices", "pathinfoservices"}
+    assert config["pathinfoservices"]["root"]["type"] == pathinfo_type

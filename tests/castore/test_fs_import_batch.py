@@ -1,14 +1,17 @@
-"""Batch imports into the fs blob store: durable together, visible together, or not at all."""
+"""Batches in the fs blob store, imported or written: durable, visible together, or not at all."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import builder.castore.blobs.fs as fs_blobs
 from builder.castore.blobs.fs import FsBlobService
+from builder.castore.blobs.service import BlobWriter
+from builder.castore.digest import Digest
 from builder.castore.directories.memory import MemoryDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from tests.blob_bytes import read_all
@@ -99,3 +102,57 @@ def test_tree_ingest_flushes_once_per_tree_not_per_file(
     assert all(blobs.has(file.digest) for file in stored.files)
     assert len(stored.files) == 50
     assert flushes == ["syncfs", "syncfs"]
+
+
+def test_written_blobs_of_a_batch_become_visible_when_it_ends(tmp_path: Path) -> None:
+    blobs = FsBlobService(tmp_path / "blobs")
+    contents = [b"one", b"two", b"one"]
+    with blobs.write_batch() as open_write:
+        digests = [put_bytes_with(open_write, data) for data in contents]
+        assert not any(blobs.has(digest) for digest in digests)
+    for data, digest in zip(contents, digests, strict=True):
+        assert read_all(blobs, digest) == data
+    assert os.listdir(blobs.tmp_dir) == []
+
+
+def test_a_failed_write_batch_leaves_nothing(tmp_path: Path) -> None:
+    blobs = FsBlobService(tmp_path / "blobs")
+    digests = []
+    with pytest.raises(RuntimeError), blobs.write_batch() as open_write:
+        digests = [put_bytes_with(open_write, b"blob %d" % i) for i in range(3)]
+        aborted = open_write()
+        aborted.write(b"half")
+        aborted.abort()
+        raise RuntimeError("the caller failed")
+    assert len(digests) == 3
+    assert not any(blobs.has(digest) for digest in digests)
+    assert os.listdir(blobs.tmp_dir) == []
+
+
+def test_a_write_batch_flushes_once_not_per_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = FsBlobService(tmp_path / "blobs")
+    flushes: list[str] = []
+    real_sync, real_fdatasync = fs_blobs._sync_filesystem, os.fdatasync
+
+    def sync(path: str) -> None:
+        flushes.append("syncfs")
+        real_sync(path)
+
+    def fdatasync(fd: int) -> None:
+        flushes.append("fdatasync")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(fs_blobs, "_sync_filesystem", sync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with blobs.write_batch() as open_write:
+        for i in range(20):
+            put_bytes_with(open_write, b"blob %d" % i)
+    assert flushes == ["syncfs", "syncfs"]
+
+
+def put_bytes_with(open_write: Callable[[], BlobWriter], data: bytes) -> Digest:
+    writer = open_write()
+    writer.write(data)
+    return writer.close()

@@ -21,6 +21,7 @@ from builder.executor.config import BuildConfig
 from builder.executor.service import BuildService
 from builder.nix.nix_store import nix_environment
 from builder.nix.session import NixSession
+from builder.store.pathinfos.sqlite import SqlitePathInfoService
 from sandbox import Launcher
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -80,9 +81,10 @@ def our_builder(work: Path, jobs: int = 2, result_cache: bool = True) -> Iterato
             allow_network=True,
         )
         service = BuildService(config, blobs, directories, launcher)
-        session = NixSession(service, work / "nix-paths.sqlite", os.environ)
+        pathinfos = SqlitePathInfoService(work / "pathinfo.sqlite")
+        session = NixSession(service, pathinfos, os.environ)
         try:
             yield OurBuilder(session, service)
         finally:
-            session.close()
             service.close()
+            pathinfos.close()

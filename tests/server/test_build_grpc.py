@@ -16,7 +16,6 @@ from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode
-from builder.castore.store import Store
 from builder.castore.wire import Family
 from builder.executor.config import BuildConfig, BuildLimits
 from builder.executor.request import BuildRequest, Constraints, request_to_proto
@@ -25,6 +24,7 @@ from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.server.app import create_server
+from builder.store.store import Store
 from sandbox import Launcher
 from tests.isolation import sleep_marker
 from tests.processes import processes_with

@@ -21,12 +21,12 @@ import pytest
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.grpc.channel import open_channel
 from builder.castore.nodes import Node, SymlinkNode
-from builder.castore.store import Store
 from builder.castore.wire import Family
 from builder.executor.request import AdditionalFile, BuildRequest, Constraints, request_to_proto
 from builder.proto.builder.v1 import build_events_pb2
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
+from builder.store.store import Store
 from tests.canary import make_canary, snapshot
 from tests.requirements import require_root
 from tests.sandbox.conftest import ROOTLESS_UID, _rootless_python

@@ -76,6 +76,18 @@ class HostFileImporter(Protocol):
 
 
 @runtime_checkable
+class BatchBlobWriter(Protocol):
+    """A blob service that makes many streamed blobs durable together, cheaper than one by one.
+
+    ``write_batch`` yields an ``open_write`` whose blobs become visible (and
+    durable) together when the batch ends; a batch that fails stores none of
+    them. A caller must not store anything referring to them before it ends.
+    """
+
+    def write_batch(self) -> AbstractContextManager[Callable[[], BlobWriter]]: ...
+
+
+@runtime_checkable
 class LocalBlobFiles(Protocol):
     """A blob service keeping each blob as a local file that is read-only and never changes.
 

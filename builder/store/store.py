@@ -1,4 +1,9 @@
-"""A store: the blob and directory service pair everything else works on."""
+"""A store: the blob, directory and PathInfo services everything else works on.
+
+The castore holds contents; the PathInfo service says which Nix store paths
+those contents are. Opening any store, embedded, remote or configured, gives
+all three, so that nothing above has to pair them up itself.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from pathlib import Path
 from builder.castore.blobs.service import BlobService
 from builder.castore.composition import Composition
 from builder.castore.directories.service import DirectoryService
-from builder.castore.registry import DEFAULT_REGISTRY
-from builder.castore.store_url import store_config
+from builder.store.registry import DEFAULT_REGISTRY
+from builder.store.service import PathInfoService
+from builder.store.store_url import store_config
 
 DATA_DIR_ENV = "BUILDER_DATA_DIR"
 ROOT = "root"
@@ -29,6 +35,7 @@ def default_data_dir() -> Path:
 class Store:
     blobs: BlobService
     directories: DirectoryService
+    pathinfos: PathInfoService
     composition: Composition
 
     @classmethod
@@ -36,7 +43,8 @@ class Store:
         """Open a store from a URL, a configuration file, or the embedded default.
 
         With neither a spec nor a data directory, the embedded store lives in
-        the default data directory: fs blobs beside a SQLite directory database.
+        the default data directory: fs blobs beside SQLite databases of
+        directories and path infos.
         """
         if spec is None:
             root = (data_dir or default_data_dir()).resolve()
@@ -45,7 +53,16 @@ class Store:
             composition = Composition(store_config(spec, DEFAULT_REGISTRY), DEFAULT_REGISTRY)
         else:
             composition = Composition.from_file(spec, DEFAULT_REGISTRY)
-        return cls(composition.blob_service(ROOT), composition.directory_service(ROOT), composition)
+        try:
+            return cls(
+                composition.blob_service(ROOT),
+                composition.directory_service(ROOT),
+                composition.pathinfo_service(ROOT),
+                composition,
+            )
+        except BaseException:
+            composition.close()
+            raise
 
     def close(self) -> None:
         self.composition.close()

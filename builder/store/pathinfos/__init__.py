@@ -1,0 +1,1 @@
+"""PathInfo service backends, each declaring its ``BACKEND`` for the store registry."""

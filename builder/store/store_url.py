@@ -1,0 +1,39 @@
+"""Store URLs: one address naming the blob, directory and PathInfo services at once.
+
+Any URL every kind's backends accept names a store (a gRPC server, an object
+store), and ``fs:///DIR`` is the whole embedded layout, so
+``--store fs:///var/lib/builder`` puts fs blobs beside SQLite databases of
+directories and of path infos.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from builder.castore.composition import SECTIONS, ConfigError, Registry, url_path, url_scheme
+
+EMBEDDED_BLOBS = "blobs"
+EMBEDDED_DIRECTORIES = "directories.sqlite"
+EMBEDDED_PATHINFOS = "pathinfo.sqlite"
+
+
+def store_config(url: str, registry: Registry) -> dict[str, Any]:
+    """A three-section configuration with every root named ``root``."""
+    scheme = url_scheme(url)
+    if scheme == "fs":
+        root = url_path(url).rstrip("/")
+        roots = {
+            "blob": registry.url_config("blob", f"fs://{root}/{EMBEDDED_BLOBS}"),
+            "directory": registry.url_config(
+                "directory", f"sqlite://{root}/{EMBEDDED_DIRECTORIES}"
+            ),
+            "pathinfo": registry.url_config("pathinfo", f"sqlite://{root}/{EMBEDDED_PATHINFOS}"),
+        }
+    elif scheme == "sqlite":
+        raise ConfigError(
+            f"{url!r} names only a database; use fs:///DIR for the embedded store "
+            "or a configuration file to pair it with a blob service"
+        )
+    else:
+        roots = {kind: registry.url_config(kind, url) for kind in SECTIONS}
+    return {SECTIONS[kind]: {"root": config} for kind, config in roots.items()}
