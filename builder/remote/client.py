@@ -24,6 +24,7 @@ from builder.castore.grpc.security import ChannelSecurity
 from builder.castore.nodes import Node
 from builder.castore.wire import Family, node_from_proto
 from builder.errors import CancelledError, CommandFailedError, IntegrityError
+from builder.executor.cancel import CancelToken
 from builder.executor.request import BuildRequest, request_to_proto
 from builder.executor.service import Event, LogData, Started
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
@@ -64,15 +65,24 @@ class RemoteBuilder:
         blobs: BlobService,
         directories: DirectoryService,
         on_event: Callable[[Event], None],
+        cancel: CancelToken | None = None,
     ) -> RemoteOutcome:
         """Upload what the server lacks of the inputs, then run the build there."""
         request.validate()
         sent = self.castore.upload_missing(request.inputs, blobs, directories)
         logger.info("uploaded %s to %s", sent, self.address)
-        return self.stream(request, on_event)
+        return self.stream(request, on_event, cancel)
 
-    def stream(self, request: BuildRequest, on_event: Callable[[Event], None]) -> RemoteOutcome:
+    def stream(
+        self,
+        request: BuildRequest,
+        on_event: Callable[[Event], None],
+        cancel: CancelToken | None = None,
+    ) -> RemoteOutcome:
+        """Run the build; cancelling ``cancel`` cancels the call, which stops the build there."""
         call = self._events.StreamBuild(request_to_proto(request, Family.SNIX))
+        if cancel is not None:
+            cancel.attach(call)
         try:
             for event in call:
                 kind = event.WhichOneof("event")
@@ -96,8 +106,12 @@ class RemoteBuilder:
                         failed.limit or None,
                     )
         except grpc.RpcError as error:
+            if cancel is not None and cancel.cancelled:
+                raise CancelledError("build cancelled") from error
             raise remote_error(error, self.address) from error
         finally:
+            if cancel is not None:
+                cancel.detach()
             call.cancel()
         raise IntegrityError(f"{self.address} ended the build stream without a result")
 

@@ -60,7 +60,7 @@ class RemoteBuildExecutor:
             if on_event is not None:
                 on_event(event)
 
-        outcome = self._remote.build(request, self.blobs, self.directories, relay)
+        outcome = self._remote.build(request, self.blobs, self.directories, relay, cancel)
         self._remote.fetch(outcome.outputs, self.blobs, self.directories)
         outputs = [
             CollectedOutput(path, node, tuple(message.needles))

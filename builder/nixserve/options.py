@@ -1,0 +1,45 @@
+"""The command line Nix starts: ``builder-nix-serve --serve --write [--store X]``.
+
+Standard library only: it is parsed before the handshake is answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    store: str | None
+    config: Path | None
+    write: bool
+
+
+def parse_options(argv: Sequence[str]) -> ServeOptions:
+    """Exits with status 2 (argparse's convention) on anything Nix would not have passed."""
+    parser = argparse.ArgumentParser(
+        prog="builder-nix-serve",
+        description="Build for Nix as an ssh:// remote builder (remote-program=builder-nix-serve).",
+    )
+    parser.add_argument("--serve", action="store_true", help="speak the serve protocol (required)")
+    parser.add_argument("--write", action="store_true", help="allow imports and builds")
+    parser.add_argument(
+        "--store",
+        metavar="DIR_OR_URL",
+        help="data directory (absolute path) or a server: grpc+unix:///SOCKET, "
+        "grpc+http://HOST:PORT, grpc+https://HOST:PORT (default: the default data directory)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML with tls_ca, tls_cert, tls_key, token_file for the server "
+        "(else $BUILDER_TLS_CA, $BUILDER_TLS_CERT, $BUILDER_TLS_KEY, $BUILDER_TOKEN_FILE)",
+    )
+    args = parser.parse_args(argv)
+    if not args.serve:
+        parser.error("--serve is required: this program only speaks Nix's serve protocol")
+    return ServeOptions(args.store, args.config, args.write)
