@@ -47,6 +47,8 @@ LOG_LIMIT = 5000
 @pytest.fixture(scope="module", autouse=True)
 def nix_tools() -> None:
     require_nix()
+    if not SERVE_PROGRAM.is_file():
+        pytest.fail(f"{SERVE_PROGRAM} is not installed (pip install -e .)", pytrace=False)
 
 
 @pytest.fixture(autouse=True)
