@@ -1,18 +1,21 @@
 """Nix offloading the corpus to builder-nix-serve, against Nix's own nix-store --serve as the peer.
 
 ``nix-build --max-jobs 0`` sends every deterministic derivation of the corpus
-to one remote machine (two slots): ``builder-nix-serve`` on an embedded data
-directory, ``builder-nix-serve`` forwarding to a running ``builder serve``, and
-``nix-store --serve --write`` on a store directory of its own. Each run gets
+to one remote machine (two slots unless ``--jobs``): ``builder-nix-serve`` on
+an embedded data directory, ``builder-nix-serve`` forwarding to a running
+``builder serve``, and ``nix-store --serve --write`` on a store directory of
+its own. Each run gets
 fresh salts and fresh remote stores (a server is started before its run, not
 timed); the three take turns after an untimed round, and the medians are
 printed with their ratios to the peer.
 
 Then start-up: from exec of the remote program to its answer to the client's
 handshake (magic and version written, 16 bytes read), which every offloaded
-derivation pays once, as Nix opens one connection per build.
+derivation pays once, as Nix opens one connection per build. How long a
+connection lasts matters more than it seems: a derivation Nix finds no free
+slot for waits build-poll-interval (5 s) before Nix tries again.
 
-Run: ``.venv/bin/python tests/benchmarks/bench_nix_offload.py [--runs N] [--starts N]``.
+Run: ``.venv/bin/python tests/benchmarks/bench_nix_offload.py [--runs N] [--starts N] [--jobs N]``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from tests.nix.corpus import FAILING, FILES, busybox_dir, instantiate
 from tests.nixserve.offload import SERVE_PROGRAM, Machine, offload, offload_environment
 from tests.test_cli_build_remote import serving
 
-JOBS = 2
 CLIENT_MAGIC = 0x390C9DEB
 SERVER_MAGIC = 0x5452EECB
 CLIENT_VERSION = 0x207
@@ -66,14 +68,14 @@ PEERS: dict[str, tuple[str, Callable[[Path], AbstractContextManager[str]]]] = {
 }
 
 
-def offload_corpus(scratch: Path, busybox: Path, name: str) -> float:
+def offload_corpus(scratch: Path, busybox: Path, name: str, jobs: int) -> float:
     program, remote_store = PEERS[name]
     names = [file for file in FILES if file not in FAILING]
     drvs = list(instantiate(names, busybox).values())
     work = Path(tempfile.mkdtemp(dir=scratch))
     with remote_store(work) as store:
         start = time.perf_counter()
-        done = offload(drvs, [Machine(program, store, JOBS)])
+        done = offload(drvs, [Machine(program, store, jobs)])
         elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"offloading to {name} failed:\n{done.stderr}")
@@ -110,16 +112,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--starts", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=2, help="the remote machine's build slots")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         scratch = Path(name)
         busybox = busybox_dir(scratch)
         times: dict[str, list[float]] = {peer: [] for peer in PEERS}
-        for peer in PEERS:
-            offload_corpus(scratch, busybox, peer)  # warms caches and the local Nix store, untimed
+        for peer in PEERS:  # untimed: warms caches and the local Nix store
+            offload_corpus(scratch, busybox, peer, options.jobs)
         for _ in range(options.runs):
             for peer in PEERS:
-                times[peer].append(offload_corpus(scratch, busybox, peer))
+                times[peer].append(offload_corpus(scratch, busybox, peer, options.jobs))
         serve = ["--serve", "--write", "--store"]
         starts = {
             "builder-nix-serve": [str(SERVE_PROGRAM), *serve, str(scratch / "data")],
@@ -134,7 +137,7 @@ def main() -> None:
     count = len(FILES) - len(FAILING)
     peer = statistics.median(times["nix-store --serve"])
     print(
-        f"nix offload of the corpus ({count} top-level derivations, {JOBS} remote jobs, "
+        f"nix offload of the corpus ({count} top-level derivations, {options.jobs} remote jobs, "
         f"{os.cpu_count()} cores, median of {options.runs} runs):"
     )
     for name, samples in times.items():

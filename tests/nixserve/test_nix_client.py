@@ -41,6 +41,10 @@ from tests.waiting import wait_for
 
 DETERMINISTIC = [name for name in FILES if name not in FAILING]
 MODES = ["embedded", "server"]
+# Nix tries a derivation it could not place on a busy machine again only after
+# build-poll-interval (5 s): with a slot for every derivation that can be ready
+# at once, the corpus never waits on that.
+CORPUS_SLOTS = 6
 LOG_LIMIT = 5000
 
 
@@ -70,7 +74,7 @@ class Remote:
     pathinfo_spec: str | None
     data_dir: Path | None
 
-    def machine(self, jobs: int = 2) -> Machine:
+    def machine(self, jobs: int = CORPUS_SLOTS) -> Machine:
         return Machine(str(SERVE_PROGRAM), self.store, jobs)
 
     def stored_paths(self) -> set[StorePath]:
