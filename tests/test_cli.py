@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from builder.castore.wire import Family
+from builder.store.pathinfos.grpc import GrpcPathInfoService
+from builder.store.pathinfos.sqlite import SqlitePathInfoService
 from tests.requirements import require_nix
+from tests.store.infos import symlink_info
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,3 +150,21 @@ def test_serve_then_use_as_remote_store(served: str, env: dict[str, str], tmp_pa
     builder("castore", "materialise", "--store", served, digest, str(dest), env=remote_env)
     _same_tree(EXAMPLE, dest)
     assert (tmp_path / "data" / "directories.sqlite").is_file()
+
+
+def test_castore_serve_serves_pathinfos_into_its_store(
+    served: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    info = symlink_info("served")
+    for family in Family:
+        client = GrpcPathInfoService(served, family)
+        try:
+            assert client.put(info) == info
+            assert client.get(info.path.digest) == info
+        finally:
+            client.close()
+    kept = SqlitePathInfoService(tmp_path / "data" / "pathinfo.sqlite")
+    try:
+        assert kept.get(info.path.digest) == info
+    finally:
+        kept.close()

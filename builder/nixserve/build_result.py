@@ -112,5 +112,5 @@ def builder_failed_message(drv_path: str, how: str, tail: list[str]) -> str:
     """``builder for '<drv>' failed with exit code N`` and the log's last lines, as Nix words it."""
     message = f"builder for '{drv_path}' {how}"
     if tail:
-        message += f";\nlast {len(tail)} log lines:\n" + "".join(f"> {line}\n" for line in tail)
+        message += f";\nlast {len(tail)} log lines:\n" + "\n".join(f"> {line}" for line in tail)
     return message

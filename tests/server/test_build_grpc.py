@@ -24,6 +24,7 @@ from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.server.app import create_server
+from builder.store.pathinfos.sqlite import SqlitePathInfoService
 from builder.store.store import Store
 from sandbox import Launcher
 from tests.isolation import sleep_marker
@@ -56,7 +57,8 @@ def launcher() -> Iterator[Launcher]:
 
 def _serve(tmp_path: Path, launcher: Launcher, **config: object) -> Iterator[Served]:
     blobs, directories = FsBlobService(tmp_path / "blobs"), SqliteDirectoryService(tmp_path / "d")
-    store = Store(blobs, directories, Composition({}, Registry()))
+    pathinfos = SqlitePathInfoService(tmp_path / "pathinfo.sqlite")
+    store = Store(blobs, directories, pathinfos, Composition({}, Registry()))
     work = tmp_path / "work"
     service = BuildService(BuildConfig(work_dir=work, **config), blobs, directories, launcher)
     socket = tmp_path / "builder.sock"
@@ -69,6 +71,7 @@ def _serve(tmp_path: Path, launcher: Launcher, **config: object) -> Iterator[Ser
         channel.close()
         bound.server.stop(5).wait()
         service.close()
+        pathinfos.close()
 
 
 @pytest.fixture
