@@ -22,7 +22,7 @@ from builder.nix.derivation import load_derivation
 from builder.nix.nix_store import NixStore
 from builder.store.store import Store
 from builder.store.store_path import StorePath
-from tests.isolation import TOKEN, sleep_marker
+from tests.isolation import sleep_marker
 from tests.nix.corpus import FAILING, FILES, busybox_dir
 from tests.nix.corpus import instantiate as instantiate_corpus
 from tests.nixserve.offload import (
@@ -57,7 +57,7 @@ def nix_tools() -> None:
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind() -> Iterator[None]:
-    """Nix kills its remote program once it has what it wants; nothing may outlive that."""
+    """A remote program ends when Nix closes its connection; nothing it started may outlive it."""
     yield
 
     def gone() -> bool:
@@ -91,11 +91,10 @@ def remote(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Remote]:
     tmp = tmp_path_factory.mktemp(f"nix-client-{request.param}")
-    # The token in the name lets a leftover remote program be traced to this run.
     if request.param == "embedded":
-        yield embedded(tmp / f"data-{TOKEN}")
+        yield embedded(tmp / "data")
         return
-    address = f"grpc+unix://{tmp}/builder-{TOKEN}.sock"
+    address = f"grpc+unix://{tmp}/builder.sock"
     # The corpus has fixed-output derivations, which a server builds only if allowed the network.
     with serving(tmp, address, "--allow-network") as server:
         yield Remote(server.address, server.address, None)
@@ -222,7 +221,7 @@ def test_max_build_log_size_ends_the_build(remote: Remote, busybox: Path) -> Non
 
 
 def test_two_machines_share_independent_builds(tmp_path: Path, busybox: Path) -> None:
-    first, second = embedded(tmp_path / f"a-{TOKEN}"), embedded(tmp_path / f"b-{TOKEN}")
+    first, second = embedded(tmp_path / "a"), embedded(tmp_path / "b")
     drvs = instantiate("slow.nix", busybox, salt=secrets.token_hex(6))
     # Each machine has one slot and Nix holds a machine's slot for as long as a
     # build runs on it. Every build takes seconds, far longer than Nix needs to
