@@ -213,3 +213,31 @@ def test_nothing_imports_the_cli() -> None:
         if "builder.cli" in targets and module != "builder.__main__"
     )
     assert not offending, f"imported by {offending}"
+
+
+def test_nix_serve_sits_on_nix_store_executor_and_remote() -> None:
+    offending = _violations(
+        _graph(),
+        "builder.nixserve",
+        (
+            "builder.nixserve",
+            "builder.nix",
+            "builder.store",
+            "builder.executor",
+            "builder.remote",
+            "builder.castore",
+            "builder.errors",
+        ),
+    )
+    assert not offending, "\n".join(offending)
+
+
+def test_nothing_imports_nix_serve() -> None:
+    offending = sorted(
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        if not module.startswith("builder.nixserve")
+        for target in targets
+        if target.startswith("builder.nixserve")
+    )
+    assert not offending, "\n".join(offending)

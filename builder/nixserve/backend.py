@@ -16,7 +16,9 @@ writers; sandbox uids are allocated through host-wide locks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import threading
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +30,8 @@ from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.owned_dir import OwnedDirectory
-from builder.errors import InvalidArgumentError
-from builder.executor.config import BuildConfig
+from builder.errors import FailedPreconditionError, InvalidArgumentError
+from builder.executor.config import BuildConfig, BuildLimits
 from builder.executor.removal import remove_tree
 from builder.executor.service import BuildExecutor, BuildService
 from builder.remote.executor import RemoteBuildExecutor
@@ -76,11 +78,20 @@ class EmbeddedBackend:
 
     def executor(self) -> BuildExecutor:
         if self._service is None:
+            if threading.active_count() > 1:
+                names = ", ".join(t.name for t in threading.enumerate())
+                raise FailedPreconditionError(
+                    f"the sandbox launcher must start before any thread, found: {names}"
+                )
             launcher = Launcher().start()
             self._opened.callback(launcher.stop)
             work = OwnedDirectory(self._data_dir / WORK_DIR, remove_tree)
             self._opened.callback(work.close)
-            config = BuildConfig(work_dir=work.path, allow_network=True)
+            # Nix sends its own build timeout with every build (enforced in
+            # building.py); the executor's default wall time would cut in below it.
+            # The executor's log bound stays: it holds each build's log in memory.
+            limits = dataclasses.replace(BuildLimits(), wall_time=None)
+            config = BuildConfig(work_dir=work.path, limits=limits, allow_network=True)
             service = BuildService(config, self.blobs, self.directories, launcher)
             self._opened.callback(service.close)
             self._service = service

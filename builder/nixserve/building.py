@@ -126,10 +126,9 @@ class ServeBuilds:
         ):
 
             def on_event(_: StorePath, event: Event) -> None:
-                if isinstance(event, LogData):
+                if isinstance(event, LogData) and limits.output(len(event.data)):
                     _write_log(event.data)
                     tail.add(event.data)
-                    limits.output(len(event.data))
 
             try:
                 infos = build_outputs(

@@ -50,8 +50,11 @@ class BuildLimits:
             self._changed.notify()
         self._thread.join()
 
-    def output(self, size: int) -> None:
-        """Log output arrived: the silence starts again, and the log grew."""
+    def output(self, size: int) -> bool:
+        """Log output arrived: the silence starts again, and the log grew.
+
+        False once the log is over its limit: the rest is not shown, as in Nix.
+        """
         with self._changed:
             self._last_output = time.monotonic()
             self._logged += size
@@ -62,6 +65,7 @@ class BuildLimits:
                     f"{self._goal} killed after writing more than {limit} bytes of log output",
                 )
             self._changed.notify()
+            return not (limit and self._logged > limit)
 
     def _next_breach(self, now: float) -> tuple[LimitBreach | None, float | None]:
         """The limit broken by ``now``, else when the next one would be."""

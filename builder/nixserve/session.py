@@ -38,10 +38,8 @@ _IMPORT_NAME = b"import"
 
 def parse_nar_hash(text: str, where: str = "narHash") -> bytes:
     """A SHA-256 in any form Nix's ``Hash::parseAny`` takes: hex, base-32, base-64 or SRI."""
-    body = text.removeprefix("sha256:")
-    if body.startswith("sha256-"):
-        body = body.removeprefix("sha256-")
-    elif "-" in body or (":" in body):
+    body = text[len("sha256-") :] if text.startswith("sha256-") else text.removeprefix("sha256:")
+    if ":" in body or "-" in body:
         raise InvalidArgumentError(f"{where}: {text!r} is not a SHA-256 hash")
     try:
         if len(body) == 2 * SHA256_SIZE:

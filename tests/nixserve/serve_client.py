@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,15 @@ class ServeClient:
         self.stdin = self.process.stdin
         self.stdout = self.process.stdout
         self.unread = b""
+        # Nix reads the log as it comes; a full stderr pipe would stall the build.
+        self._stderr = bytearray()
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        while chunk := self.process.stderr.read1(65536):
+            self._stderr += chunk
 
     def send(self, data: bytes) -> None:
         self.stdin.write(data)
@@ -168,9 +178,10 @@ class ServeClient:
             with contextlib.suppress(BrokenPipeError):
                 self.stdin.close()
             self.process.stdin = None
-        rest, stderr = self.process.communicate(timeout=timeout)
-        self.unread = rest
-        return self.process.returncode, stderr.decode(errors="replace")
+        self.unread = self.stdout.read()
+        self.process.wait(timeout=timeout)
+        self._stderr_reader.join(timeout=timeout)
+        return self.process.returncode, self._stderr.decode(errors="replace")
 
     def kill(self) -> None:
         if self.process.poll() is None:
