@@ -32,7 +32,7 @@ _SLOT_SIZE = 100_000
 _FIRST_UID = 1_900_000_000
 _PRIVATE_RANGES = 9
 _UID_COUNT = 1024
-_TOKEN_VARIABLE = "SANDBOX_TEST_TOKEN"
+TOKEN_VARIABLE = "SANDBOX_TEST_TOKEN"
 
 
 def _claim_slot() -> tuple[int, int]:
@@ -57,7 +57,7 @@ def _settle() -> str:
     A process started by the run (a server, a client script) inherits the
     environment and so belongs to the parent's slot.
     """
-    token = os.environ.get(_TOKEN_VARIABLE)
+    token = os.environ.get(TOKEN_VARIABLE)
     if token is not None:
         return token
     slot, fd = _claim_slot()
@@ -66,7 +66,7 @@ def _settle() -> str:
     os.environ[UID_COUNT_VARIABLE] = str(_UID_COUNT)
     os.environ[UID_LOCK_DIR_VARIABLE] = os.path.join(_SLOTS_DIR, f"uids-{slot}")
     token = f"{slot:03d}{secrets.randbelow(1000):03d}"
-    os.environ[_TOKEN_VARIABLE] = token
+    os.environ[TOKEN_VARIABLE] = token
     if os.geteuid() == 0:
         syscalls.unshare(syscalls.CLONE_NEWNS)
         syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)

@@ -6,7 +6,7 @@ import contextlib
 
 import psutil
 
-from tests.isolation import TOKEN
+from tests.isolation import TOKEN, TOKEN_VARIABLE
 
 
 def processes_with(marker: str) -> list[psutil.Process]:
@@ -20,5 +20,22 @@ def processes_with(marker: str) -> list[psutil.Process]:
     for process in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
             if marker in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+    return found
+
+
+def strays() -> list[psutil.Process]:
+    """Processes this run started that no longer descend from the test process.
+
+    Every process the run starts inherits its token in the environment, so this
+    finds, say, a remote program its client killed or a launcher that outlived
+    its parent, while the run's own children (a server of a fixture) do not count.
+    """
+    me = psutil.Process()
+    ours = {me.pid, *(child.pid for child in me.children(recursive=True))}
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid not in ours and process.environ().get(TOKEN_VARIABLE) == TOKEN:
                 found.append(process)
     return found

@@ -1,0 +1,155 @@
+"""Nix offloading the corpus to builder-nix-serve, against Nix's own nix-store --serve as the peer.
+
+``nix-build --max-jobs 0`` sends every deterministic derivation of the corpus
+to one remote machine (two slots unless ``--jobs``): ``builder-nix-serve`` on
+an embedded data directory, ``builder-nix-serve`` forwarding to a running
+``builder serve``, and ``nix-store --serve --write`` on a store directory of
+its own. Each run gets
+fresh salts and fresh remote stores (a server is started before its run, not
+timed); the three take turns after an untimed round, and the medians are
+printed with their ratios to the peer.
+
+Then start-up: from exec of the remote program to its answer to the client's
+handshake (magic and version written, 16 bytes read), which every offloaded
+derivation pays once, as Nix opens one connection per build. How long a
+connection lasts matters more than it seems: a derivation Nix finds no free
+slot for waits build-poll-interval (5 s) before Nix tries again.
+
+Run: ``.venv/bin/python tests/benchmarks/bench_nix_offload.py [--runs N] [--starts N] [--jobs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.nix.corpus import FAILING, FILES, busybox_dir, instantiate
+from tests.nixserve.offload import SERVE_PROGRAM, Machine, offload, offload_environment
+from tests.test_cli_build_remote import serving
+
+CLIENT_MAGIC = 0x390C9DEB
+SERVER_MAGIC = 0x5452EECB
+CLIENT_VERSION = 0x207
+
+
+@contextmanager
+def embedded(work: Path) -> Iterator[str]:
+    yield str(work / "data")
+
+
+@contextmanager
+def through_server(work: Path) -> Iterator[str]:
+    # The corpus has fixed-output derivations, which a server builds only if allowed the network.
+    with serving(work, f"grpc+unix://{work}/builder.sock", "--allow-network") as server:
+        yield server.address
+
+
+@contextmanager
+def nix_peer(work: Path) -> Iterator[str]:
+    yield str(work / "store")
+
+
+# Each peer: the remote program, and the --store it gets for a run in a fresh directory.
+PEERS: dict[str, tuple[str, Callable[[Path], AbstractContextManager[str]]]] = {
+    "builder-nix-serve, embedded": (str(SERVE_PROGRAM), embedded),
+    "builder-nix-serve, builder serve": (str(SERVE_PROGRAM), through_server),
+    "nix-store --serve": ("nix-store", nix_peer),
+}
+
+
+def offload_corpus(scratch: Path, busybox: Path, name: str, jobs: int) -> float:
+    program, remote_store = PEERS[name]
+    names = [file for file in FILES if file not in FAILING]
+    drvs = list(instantiate(names, busybox).values())
+    work = Path(tempfile.mkdtemp(dir=scratch))
+    with remote_store(work) as store:
+        start = time.perf_counter()
+        done = offload(drvs, [Machine(program, store, jobs)])
+        elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"offloading to {name} failed:\n{done.stderr}")
+    return elapsed
+
+
+def handshake_seconds(argv: list[str]) -> float:
+    """Exec to the server's handshake answer; the client then hangs up as Nix would."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=offload_environment(),
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(struct.pack("<QQ", CLIENT_MAGIC, CLIENT_VERSION))
+    process.stdin.flush()
+    answer = process.stdout.read(16)
+    elapsed = time.perf_counter() - start
+    process.stdin.close()
+    process.wait()
+    if len(answer) != 16 or struct.unpack("<Q", answer[:8])[0] != SERVER_MAGIC:
+        raise SystemExit(f"{argv[0]} answered the handshake with {answer!r}")
+    return elapsed
+
+
+def p90(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=10)[8]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--starts", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=2, help="the remote machine's build slots")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        scratch = Path(name)
+        busybox = busybox_dir(scratch)
+        times: dict[str, list[float]] = {peer: [] for peer in PEERS}
+        for peer in PEERS:  # untimed: warms caches and the local Nix store
+            offload_corpus(scratch, busybox, peer, options.jobs)
+        for _ in range(options.runs):
+            for peer in PEERS:
+                times[peer].append(offload_corpus(scratch, busybox, peer, options.jobs))
+        serve = ["--serve", "--write", "--store"]
+        starts = {
+            "builder-nix-serve": [str(SERVE_PROGRAM), *serve, str(scratch / "data")],
+            "nix-store --serve": ["nix-store", *serve, str(scratch / "store")],
+        }
+        start_times: dict[str, list[float]] = {program: [] for program in starts}
+        for argv in starts.values():
+            handshake_seconds(argv)  # creates the store, untimed
+        for _ in range(options.starts):
+            for program, argv in starts.items():
+                start_times[program].append(handshake_seconds(argv))
+    count = len(FILES) - len(FAILING)
+    peer = statistics.median(times["nix-store --serve"])
+    print(
+        f"nix offload of the corpus ({count} top-level derivations, {options.jobs} remote jobs, "
+        f"{os.cpu_count()} cores, median of {options.runs} runs):"
+    )
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"  {name:34} {median:6.2f} s   ratio to nix-store {median / peer:.2f}")
+    print(f"start-up to handshake answer (median / p90 of {options.starts} starts):")
+    for program, samples in start_times.items():
+        print(
+            f"  {program:34} {statistics.median(samples) * 1000:6.1f} ms / "
+            f"{p90(samples) * 1000:6.1f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
