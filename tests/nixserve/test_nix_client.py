@@ -171,6 +171,7 @@ def test_chains_and_diamonds_upload_each_input_once(offloaded: Offloaded) -> Non
     }
     assert not built_outputs & set(sent), offloaded.log
     assert {Path(path).name.split("-", 1)[1] for path in sent} == {"busybox", "input.txt"}
+    assert {StorePath.parse(path) for path in sent} <= offloaded.remote.stored_paths()
     for name in ("chain", "diamond"):
         inputs = [drv for drv, _ in load_derivation(offloaded.drvs[name]).input_derivations]
         assert {str(drv) for drv in inputs} <= built_on(offloaded.log, offloaded.remote)
