@@ -14,6 +14,7 @@ import threading
 
 from builder.errors import FailedPreconditionError
 from builder.nixserve.options import ServeOptions
+from sandbox.errors import LauncherError
 from sandbox.launcher import Launcher, LauncherConfig
 
 SPARES = 1
@@ -33,4 +34,9 @@ def early_launcher(options: ServeOptions) -> Launcher | None:
     """A launcher for a data directory that may build (``--write``); none for a server."""
     if not options.write or options.store_is_server:
         return None
-    return spawn_launcher()
+    try:
+        return spawn_launcher()
+    except LauncherError:
+        # A connection that never builds needs no launcher; the first build
+        # spawns one again and reports why it cannot start.
+        return None
