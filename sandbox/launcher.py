@@ -160,6 +160,14 @@ class Launcher:
     _failure: str | None = None
 
     def start(self) -> "Launcher":
+        """Spawn the launcher process and wait until it takes runs."""
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> "Launcher":
+        """Start the launcher process without waiting for it, so that its start overlaps other work.
+
+        It forks, so a caller spawns it before starting threads of its own, as with ``start``.
+        """
         if self._process is not None:
             return self
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -202,7 +210,13 @@ class Launcher:
             target=self._read_loop, name="sandbox-launcher", daemon=True
         )
         self._reader.start()
-        if not self._ready.wait(cfg.start_timeout) or self.info is None:
+        return self
+
+    def wait_ready(self) -> "Launcher":
+        """Wait until the spawned launcher takes runs; stop it if it does not start."""
+        if self._process is None:
+            raise LauncherError("launcher was not spawned")
+        if not self._ready.wait(self.config.start_timeout) or self.info is None:
             self.stop()
             raise LauncherError(f"launcher did not start: {self._failure or 'timeout'}")
         return self

@@ -36,7 +36,11 @@ def _imported_names(module: str, path: Path, known: set[str]) -> Iterator[str]:
     """Every module ``module`` imports; ``from x import y`` means ``x.y`` when that is a module."""
     is_package = path.name == "__init__.py"
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # A dotted module name in a string is imported by name (the registries' backends).
+            if "." in node.value and node.value in known:
+                yield node.value
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name
         elif isinstance(node, ast.ImportFrom):
@@ -136,6 +140,7 @@ def test_the_graph_is_read() -> None:
     assert "builder.castore.wire" in graph["builder.castore.blobs.grpc"]
     assert "sandbox.launcher" in graph["sandbox"]
     assert "grpc" in graph["builder.server.listen"]
+    assert "builder.store.pathinfos.grpc" in graph["builder.store.registry"]
 
 
 def test_imports_inside_functions_and_relative_imports_count(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ above and reach the composition through a registry built there.
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import tomllib
@@ -117,32 +118,60 @@ class Backend:
 
 
 class Registry:
-    """The backends a composition can build; third parties add their own with ``register``."""
+    """The backends a composition can build; third parties add their own with ``register``.
 
-    def __init__(self, backends: Iterable[Backend] = ()) -> None:
+    Backends may also be named, by kind, by the module that declares them (as
+    ``BACKEND``): such a module is imported only when a type or URL scheme of
+    its kind is asked for that the backends loaded so far do not know, in the
+    order given. A process that opens an embedded store then never pays for
+    importing the gRPC or object-store clients.
+    """
+
+    def __init__(
+        self, backends: Iterable[Backend] = (), modules: Mapping[Kind, Iterable[str]] = {}
+    ) -> None:
         self._backends: dict[tuple[Kind, str], Backend] = {}
+        self._unloaded = {kind: list(names) for kind, names in modules.items()}
+        self._lock = threading.Lock()
         for backend in backends:
             self.register(backend)
 
     def register(self, backend: Backend) -> None:
-        self._backends[(backend.kind, backend.type_name)] = backend
+        with self._lock:
+            self._backends[(backend.kind, backend.type_name)] = backend
 
     def backend(self, kind: Kind, type_name: str, where: str) -> Backend:
-        try:
-            return self._backends[(kind, type_name)]
-        except KeyError:
+        found = self._find(kind, lambda backend: backend.type_name == type_name)
+        if found is None:
             known = sorted(t for k, t in self._backends if k == kind)
             raise ConfigError(
                 f"{where}: unknown {kind} service type {type_name!r} (known: {', '.join(known)})"
-            ) from None
+            )
+        return found
 
     def url_config(self, kind: Kind, url: str) -> dict[str, Any]:
         """The instance configuration a single-service URL stands for."""
         scheme = url_scheme(url)
-        for (backend_kind, type_name), backend in self._backends.items():
-            if backend_kind == kind and backend.accepts(scheme):
-                return {"type": type_name, **backend.from_url(url)}
-        raise ConfigError(f"{url!r} is not a {kind} service URL")
+        found = self._find(kind, lambda backend: backend.accepts(scheme))
+        if found is None:
+            raise ConfigError(f"{url!r} is not a {kind} service URL")
+        return {"type": found.type_name, **found.from_url(url)}
+
+    def _find(self, kind: Kind, matches: Callable[[Backend], bool]) -> Backend | None:
+        """The first backend of ``kind`` that matches, importing its kind's modules until one does.
+
+        With none matching, every module of the kind has been imported.
+        """
+        with self._lock:
+            unloaded = self._unloaded.get(kind, [])
+            while True:
+                for backend in self._backends.values():
+                    if backend.kind == kind and matches(backend):
+                        return backend
+                if not unloaded:
+                    return None
+                backend = importlib.import_module(unloaded.pop(0)).BACKEND
+                self._backends.setdefault((backend.kind, backend.type_name), backend)
 
 
 class Composition:

@@ -3,11 +3,12 @@
 Nix waits for the handshake answer of every connection it opens (one per
 derivation it offloads), so this module imports nothing but the standard
 library and the framing before answering; the store, the executor and gRPC
-are loaded only afterwards. Before anything else, the protocol's output moves
-to a private descriptor and descriptor 1 becomes a copy of stderr: whatever a
-library or a child process prints then lands in the log Nix shows, never in
-the protocol stream. Descriptor 0 likewise moves aside, so no child can take
-bytes meant for us.
+are loaded only afterwards, once the sandbox launcher of a data directory has
+been spawned to start beside them. Before anything else, the protocol's
+output moves to a private descriptor and descriptor 1 becomes a copy of
+stderr: whatever a library or a child process prints then lands in the log
+Nix shows, never in the protocol stream. Descriptor 0 likewise moves aside,
+so no child can take bytes meant for us.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    from builder.nixserve.launching import early_launcher
+
+    launcher = early_launcher(options)
     from builder.nixserve.connection import serve_connection
 
-    return serve_connection(reader, writer, options, version, protocol_in)
+    return serve_connection(reader, writer, options, version, protocol_in, launcher)

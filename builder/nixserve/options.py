@@ -10,12 +10,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+GRPC_PREFIXES = ("grpc+unix://", "grpc+http://", "grpc+https://")
+
 
 @dataclass(frozen=True)
 class ServeOptions:
     store: str | None
     config: Path | None
     write: bool
+
+    @property
+    def store_is_server(self) -> bool:
+        """Whether ``--store`` names a ``builder serve`` rather than a data directory."""
+        return self.store is not None and self.store.startswith(GRPC_PREFIXES)
 
 
 def parse_options(argv: Sequence[str]) -> ServeOptions:

@@ -1,17 +1,25 @@
-"""Every service type a store configuration can use: the castore's and the PathInfo ones."""
+"""Every service type a store configuration can use: the castore's and the PathInfo ones.
+
+Each is named by the module that declares it and imported on first use (see
+``Registry``): opening the embedded store loads the fs and SQLite backends only.
+"""
 
 from __future__ import annotations
 
 from builder.castore.composition import Registry
-from builder.castore.registry import CASTORE_BACKENDS
-from builder.store.pathinfos import grpc as grpc_pathinfos
-from builder.store.pathinfos import memory as memory_pathinfos
-from builder.store.pathinfos import objectstore as objectstore_pathinfos
-from builder.store.pathinfos import sqlite as sqlite_pathinfos
+from builder.castore.registry import BLOB_BACKEND_MODULES, DIRECTORY_BACKEND_MODULES
 
-PATHINFO_BACKENDS = tuple(
-    module.BACKEND
-    for module in (memory_pathinfos, sqlite_pathinfos, objectstore_pathinfos, grpc_pathinfos)
+PATHINFO_BACKEND_MODULES = (
+    "builder.store.pathinfos.memory",
+    "builder.store.pathinfos.sqlite",
+    "builder.store.pathinfos.objectstore",
+    "builder.store.pathinfos.grpc",
 )
 
-DEFAULT_REGISTRY = Registry((*CASTORE_BACKENDS, *PATHINFO_BACKENDS))
+DEFAULT_REGISTRY = Registry(
+    modules={
+        "blob": BLOB_BACKEND_MODULES,
+        "directory": DIRECTORY_BACKEND_MODULES,
+        "pathinfo": PATHINFO_BACKEND_MODULES,
+    }
+)

@@ -1,4 +1,8 @@
-"""The generated store modules of each family, resolved in one place."""
+"""The generated PathInfo service modules of each family, resolved in one place.
+
+Only the gRPC client and servicer need these; the messages alone, which the
+durable backends store, are resolved in ``wire.py`` without loading gRPC.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,23 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from builder.castore.wire import Family
-from builder.proto.snix.store.protos import pathinfo_pb2 as snix_pathinfo
 from builder.proto.snix.store.protos import rpc_pathinfo_pb2 as snix_rpc_pathinfo
 from builder.proto.snix.store.protos import rpc_pathinfo_pb2_grpc as snix_rpc_pathinfo_grpc
-from builder.proto.tvix.store.protos import pathinfo_pb2 as tvix_pathinfo
 from builder.proto.tvix.store.protos import rpc_pathinfo_pb2 as tvix_rpc_pathinfo
 from builder.proto.tvix.store.protos import rpc_pathinfo_pb2_grpc as tvix_rpc_pathinfo_grpc
 
 
 @dataclass(frozen=True)
 class StoreRpc:
-    """The generated modules of one family's PathInfo messages and service."""
+    """The generated modules of one family's PathInfo service: its messages and its stubs."""
 
-    pathinfo: ModuleType
     rpc: ModuleType
     rpc_grpc: ModuleType
-    node_field: str
 
 
 _RPC = {
-    Family.TVIX: StoreRpc(tvix_pathinfo, tvix_rpc_pathinfo, tvix_rpc_pathinfo_grpc, "node"),
-    Family.SNIX: StoreRpc(snix_pathinfo, snix_rpc_pathinfo, snix_rpc_pathinfo_grpc, "entry"),
+    Family.TVIX: StoreRpc(tvix_rpc_pathinfo, tvix_rpc_pathinfo_grpc),
+    Family.SNIX: StoreRpc(snix_rpc_pathinfo, snix_rpc_pathinfo_grpc),
 }
 
 

@@ -9,39 +9,46 @@ field at fault; the same decoding reads records back from durable backends.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from builder.castore.wire import Family, node_from_proto, node_to_proto
 from builder.errors import IntegrityError, InvalidArgumentError
+from builder.proto.snix.store.protos import pathinfo_pb2 as snix_pathinfo
+from builder.proto.tvix.store.protos import pathinfo_pb2 as tvix_pathinfo
 from builder.store.path_info import ContentAddress, HashKind, PathInfo, Signature
 from builder.store.store_path import StorePath, check_digest
-from builder.store.stubs import store_rpc
 
 DRV_SUFFIX = ".drv"
+# The field of a PathInfo message that holds its root node, by family.
+_NODE_FIELDS = {Family.TVIX: "node", Family.SNIX: "entry"}
+
+
+def pathinfo_messages(family: Family) -> ModuleType:
+    """The family's PathInfo messages, without its gRPC stubs: stored records need no gRPC."""
+    return tvix_pathinfo if family is Family.TVIX else snix_pathinfo
 
 
 def path_info_to_proto(info: PathInfo, family: Family = Family.TVIX) -> Any:
-    rpc = store_rpc(family)
-    narinfo = rpc.pathinfo.NARInfo(
+    messages = pathinfo_messages(family)
+    narinfo = messages.NARInfo(
         nar_size=info.nar_size,
         nar_sha256=info.nar_sha256,
-        signatures=[
-            rpc.pathinfo.NARInfo.Signature(name=s.name, data=s.data) for s in info.signatures
-        ],
+        signatures=[messages.NARInfo.Signature(name=s.name, data=s.data) for s in info.signatures],
         reference_names=[r.basename for r in info.references],
     )
     if info.deriver is not None:
         narinfo.deriver.CopyFrom(
-            rpc.pathinfo.StorePath(
+            messages.StorePath(
                 name=info.deriver.name.removesuffix(DRV_SUFFIX), digest=info.deriver.digest
             )
         )
     if info.ca is not None:
-        narinfo.ca.CopyFrom(rpc.pathinfo.NARInfo.CA(type=int(info.ca.kind), digest=info.ca.digest))
-    message = rpc.pathinfo.PathInfo(references=[r.digest for r in info.references], narinfo=narinfo)
-    getattr(message, rpc.node_field).CopyFrom(node_to_proto(info.node, family))
+        narinfo.ca.CopyFrom(messages.NARInfo.CA(type=int(info.ca.kind), digest=info.ca.digest))
+    message = messages.PathInfo(references=[r.digest for r in info.references], narinfo=narinfo)
+    getattr(message, _NODE_FIELDS[family]).CopyFrom(node_to_proto(info.node, family))
     return message
 
 
@@ -128,8 +135,7 @@ def encode_path_info(info: PathInfo) -> bytes:
 
 def decode_path_info(data: bytes, where: str) -> PathInfo:
     """A record a durable backend kept; one that no longer decodes is damage, not bad input."""
-    rpc = store_rpc(Family.TVIX)
     try:
-        return path_info_from_proto(rpc.pathinfo.PathInfo.FromString(data), where)
+        return path_info_from_proto(tvix_pathinfo.PathInfo.FromString(data), where)
     except (DecodeError, InvalidArgumentError) as exc:
         raise IntegrityError(f"{where}: stored record does not decode: {exc}") from exc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -152,6 +154,36 @@ def test_config_errors_name_the_problem(config: dict, name: str, match: str) -> 
 def test_unknown_section_rejected() -> None:
     with pytest.raises(ConfigError, match="section"):
         Composition({"blobs": {}}, DEFAULT_REGISTRY)
+
+
+def test_backends_named_by_module_load_when_their_kind_is_asked_for() -> None:
+    registry = Registry(
+        modules={"blob": ["builder.castore.blobs.memory"], "pathinfo": ["builder.no.such.module"]}
+    )
+    assert registry.url_config("blob", "memory://") == {"type": "memory"}
+    assert isinstance(
+        Composition({"blobservices": {"m": {"type": "memory"}}}, registry).blob_service("m"),
+        MemoryBlobService,
+    )
+    with pytest.raises(ConfigError, match=r"unknown blob service type 'fs' \(known: memory\)"):
+        registry.backend("blob", "fs", "here")
+    with pytest.raises(ModuleNotFoundError, match=r"builder\.no"):
+        registry.url_config("pathinfo", "memory://")
+
+
+def test_opening_the_embedded_store_loads_no_grpc_or_object_store_client(tmp_path: Path) -> None:
+    """Every ``builder-nix-serve`` on a data directory opens it; the clients cost ~0.1 s."""
+    program = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from builder.store.store import Store\n"
+        f"Store.open(None, Path({str(tmp_path)!r})).close()\n"
+        "print(sorted(m for m in ('grpc', 'asyncio', 'fastcdc') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_third_party_type() -> None:

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from builder.store import nixbase32
@@ -33,6 +34,8 @@ from tests.nixserve.serve_client import (
     strings,
     u64,
 )
+from tests.processes import strays
+from tests.waiting import wait_for
 
 
 def _store(tmp_path: Path) -> str:
@@ -64,6 +67,31 @@ def test_handshake_and_clean_exit_at_a_command_boundary(tmp_path: Path) -> None:
     client = ServeClient(_store(tmp_path))
     client.handshake()
     assert client.finish() == (0, "")
+
+
+def _launchers_under(pid: int) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "sandbox.forkserver" in child.cmdline():
+                found.append(child)
+    return found
+
+
+def test_the_launcher_starts_at_the_handshake_and_ends_with_a_connection_that_never_builds(
+    tmp_path: Path,
+) -> None:
+    client = ServeClient(_store(tmp_path))
+    try:
+        client.handshake()
+        wait_for(
+            lambda: _launchers_under(client.process.pid), "a launcher spawned at the handshake"
+        )
+        assert client.query_valid([random_path("absent")]) == []
+        assert client.finish() == (0, "")
+    finally:
+        client.kill()
+    assert not [p for p in strays() if "sandbox.forkserver" in p.cmdline()]
 
 
 def test_bad_magic(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import FailedPreconditionError
-from builder.nixserve.backend import EmbeddedBackend
 from builder.nixserve.building import ServeBuilds
+from builder.nixserve.embedded_backend import EmbeddedBackend
 from builder.nixserve.session import ServeSession
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
 from tests.nixserve.serve_client import nar, nar_file, random_path, string, strings, u64

@@ -16,6 +16,7 @@ from sandbox import (
     Bind,
     File,
     Launcher,
+    LauncherError,
     Limit,
     Limits,
     SandboxSpec,
@@ -230,6 +231,23 @@ def test_output_can_be_reopened_through_dev(sandbox: Sandboxes) -> None:
     result = sandbox.run("echo out > /dev/stdout; echo err > /dev/stderr; echo fd > /dev/fd/1")
     assert result.ok, result
     assert result.log == b"out\nerr\nfd\n"
+
+
+def test_a_spawned_launcher_runs_builds_once_waited_for(tools: Path) -> None:
+    """What a caller does between spawn and wait_ready overlaps the launcher's start."""
+    launcher = Launcher().spawn()
+    try:
+        assert launcher.wait_ready() is launcher
+        assert launcher.info is not None
+        spec = SandboxSpec(argv=["/bin/sh", "-c", "echo up"], ro_binds=[Bind(str(tools), "/bin")])
+        assert launcher.run(spec, timeout=120).log == b"up\n"
+    finally:
+        launcher.stop()
+
+
+def test_waiting_for_a_launcher_never_spawned_is_an_error() -> None:
+    with pytest.raises(LauncherError, match="not spawned"):
+        Launcher().wait_ready()
 
 
 def test_launcher_reports_mode() -> None:

@@ -12,12 +12,12 @@ from builder.castore.directories.memory import MemoryDirectoryService
 from builder.castore.wire import Family
 from builder.errors import IntegrityError, InvalidArgumentError
 from builder.store.path_info import PathInfo
-from builder.store.stubs import store_rpc
 from builder.store.wire import (
     decode_path_info,
     encode_path_info,
     path_info_from_proto,
     path_info_to_proto,
+    pathinfo_messages,
 )
 from tests.store.infos import full_info, store_path
 
@@ -30,7 +30,7 @@ def _info() -> PathInfo:
 def test_round_trip(family: Family) -> None:
     info = _info()
     message = path_info_to_proto(info, family)
-    again = store_rpc(family).pathinfo.PathInfo.FromString(message.SerializeToString())
+    again = pathinfo_messages(family).PathInfo.FromString(message.SerializeToString())
     assert path_info_from_proto(again) == info
 
 

@@ -112,13 +112,11 @@ class CacheBlobs:
         self._placing: dict[BlobKey, Future[PlacedBlob]] = {}
         self._pins: Counter[BlobKey] = Counter()
         self.bytes = 0
-        # All shards up front, so that placing a blob never needs a mkdir.
+        # Shards are made as blobs arrive: a cache that serves one build (one
+        # per builder-nix-serve connection) needs a few, not all 512.
+        self._shards: set[bytes] = set()
         for directory in self._dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
-            existing = set(os.listdir(directory))
-            for shard in range(256):
-                if f"{shard:02x}" not in existing:
-                    os.mkdir(directory / f"{shard:02x}")
 
     def path(self, key: BlobKey) -> bytes:
         hexdigest = key[0].hex().encode()
@@ -290,6 +288,7 @@ class CacheBlobs:
 
     def _place(self, digest: Digest, size: int, executable: bool) -> PlacedBlob:
         final = self.path((digest, executable))
+        self._make_shard(os.path.dirname(final))
         if self._local is None:
             return self._stream(digest, size, executable, final)
         source = self._local.local_path(digest)
@@ -298,6 +297,12 @@ class CacheBlobs:
             if linked is not None:
                 return linked
         return self._copy(digest, size, executable, source, final)
+
+    def _make_shard(self, shard: bytes) -> None:
+        if shard not in self._shards:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(shard)
+            self._shards.add(shard)
 
     def _link(self, digest: Digest, size: int, source: str, final: bytes) -> PlacedBlob | None:
         """Share the store's own inode after hashing it; None when it cannot be linked."""
