@@ -56,7 +56,7 @@ class ForkServer:
             else None
         )
         self.pid = os.getpid()
-        loopback_request = netns.encode_loopback_up()
+        loopback_request = netns.encode_in_child()
         seccomp.confine_self(seccomp.compile_filter())
         cgroups = CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
         _sweep_stale_roots()

@@ -3,11 +3,11 @@
 A fresh network namespace starts with ``lo`` down; builds that run a local
 test server expect 127.0.0.1 to work, as it does in Nix's sandbox.
 
-The netlink request is a fixed 40 bytes, laid out here with ``struct`` once
-per launcher and only sent from each sandbox. A netlink library would cost
-every launcher start some 0.1 s of imports (and, imported into the launcher,
-some 20 MB paid again on every clone), and a launcher starts with every
-``builder-nix-serve`` connection that builds.
+The netlink request is encoded with pyroute2 once per launcher, in a throwaway
+child, and only sent from each sandbox. Importing pyroute2 grows a process by
+some 20 MB, and the launcher's size is paid on every clone (page tables, then
+copy-on-write faults); a pyroute2 session in a fresh clone also costs tens of
+milliseconds, more than the rest of the setup.
 """
 
 import os
@@ -17,27 +17,50 @@ import struct
 from sandbox.errors import SandboxError, SyscallError
 
 _NLMSG_ERROR = 2
-_RTM_NEWLINK = 16
-_NLM_F_REQUEST = 0x1
-_NLM_F_ACK = 0x4
-_IFF_UP = 0x1
-_IFLA_IFNAME = 3
-# struct nlmsghdr, struct ifinfomsg and struct rtattr of <linux/netlink.h> and <linux/rtnetlink.h>.
 _HEADER = struct.Struct("=IHHII")
-_IFINFOMSG = struct.Struct("=BxHiII")
-_RTATTR = struct.Struct("=HH")
 _ERROR = struct.Struct("=i")
-_ALIGN = 4
 
 
 def encode_loopback_up() -> bytes:
-    """The RTM_NEWLINK request that sets IFF_UP on the interface named ``lo``, asking for an ack."""
-    name = b"lo\0"
-    attribute = _RTATTR.pack(_RTATTR.size + len(name), _IFLA_IFNAME) + name
-    attribute += bytes(-len(attribute) % _ALIGN)
-    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, _IFF_UP, _IFF_UP) + attribute
-    flags = _NLM_F_REQUEST | _NLM_F_ACK
-    return _HEADER.pack(_HEADER.size + len(body), _RTM_NEWLINK, flags, 1, 0) + body
+    """The RTM_NEWLINK request that sets IFF_UP on ``lo``, as pyroute2 encodes it."""
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+
+    message = ifinfmsg()
+    message["family"] = socket.AF_UNSPEC
+    message["flags"] = IFF_UP
+    message["change"] = IFF_UP
+    message["attrs"] = [("IFLA_IFNAME", "lo")]
+    message["header"]["type"] = RTM_NEWLINK
+    message["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+    message["header"]["sequence_number"] = 1
+    message.encode()
+    return bytes(message.data)
+
+
+def encode_in_child() -> bytes:
+    """Run ``encode_loopback_up`` in a forked child so pyroute2 stays out of us.
+
+    Only for a single-threaded caller (the launcher, at start-up).
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, encode_loopback_up())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        request = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not request:
+        raise SandboxError("could not encode the netlink request for lo")
+    return request
 
 
 def bring_up_loopback(request: bytes) -> None:
