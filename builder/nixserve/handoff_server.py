@@ -42,6 +42,7 @@ DEFAULT_MAX_SESSIONS = 64
 # A client that connects and sends no header in this time holds no session slot longer.
 HEADER_TIMEOUT = 10.0
 _BACKLOG = 128
+_SLOT_WAIT = 0.5
 _FD_SIZE = array.array("i").itemsize
 
 
@@ -161,7 +162,10 @@ class HandoffServer:
 
     def _accept(self) -> None:
         while True:
-            self._slots.acquire()
+            # With every slot taken, look up now and then: the server may be stopping.
+            while not self._slots.acquire(timeout=_SLOT_WAIT):
+                if self._closing.is_set():
+                    return
             try:
                 conn, _ = self._listener.accept()
             except OSError:
