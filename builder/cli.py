@@ -182,7 +182,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     token = None
     if args.token_file:
         token = args.token_file.read_text().strip()
-    with _local_builds(args, args.allow_network) as (store, builds):
+    with _local_builds(args, args.allow_network) as (store, builds), contextlib.ExitStack() as nix:
+        if args.nix_handoff is not None:
+            from builder.nixserve.handoff_server import HandoffServer
+
+            handoff = HandoffServer(args.nix_handoff, store, builds, args.nix_sessions)
+            nix.enter_context(handoff)
         serve(store, builds, args.listen, tls, token, args.max_directory_entries)
 
 
@@ -433,6 +438,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-network",
         action="store_true",
         help="let builds that ask for network access share this host's network",
+    )
+    p.add_argument(
+        "--nix-handoff",
+        type=Path,
+        metavar="PATH",
+        help="unix socket taking Nix connections from builder-nix-serve "
+        "--store handoff+unix://PATH; whoever can connect can build (mode from the umask)",
+    )
+    p.add_argument(
+        "--nix-sessions",
+        type=int,
+        default=64,
+        metavar="N",
+        help="Nix connections served at once through --nix-handoff; more wait "
+        "(default: %(default)s)",
     )
     p.set_defaults(func=cmd_serve)
     _store_options(p)

@@ -58,10 +58,10 @@ class ClientHungUpError(BuilderError):
     """The client closed the connection while a build ran; the build was cancelled."""
 
 
-def _write_log(data: bytes) -> None:
+def _write_log(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(LOG_FD, view) :]
+        view = view[os.write(fd, view) :]
 
 
 def _how_it_failed(error: CommandFailedError) -> str:
@@ -79,11 +79,22 @@ def _how_it_failed(error: CommandFailedError) -> str:
 
 
 class ServeBuilds:
+    """Builds for one connection; their logs go to ``log_fd``, the stderr Nix shows.
+
+    A hand-off server serves many connections at once, each with its own log
+    descriptor, so the log is never simply this process's stderr.
+    """
+
     def __init__(
-        self, backend: ServeBackend, connection_fd: int, impure_env: Mapping[str, str]
+        self,
+        backend: ServeBackend,
+        connection_fd: int,
+        impure_env: Mapping[str, str],
+        log_fd: int = LOG_FD,
     ) -> None:
         self._backend = backend
         self._connection_fd = connection_fd
+        self._log_fd = log_fd
         self._impure_env = dict(impure_env)
         self._valid = ValidPaths(backend.pathinfos, backend.blobs)
 
@@ -127,7 +138,7 @@ class ServeBuilds:
 
             def on_event(_: StorePath, event: Event) -> None:
                 if isinstance(event, LogData) and limits.output(len(event.data)):
-                    _write_log(event.data)
+                    _write_log(self._log_fd, event.data)
                     tail.add(event.data)
 
             try:

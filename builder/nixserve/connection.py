@@ -1,22 +1,56 @@
-"""A connection after the handshake: open the store, serve commands, report the outcome.
+"""A connection after the handshake: serve commands, report the outcome.
 
 Errors end the connection the way ``nix-store --serve`` ends it: ``error:``
-and the message on stderr, which Nix shows to its user, and exit status 1.
+and the message on the connection's log (stderr), which Nix shows to its
+user, and exit status 1.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
+from collections.abc import Mapping
 
 from builder.errors import BuilderError
-from builder.nixserve.backend import open_backend
-from builder.nixserve.building import ServeBuilds
+from builder.nixserve.backend import ServeBackend, open_backend
+from builder.nixserve.building import LOG_FD, ServeBuilds
 from builder.nixserve.options import ServeOptions
 from builder.nixserve.session import ServeSession
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
 from sandbox.launcher import Launcher
+
+
+def report_error(log_fd: int, message: str) -> None:
+    """``error: message`` on the log; a log nobody reads any more is no reason to fail."""
+    data = memoryview(f"error: {message}\n".encode(errors="replace"))
+    try:
+        while data:
+            data = data[os.write(log_fd, data) :]
+    except OSError:
+        pass
+
+
+def run_session(
+    reader: WireReader,
+    writer: WireWriter,
+    backend: ServeBackend,
+    client_version: int,
+    connection_fd: int,
+    log_fd: int,
+    impure_env: Mapping[str, str],
+    write: bool,
+) -> int:
+    """Serve one connection to its end; its exit status, errors reported on ``log_fd``."""
+    try:
+        builds = ServeBuilds(backend, connection_fd, impure_env, log_fd)
+        ServeSession(reader, writer, backend, client_version & 0xFF, builds, write).run()
+        return 0
+    except (ProtocolError, BuilderError) as exc:
+        report_error(log_fd, str(exc))
+        return 1
+    except BrokenPipeError:
+        report_error(log_fd, "the client closed the connection")
+        return 1
 
 
 def serve_connection(
@@ -34,18 +68,13 @@ def serve_connection(
         try:
             backend = open_backend(options.store, options.config, launcher)
         except BuilderError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            report_error(LOG_FD, str(exc))
             return 1
         unclaimed.pop_all()
     try:
-        builds = ServeBuilds(backend, connection_fd, os.environ)
-        ServeSession(reader, writer, backend, client_version & 0xFF, builds, options.write).run()
-        return 0
-    except (ProtocolError, BuilderError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        print("error: the client closed the connection", file=sys.stderr)
-        return 1
+        return run_session(
+            reader, writer, backend, client_version, connection_fd, LOG_FD, os.environ,
+            options.write,
+        )  # fmt: skip
     finally:
         backend.close()

@@ -36,8 +36,9 @@ def parse_options(argv: Sequence[str]) -> ServeOptions:
     parser.add_argument(
         "--store",
         metavar="DIR_OR_URL",
-        help="data directory (absolute path) or a server: grpc+unix:///SOCKET, "
-        "grpc+http://HOST:PORT, grpc+https://HOST:PORT (default: the default data directory)",
+        help="data directory (absolute path), a server: grpc+unix:///SOCKET, "
+        "grpc+http://HOST:PORT, grpc+https://HOST:PORT, or a server's hand-off socket: "
+        "handoff+unix:///SOCKET (default: the default data directory)",
     )
     parser.add_argument(
         "--config",

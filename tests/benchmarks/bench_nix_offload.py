@@ -3,11 +3,13 @@
 ``nix-build --max-jobs 0`` sends every deterministic derivation of the corpus
 to one remote machine (two slots unless ``--jobs``): ``builder-nix-serve`` on
 an embedded data directory, ``builder-nix-serve`` forwarding to a running
-``builder serve``, and ``nix-store --serve --write`` on a store directory of
-its own. Each run gets
-fresh salts and fresh remote stores (a server is started before its run, not
-timed); the three take turns after an untimed round, and the medians are
-printed with their ratios to the peer.
+``builder serve`` over gRPC, ``builder-nix-serve`` relaying its connection to
+the hand-off socket of a ``builder serve`` started once for the whole
+benchmark (as a busy builder runs one), and ``nix-store --serve --write`` on a
+store directory of its own. Each run gets fresh salts and, but for the
+hand-off server, fresh remote stores (a per-run server is started before its
+run, not timed); the peers take turns after an untimed round, and the medians
+are printed with their ratios to the peer.
 
 Then start-up: from exec of the remote program to its answer to the client's
 handshake (magic and version written, 16 bytes read), which every offloaded
@@ -60,10 +62,31 @@ def nix_peer(work: Path) -> Iterator[str]:
     yield str(work / "store")
 
 
+class HandoffServer:
+    """One ``builder serve --nix-handoff`` for the whole benchmark; each run relays to it."""
+
+    address = ""
+
+    @classmethod
+    @contextmanager
+    def running(cls, work: Path) -> Iterator[str]:
+        socket = work / "handoff.sock"
+        listen = f"grpc+unix://{work}/builder.sock"
+        with serving(work, listen, "--allow-network", "--nix-handoff", str(socket)):
+            cls.address = f"handoff+unix://{socket}"
+            yield cls.address
+
+    @classmethod
+    @contextmanager
+    def store(cls, work: Path) -> Iterator[str]:
+        yield cls.address
+
+
 # Each peer: the remote program, and the --store it gets for a run in a fresh directory.
 PEERS: dict[str, tuple[str, Callable[[Path], AbstractContextManager[str]]]] = {
     "builder-nix-serve, embedded": (str(SERVE_PROGRAM), embedded),
     "builder-nix-serve, builder serve": (str(SERVE_PROGRAM), through_server),
+    "builder-nix-serve, hand-off": (str(SERVE_PROGRAM), HandoffServer.store),
     "nix-store --serve": ("nix-store", nix_peer),
 }
 
@@ -116,24 +139,42 @@ def main() -> None:
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         scratch = Path(name)
-        busybox = busybox_dir(scratch)
-        times: dict[str, list[float]] = {peer: [] for peer in PEERS}
-        for peer in PEERS:  # untimed: warms caches and the local Nix store
-            offload_corpus(scratch, busybox, peer, options.jobs)
-        for _ in range(options.runs):
-            for peer in PEERS:
-                times[peer].append(offload_corpus(scratch, busybox, peer, options.jobs))
-        serve = ["--serve", "--write", "--store"]
-        starts = {
-            "builder-nix-serve": [str(SERVE_PROGRAM), *serve, str(scratch / "data")],
-            "nix-store --serve": ["nix-store", *serve, str(scratch / "store")],
-        }
-        start_times: dict[str, list[float]] = {program: [] for program in starts}
-        for argv in starts.values():
-            handshake_seconds(argv)  # creates the store, untimed
-        for _ in range(options.starts):
-            for program, argv in starts.items():
-                start_times[program].append(handshake_seconds(argv))
+        handoff = (scratch / "handoff").resolve()
+        handoff.mkdir()
+        with HandoffServer.running(handoff):
+            times, start_times = measure(scratch, options)
+    report(times, start_times, options)
+
+
+def measure(
+    scratch: Path, options: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Offload times per peer, then start-up times per program, interleaved."""
+    busybox = busybox_dir(scratch)
+    times: dict[str, list[float]] = {peer: [] for peer in PEERS}
+    for peer in PEERS:  # untimed: warms caches and the local Nix store
+        offload_corpus(scratch, busybox, peer, options.jobs)
+    for _ in range(options.runs):
+        for peer in PEERS:
+            times[peer].append(offload_corpus(scratch, busybox, peer, options.jobs))
+    serve = ["--serve", "--write", "--store"]
+    starts = {
+        "builder-nix-serve": [str(SERVE_PROGRAM), *serve, str(scratch / "data")],
+        "builder-nix-serve, hand-off": [str(SERVE_PROGRAM), *serve, HandoffServer.address],
+        "nix-store --serve": ["nix-store", *serve, str(scratch / "store")],
+    }
+    start_times: dict[str, list[float]] = {program: [] for program in starts}
+    for argv in starts.values():
+        handshake_seconds(argv)  # creates the store, untimed
+    for _ in range(options.starts):
+        for program, argv in starts.items():
+            start_times[program].append(handshake_seconds(argv))
+    return times, start_times
+
+
+def report(
+    times: dict[str, list[float]], start_times: dict[str, list[float]], options: argparse.Namespace
+) -> None:
     count = len(FILES) - len(FAILING)
     peer = statistics.median(times["nix-store --serve"])
     print(

@@ -184,9 +184,14 @@ class ServeClient:
         return self.process.returncode, self._stderr.decode(errors="replace")
 
     def kill(self) -> None:
+        """End the program and close our end of the connection, as a client that dies does."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self.process.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.stdin.close()
+            self.process.stdin = None
 
     # -- commands --
 

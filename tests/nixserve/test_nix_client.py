@@ -1,8 +1,9 @@
 """Real Nix 2.8 offloads builds to ``builder-nix-serve`` as its remote program.
 
-Each mode (an embedded data directory, and a running ``builder serve`` reached
-on a unix socket) builds the whole corpus in one ``nix-build --max-jobs 0``
-call, so Nix can only build through us; the local Nix then rebuilds every
+Each mode (an embedded data directory, a running ``builder serve`` reached
+on its gRPC unix socket, and the same server serving the connections the
+program relays to its hand-off socket) builds the whole corpus in one
+``nix-build --max-jobs 0`` call, so Nix can only build through us; the local Nix then rebuilds every
 deterministic derivation with ``--check``, which fails on any difference.
 """
 
@@ -40,7 +41,7 @@ from tests.test_cli_build_remote import serving
 from tests.waiting import wait_for
 
 DETERMINISTIC = [name for name in FILES if name not in FAILING]
-MODES = ["embedded", "server"]
+MODES = ["embedded", "server", "handoff"]
 # Nix tries a derivation it could not place on a busy machine again only after
 # build-poll-interval (5 s): with a slot for every derivation that can be ready
 # at once, the corpus never waits on that.
@@ -95,9 +96,11 @@ def remote(
         yield embedded(tmp / "data")
         return
     address = f"grpc+unix://{tmp}/builder.sock"
+    handoff = tmp / "handoff.sock"
     # The corpus has fixed-output derivations, which a server builds only if allowed the network.
-    with serving(tmp, address, "--allow-network") as server:
-        yield Remote(server.address, server.address, None)
+    with serving(tmp, address, "--allow-network", "--nix-handoff", str(handoff)) as server:
+        store = f"handoff+unix://{handoff}" if request.param == "handoff" else server.address
+        yield Remote(store, server.address, None)
 
 
 @pytest.fixture(scope="module")

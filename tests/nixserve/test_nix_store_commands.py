@@ -38,7 +38,7 @@ def nothing_left_behind() -> Iterator[None]:
     wait_for(lambda: not strays(), "the remote programs of this run to end")
 
 
-@pytest.fixture(scope="module", params=["embedded", "server"])
+@pytest.fixture(scope="module", params=["embedded", "server", "handoff"])
 def remote_uri(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
@@ -46,8 +46,10 @@ def remote_uri(
     if request.param == "embedded":
         yield Machine(str(SERVE_PROGRAM), str(tmp / "data")).uri
         return
-    with serving(tmp, f"grpc+unix://{tmp}/builder.sock") as server:
-        yield Machine(str(SERVE_PROGRAM), server.address).uri
+    handoff = tmp / "handoff.sock"
+    with serving(tmp, f"grpc+unix://{tmp}/builder.sock", "--nix-handoff", str(handoff)) as server:
+        store = f"handoff+unix://{handoff}" if request.param == "handoff" else server.address
+        yield Machine(str(SERVE_PROGRAM), store).uri
 
 
 @pytest.fixture(scope="module")

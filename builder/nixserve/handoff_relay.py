@@ -1,0 +1,73 @@
+"""Passing a serve connection to a running ``builder serve`` instead of serving it here.
+
+With ``--store handoff+unix:///PATH`` the program only connects to the
+server's hand-off socket, passes the protocol's input and output and its
+stderr (the log Nix shows) in one message, and waits for the session's exit
+status: the server answers the handshake and serves the whole connection
+with its own store, launcher and caches. Standard library only, as it runs
+before anything else is loaded.
+
+The hand-off message is a fixed header (magic, version, flags) with the
+three descriptors attached; the server answers with one status byte when
+the session ends.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+import sys
+
+HANDOFF_PREFIX = "handoff+unix://"
+HANDOFF_MAGIC = b"BNXH"
+HANDOFF_VERSION = 1
+# Magic, version, flags.
+HANDOFF_HEADER = struct.Struct("<4sII")
+FLAG_WRITE = 1
+# Input, output, log.
+HANDOFF_FDS = 3
+
+
+def send_handoff(sock: socket.socket, header: bytes, fds: list[int]) -> None:
+    """The header and the descriptors in one message, so they cannot arrive apart."""
+    rights = array.array("i", fds).tobytes()
+    sent = sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+    if sent != len(header):
+        raise OSError(f"sent {sent} of {len(header)} header bytes")
+
+
+def relay(path: str, protocol_in: int, protocol_out: int, write: bool) -> int:
+    """Hand the connection to the server at ``path``; its session's exit status."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(path)
+            header = HANDOFF_HEADER.pack(HANDOFF_MAGIC, HANDOFF_VERSION, FLAG_WRITE if write else 0)
+            send_handoff(sock, header, [protocol_in, protocol_out, 2])
+        except OSError as exc:
+            print(
+                f"error: cannot reach the builder at {path}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
+        # Our copies are not needed while the server holds its own.
+        for fd in (protocol_in, protocol_out):
+            os.close(fd)
+        try:
+            status = sock.recv(1)
+        except OSError as exc:
+            status = b""
+            reason = exc.strerror or str(exc)
+        else:
+            reason = "it closed the hand-off socket"
+        if not status:
+            print(
+                f"error: the builder at {path} ended the session without an exit status: {reason}",
+                file=sys.stderr,
+            )
+            return 1
+        return status[0]
+    finally:
+        sock.close()
