@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from builder.errors import BuilderError
 from builder.nixserve.backend import ServeBackend, open_backend
@@ -66,7 +67,8 @@ def serve_connection(
         if launcher is not None:
             unclaimed.callback(launcher.stop)
         try:
-            backend = open_backend(options.store, options.config, launcher)
+            config = Path(options.config) if options.config is not None else None
+            backend = open_backend(options.store, config, launcher)
         except BuilderError as exc:
             report_error(LOG_FD, str(exc))
             return 1

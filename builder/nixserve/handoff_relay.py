@@ -3,13 +3,18 @@
 With ``--store handoff+unix:///PATH`` the program only connects to the
 server's hand-off socket, passes the protocol's input and output and its
 stderr (the log Nix shows) in one message, and waits for the session's exit
-status: the server answers the handshake and serves the whole connection
-with its own store, launcher and caches. Standard library only, as it runs
-before anything else is loaded.
+status: the server serves the whole connection with its own store, launcher
+and caches. Standard library only, as it runs before anything else is
+loaded.
 
-The hand-off message is a fixed header (magic, version, flags) with the
-three descriptors attached; the server answers with one status byte when
-the session ends.
+The program answers the handshake itself before it relays: Nix starts its
+next connection only once this one is answered, so the answer must not
+wait for a round trip to the server. The handshake reads exactly its bytes,
+so whatever the client sends next is still in the pipe for the server.
+
+The hand-off message is a fixed header (magic, version, flags, the client's
+protocol version) with the three descriptors attached; the server answers
+with one status byte when the session ends.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import sys
 
 HANDOFF_PREFIX = "handoff+unix://"
 HANDOFF_MAGIC = b"BNXH"
-HANDOFF_VERSION = 1
-# Magic, version, flags.
-HANDOFF_HEADER = struct.Struct("<4sII")
+HANDOFF_VERSION = 2
+# Magic, hand-off version, flags, the serve protocol version the client spoke.
+HANDOFF_HEADER = struct.Struct("<4sIIQ")
 FLAG_WRITE = 1
 # Input, output, log.
 HANDOFF_FDS = 3
@@ -38,13 +43,14 @@ def send_handoff(sock: socket.socket, header: bytes, fds: list[int]) -> None:
         raise OSError(f"sent {sent} of {len(header)} header bytes")
 
 
-def relay(path: str, protocol_in: int, protocol_out: int, write: bool) -> int:
-    """Hand the connection to the server at ``path``; its session's exit status."""
+def relay(path: str, protocol_in: int, protocol_out: int, write: bool, client_version: int) -> int:
+    """Hand the connection, handshake done, to the server at ``path``; its session's exit status."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
             sock.connect(path)
-            header = HANDOFF_HEADER.pack(HANDOFF_MAGIC, HANDOFF_VERSION, FLAG_WRITE if write else 0)
+            flags = FLAG_WRITE if write else 0
+            header = HANDOFF_HEADER.pack(HANDOFF_MAGIC, HANDOFF_VERSION, flags, client_version)
             send_handoff(sock, header, [protocol_in, protocol_out, 2])
         except OSError as exc:
             print(

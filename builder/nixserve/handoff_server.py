@@ -32,7 +32,7 @@ from builder.nixserve.handoff_relay import (
     HANDOFF_MAGIC,
     HANDOFF_VERSION,
 )
-from builder.nixserve.handshake import handshake
+from builder.nixserve.handshake import check_client_version
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
 from builder.store.store import Store
 
@@ -85,11 +85,11 @@ def _receive_handoff(conn: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _check_header(data: bytes) -> int:
-    """The flags of a valid header."""
+def _check_header(data: bytes) -> tuple[int, int]:
+    """The flags and the client's protocol version of a valid header."""
     if len(data) != HANDOFF_HEADER.size:
         raise HandoffError(f"hand-off header is {len(data)} bytes, expected {HANDOFF_HEADER.size}")
-    magic, version, flags = HANDOFF_HEADER.unpack(data)
+    magic, version, flags, client_version = HANDOFF_HEADER.unpack(data)
     if magic != HANDOFF_MAGIC:
         raise HandoffError(f"hand-off magic {magic!r}, expected {HANDOFF_MAGIC!r}")
     if version != HANDOFF_VERSION:
@@ -97,7 +97,11 @@ def _check_header(data: bytes) -> int:
             f"hand-off version {version}, this builder speaks {HANDOFF_VERSION}: "
             "builder-nix-serve and builder serve must come from the same release"
         )
-    return flags
+    try:
+        check_client_version(client_version)
+    except ProtocolError as exc:
+        raise HandoffError(str(exc)) from None
+    return flags, client_version
 
 
 class HandoffServer:
@@ -198,13 +202,14 @@ class HandoffServer:
                 raise HandoffError(f"{len(fds)} descriptors sent, expected {HANDOFF_FDS}")
             protocol_in, protocol_out, log_fd = fds
             try:
-                flags = _check_header(data)
+                flags, client_version = _check_header(data)
             except HandoffError as exc:
                 report_error(log_fd, str(exc))
                 raise
             for fd in (protocol_in, protocol_out):
                 os.set_blocking(fd, True)
-            return self._run(protocol_in, protocol_out, log_fd, bool(flags & FLAG_WRITE))
+            write = bool(flags & FLAG_WRITE)
+            return self._run(protocol_in, protocol_out, log_fd, write, client_version)
         except (HandoffError, OSError) as exc:
             logger.warning("Nix hand-off refused: %s", exc)
             return 1
@@ -213,18 +218,14 @@ class HandoffServer:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def _run(self, protocol_in: int, protocol_out: int, log_fd: int, write: bool) -> int:
+    def _run(
+        self, protocol_in: int, protocol_out: int, log_fd: int, write: bool, client_version: int
+    ) -> int:
+        """The session, the relay having answered the handshake already."""
         reader, writer = WireReader(protocol_in), WireWriter(protocol_out)
         try:
-            try:
-                version = handshake(reader, writer)
-            except ProtocolError as exc:
-                report_error(log_fd, str(exc))
-                return 1
-            except BrokenPipeError:
-                return 1
             return run_session(
-                reader, writer, self._backend, version, protocol_in, log_fd, os.environ,
+                reader, writer, self._backend, client_version, protocol_in, log_fd, os.environ,
                 write,
             )  # fmt: skip
         except Exception as exc:

@@ -29,6 +29,11 @@ def handshake(reader: WireReader, writer: WireWriter) -> int:
     writer.u64(SERVE_PROTOCOL_VERSION)
     writer.flush()
     version = reader.u64("client version")
+    check_client_version(version)
+    return version
+
+
+def check_client_version(version: int) -> None:
     major, minor = version & 0xFF00, version & 0x00FF
     if major != REQUIRED_MAJOR or minor < OLDEST_MINOR:
         raise ProtocolError(
@@ -36,4 +41,3 @@ def handshake(reader: WireReader, writer: WireWriter) -> int:
             f"this builder needs {REQUIRED_MAJOR >> 8}.{OLDEST_MINOR} or newer in the "
             f"{REQUIRED_MAJOR >> 8}.x series"
         )
-    return version

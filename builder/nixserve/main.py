@@ -2,8 +2,8 @@
 
 Nix waits for the handshake answer of every connection it opens (one per
 derivation it offloads), so this module imports nothing but the standard
-library and the framing before answering, or before passing the connection
-to a running ``builder serve`` (``handoff+unix://``), which answers it; the
+library and the framing before answering; a connection for a running
+``builder serve`` (``handoff+unix://``) is then passed to it, and otherwise the
 store, the executor and gRPC are loaded only afterwards, once the sandbox
 launcher of a data directory has been spawned to start beside them. Before
 anything else, the protocol's output moves to a private descriptor and
@@ -41,15 +41,13 @@ def _private_descriptors() -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     protocol_in, protocol_out = _private_descriptors()
     options = parse_options(sys.argv[1:] if argv is None else argv)
-    if options.store is not None and options.store.startswith(HANDOFF_PREFIX):
-        if options.config is not None:
-            print(
-                "error: --config sets up a gRPC connection; a hand-off socket needs none",
-                file=sys.stderr,
-            )
-            return 1
-        socket_path = options.store.removeprefix(HANDOFF_PREFIX)
-        return relay(socket_path, protocol_in, protocol_out, options.write)
+    handoff = options.store is not None and options.store.startswith(HANDOFF_PREFIX)
+    if handoff and options.config is not None:
+        print(
+            "error: --config sets up a gRPC connection; a hand-off socket needs none",
+            file=sys.stderr,
+        )
+        return 1
     reader, writer = WireReader(protocol_in), WireWriter(protocol_out)
     try:
         version = handshake(reader, writer)
@@ -58,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    if handoff:
+        assert options.store is not None
+        socket_path = options.store.removeprefix(HANDOFF_PREFIX)
+        return relay(socket_path, protocol_in, protocol_out, options.write, version)
     from builder.nixserve.launching import early_launcher
 
     launcher = early_launcher(options)

@@ -1,23 +1,25 @@
 """The command line Nix starts: ``builder-nix-serve --serve --write [--store X]``.
 
-Standard library only: it is parsed before the handshake is answered.
+Parsed before the handshake is answered, and Nix's scheduler waits for that
+answer before it starts its next connection: so only ``argparse`` is loaded
+here, not ``dataclasses`` or ``pathlib``.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 GRPC_PREFIXES = ("grpc+unix://", "grpc+http://", "grpc+https://")
 
 
-@dataclass(frozen=True)
 class ServeOptions:
-    store: str | None
-    config: Path | None
-    write: bool
+    __slots__ = ("config", "store", "write")
+
+    def __init__(self, store: str | None, config: str | None, write: bool) -> None:
+        self.store = store
+        self.config = config
+        self.write = write
 
     @property
     def store_is_server(self) -> bool:
@@ -42,7 +44,6 @@ def parse_options(argv: Sequence[str]) -> ServeOptions:
     )
     parser.add_argument(
         "--config",
-        type=Path,
         metavar="FILE",
         help="TOML with tls_ca, tls_cert, tls_key, token_file for the server "
         "(else $BUILDER_TLS_CA, $BUILDER_TLS_CERT, $BUILDER_TLS_KEY, $BUILDER_TOKEN_FILE)",

@@ -117,6 +117,8 @@ def test_network_follows_the_servers_setting(handoff: Handoff) -> None:
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nobody.sock"
     client = ServeClient(f"handoff+unix://{missing}")
+    # The relay answers the handshake itself, then finds no server to hand over to.
+    client.handshake()
     code, stderr = client.finish()
     assert code == 1
     assert stderr.startswith(f"error: cannot reach the builder at {missing}: "), stderr
@@ -143,9 +145,13 @@ def _raw_handoff(path: Path, header: bytes) -> tuple[bytes, bytes]:
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        (struct.pack("<4sII", b"XXXX", 1, 1), b"hand-off magic b'XXXX'"),
-        (struct.pack("<4sII", b"BNXH", 99, 1), b"hand-off version 99, this builder speaks 1"),
-        (b"BNXH", b"hand-off header is 4 bytes, expected 12"),
+        (struct.pack("<4sIIQ", b"XXXX", 2, 1, 0x207), b"hand-off magic b'XXXX'"),
+        (
+            struct.pack("<4sIIQ", b"BNXH", 99, 1, 0x207),
+            b"hand-off version 99, this builder speaks 2",
+        ),
+        (struct.pack("<4sIIQ", b"BNXH", 2, 1, 0x103), b"unsupported client protocol version"),
+        (b"BNXH", b"hand-off header is 4 bytes, expected 20"),
     ],
 )
 def test_bad_header_is_refused(handoff: Handoff, header: bytes, message: bytes) -> None:
@@ -159,7 +165,7 @@ def test_bad_header_is_refused(handoff: Handoff, header: bytes, message: bytes) 
 def test_header_without_descriptors_is_refused(handoff: Handoff) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(handoff.socket))
-        sock.sendall(struct.pack("<4sII", b"BNXH", 1, 1))
+        sock.sendall(struct.pack("<4sIIQ", b"BNXH", 2, 1, 0x207))
         assert sock.recv(16) == b"\x01"
     assert "0 descriptors sent, expected 3" in handoff.server.log.read_text()
 
