@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.isolation import sleep_marker
@@ -82,6 +83,8 @@ def test_add_build_query_and_dump(handoff: Handoff) -> None:
         [info] = client.query_path_infos([out])
         assert info.references == [busybox]
         assert f"{busybox}\n".encode() in client.dump(out, info.nar_size)
+        # The server built it: the relay started no launcher, no spare, nothing.
+        assert psutil.Process(client.process.pid).children(recursive=True) == []
         code, stderr = client.finish()
         assert code == 0
         assert "relayed\n" in stderr

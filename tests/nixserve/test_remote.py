@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.isolation import sleep_marker
@@ -57,6 +58,8 @@ def test_build_through_the_server(server: Server, tmp_path: Path) -> None:
         assert info.references == [busybox]
         contents = f"{busybox}\n".encode()
         assert contents in client.dump(out, info.nar_size)
+        # The server built it: this connection started no launcher, no spare, nothing.
+        assert psutil.Process(client.process.pid).children(recursive=True) == []
         code, stderr = client.finish()
         assert code == 0
         assert "remote\n" in stderr
