@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
-from builder.castore.fs.nar import Writable, write_nar
+from builder.castore.fs.nar import Writable, nar_string, write_nar
 from builder.errors import InvalidArgumentError
 from builder.store.path_info import PathInfo
 
@@ -25,8 +25,7 @@ def _number(value: int) -> bytes:
 
 
 def _string(text: str) -> bytes:
-    data = text.encode()
-    return _number(len(data)) + data + b"\0" * (-len(data) % 8)
+    return nar_string(text.encode())
 
 
 def references_first(infos: Iterable[PathInfo]) -> list[PathInfo]:

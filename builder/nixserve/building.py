@@ -9,11 +9,11 @@ the reason it ran for.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterable, Mapping
 
+from builder.castore.fs.copy import write_all
 from builder.errors import (
     BuilderError,
     BuildFailedError,
@@ -56,12 +56,6 @@ _BUILD_FAILURES = {
 
 class ClientHungUpError(BuilderError):
     """The client closed the connection while a build ran; the build was cancelled."""
-
-
-def _write_log(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _how_it_failed(error: CommandFailedError) -> str:
@@ -138,7 +132,7 @@ class ServeBuilds:
 
             def on_event(_: StorePath, event: Event) -> None:
                 if isinstance(event, LogData) and limits.output(len(event.data)):
-                    _write_log(self._log_fd, event.data)
+                    write_all(self._log_fd, event.data)
                     tail.add(event.data)
 
             try:

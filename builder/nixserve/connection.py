@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from builder.castore.fs.copy import write_all
 from builder.errors import BuilderError
 from builder.nixserve.backend import ServeBackend, open_backend
 from builder.nixserve.building import LOG_FD, ServeBuilds
@@ -23,12 +24,8 @@ from sandbox.launcher import Launcher
 
 def report_error(log_fd: int, message: str) -> None:
     """``error: message`` on the log; a log nobody reads any more is no reason to fail."""
-    data = memoryview(f"error: {message}\n".encode(errors="replace"))
-    try:
-        while data:
-            data = data[os.write(log_fd, data) :]
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        write_all(log_fd, f"error: {message}\n".encode(errors="replace"))
 
 
 def run_session(

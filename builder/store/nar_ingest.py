@@ -50,6 +50,7 @@ from builder.castore.blobs.service import (
 )
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
+from builder.castore.fs.nar import nar_string
 from builder.castore.nodes import (
     MAX_NAME_LENGTH,
     MAX_TARGET_LENGTH,
@@ -93,21 +94,17 @@ class IngestedNar:
     """The 32 raw bytes of the SHA-256 of exactly the archive's bytes."""
 
 
-def _token(data: bytes) -> bytes:
-    return len(data).to_bytes(8, "little") + data + bytes(-len(data) % 8)
-
-
-_MAGIC = _token(b"nix-archive-1")
-_OPEN = _token(b"(")
-_CLOSE = _token(b")")
-_TYPE = _token(b"type")
-_ENTRY = _token(b"entry")
-_NAME = _token(b"name")
-_NODE = _token(b"node")
-_TARGET = _token(b"target")
-_CONTENTS = _token(b"contents")
+_MAGIC = nar_string(b"nix-archive-1")
+_OPEN = nar_string(b"(")
+_CLOSE = nar_string(b")")
+_TYPE = nar_string(b"type")
+_ENTRY = nar_string(b"entry")
+_NAME = nar_string(b"name")
+_NODE = nar_string(b"node")
+_TARGET = nar_string(b"target")
+_CONTENTS = nar_string(b"contents")
 _EXECUTABLE = b"executable"
-_EMPTY_THEN_CONTENTS = _token(b"") + _CONTENTS
+_EMPTY_THEN_CONTENTS = nar_string(b"") + _CONTENTS
 
 # The fixed runs of tokens the grammar allows at each place, read in one go.
 _ARCHIVE_START = _MAGIC + _OPEN + _TYPE

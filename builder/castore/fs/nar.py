@@ -33,20 +33,21 @@ def _padding(length: int) -> bytes:
     return b"\0" * (-length % 8)
 
 
-def _string(data: bytes) -> bytes:
+def nar_string(data: bytes) -> bytes:
+    """A string as NARs (and Nix's export stream) frame it: length, bytes, zeros to 8."""
     return len(data).to_bytes(8, "little") + data + _padding(len(data))
 
 
-_MAGIC = _string(b"nix-archive-1")
-_OPEN = _string(b"(")
-_CLOSE = _string(b")")
-_REGULAR = _OPEN + _string(b"type") + _string(b"regular")
-_EXECUTABLE = _string(b"executable") + _string(b"")
-_CONTENTS = _string(b"contents")
-_SYMLINK = _OPEN + _string(b"type") + _string(b"symlink") + _string(b"target")
-_DIRECTORY = _OPEN + _string(b"type") + _string(b"directory")
-_ENTRY = _string(b"entry") + _OPEN + _string(b"name")
-_NODE = _string(b"node")
+_MAGIC = nar_string(b"nix-archive-1")
+_OPEN = nar_string(b"(")
+_CLOSE = nar_string(b")")
+_REGULAR = _OPEN + nar_string(b"type") + nar_string(b"regular")
+_EXECUTABLE = nar_string(b"executable") + nar_string(b"")
+_CONTENTS = nar_string(b"contents")
+_SYMLINK = _OPEN + nar_string(b"type") + nar_string(b"symlink") + nar_string(b"target")
+_DIRECTORY = _OPEN + nar_string(b"type") + nar_string(b"directory")
+_ENTRY = nar_string(b"entry") + _OPEN + nar_string(b"name")
+_NODE = nar_string(b"node")
 _ENTRY_END = _CLOSE
 
 
@@ -74,9 +75,9 @@ def write_nar(node: Node, out: Writable, blobs: BlobService, directories: Direct
             for entry in sorted(directory.entries(), key=lambda n: n.name, reverse=True):
                 stack.append(_ENTRY_END)
                 stack.append(entry)
-                stack.append(_ENTRY + _string(entry.name) + _NODE)
+                stack.append(_ENTRY + nar_string(entry.name) + _NODE)
         else:
-            out.write(_SYMLINK + _string(item.target) + _CLOSE)
+            out.write(_SYMLINK + nar_string(item.target) + _CLOSE)
 
 
 def _write_contents(node: FileNode, out: Writable, blobs: BlobService) -> None:
