@@ -36,7 +36,6 @@ from tests.nixserve.offload import (
     uploads,
 )
 from tests.processes import processes_with, strays
-from tests.requirements import require_nix
 from tests.test_cli_build_remote import serving
 from tests.waiting import wait_for
 
@@ -49,22 +48,7 @@ CORPUS_SLOTS = 6
 LOG_LIMIT = 5000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def nix_tools() -> None:
-    require_nix()
-    if not SERVE_PROGRAM.is_file():
-        pytest.fail(f"{SERVE_PROGRAM} is not installed (pip install -e .)", pytrace=False)
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_behind() -> Iterator[None]:
-    """A remote program ends when Nix closes its connection; nothing it started may outlive it."""
-    yield
-
-    def gone() -> bool:
-        return not strays()
-
-    wait_for(gone, "the remote programs, launchers and builds of this run to end")
+pytestmark = pytest.mark.usefixtures("nix_client", "no_strays")
 
 
 @dataclass

@@ -19,23 +19,9 @@ import pytest
 
 from tests.nix.corpus import busybox_dir, instantiate
 from tests.nixserve.offload import SERVE_PROGRAM, Machine, offload_environment
-from tests.processes import strays
-from tests.requirements import require_nix
 from tests.test_cli_build_remote import serving
-from tests.waiting import wait_for
 
-
-@pytest.fixture(scope="module", autouse=True)
-def nix_tools() -> None:
-    require_nix()
-    if not SERVE_PROGRAM.is_file():
-        pytest.fail(f"{SERVE_PROGRAM} is not installed (pip install -e .)", pytrace=False)
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_behind() -> Iterator[None]:
-    yield
-    wait_for(lambda: not strays(), "the remote programs of this run to end")
+pytestmark = pytest.mark.usefixtures("nix_client", "no_strays")
 
 
 @pytest.fixture(scope="module", params=["embedded", "server", "handoff"])
