@@ -25,7 +25,6 @@ import socket
 import struct
 import sys
 
-HANDOFF_PREFIX = "handoff+unix://"
 HANDOFF_MAGIC = b"BNXH"
 HANDOFF_VERSION = 2
 # Magic, hand-off version, flags, the serve protocol version the client spoke.

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from builder.nixserve.handoff_relay import HANDOFF_PREFIX, relay
+from builder.nixserve.handoff_relay import relay
 from builder.nixserve.handshake import handshake
 from builder.nixserve.options import parse_options
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
@@ -41,8 +41,8 @@ def _private_descriptors() -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     protocol_in, protocol_out = _private_descriptors()
     options = parse_options(sys.argv[1:] if argv is None else argv)
-    handoff = options.store is not None and options.store.startswith(HANDOFF_PREFIX)
-    if handoff and options.config is not None:
+    handoff_socket = options.handoff_socket
+    if handoff_socket is not None and options.config is not None:
         print(
             "error: --config sets up a gRPC connection; a hand-off socket needs none",
             file=sys.stderr,
@@ -56,10 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
-    if handoff:
-        assert options.store is not None
-        socket_path = options.store.removeprefix(HANDOFF_PREFIX)
-        return relay(socket_path, protocol_in, protocol_out, options.write, version)
+    if handoff_socket is not None:
+        return relay(handoff_socket, protocol_in, protocol_out, options.write, version)
     from builder.nixserve.launching import early_launcher
 
     launcher = early_launcher(options)

@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 GRPC_PREFIXES = ("grpc+unix://", "grpc+http://", "grpc+https://")
+HANDOFF_PREFIX = "handoff+unix://"
 
 
 class ServeOptions:
@@ -25,6 +26,13 @@ class ServeOptions:
     def store_is_server(self) -> bool:
         """Whether ``--store`` names a ``builder serve`` rather than a data directory."""
         return self.store is not None and self.store.startswith(GRPC_PREFIXES)
+
+    @property
+    def handoff_socket(self) -> str | None:
+        """The hand-off socket of a running ``builder serve`` that ``--store`` names, if any."""
+        if self.store is None or not self.store.startswith(HANDOFF_PREFIX):
+            return None
+        return self.store.removeprefix(HANDOFF_PREFIX)
 
 
 def parse_options(argv: Sequence[str]) -> ServeOptions:
