@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox import accounting, enforcement, hostpaths, netns, protocol, seccomp
+from sandbox import accounting, enforcement, hostpaths, protocol, seccomp
 from sandbox.cgroups import CgroupHost
 from sandbox.errors import SandboxError, UidsExhaustedError
 from sandbox.protocol import Kind
@@ -56,7 +56,6 @@ class ForkServer:
             else None
         )
         self.pid = os.getpid()
-        loopback_request = netns.encode_in_child()
         seccomp.confine_self(seccomp.compile_filter())
         cgroups = CgroupHost.detect(self.pid) if settings.use_cgroups else CgroupHost({}, False)
         _sweep_stale_roots()
@@ -65,7 +64,6 @@ class ForkServer:
         context = CloneContext(
             staging=self.staging,
             rootful=self.rootful,
-            loopback_request=loopback_request,
         )
         self.spares = SparePool(settings.spares, context, cgroups, uids)
         self.runs: dict[int, Run] = {}

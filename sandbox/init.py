@@ -66,7 +66,6 @@ class InitSetup:
     """The launcher is root: switch to ``host_ids`` and create the user namespace."""
     rlimit_processes: bool
     rlimit_memory: bool
-    loopback_request: bytes
 
 
 def clone_flags(rootful: bool) -> int:
@@ -142,7 +141,7 @@ def _before_spec(job: InitSetup) -> None:
     socket.sethostname(identity.HOSTNAME)
     syscalls.setdomainname(identity.DOMAINNAME)
     if not job.network:
-        netns.bring_up_loopback(job.loopback_request)
+        netns.bring_up_loopback()
     mounts.prepare_root(job.root, job.inside_ids, job.network)
 
 

@@ -42,7 +42,6 @@ class CloneContext:
 
     staging: str
     rootful: bool
-    loopback_request: bytes
 
 
 class SparePool:
@@ -135,7 +134,6 @@ class SparePool:
             rootful=context.rootful,
             rlimit_processes=cgroup is None or not cgroup.controls_pids,
             rlimit_memory=cgroup is None or not cgroup.controls_memory,
-            loopback_request=context.loopback_request,
         )
         gc.freeze()
         try:
