@@ -149,18 +149,23 @@ def _build_service(
 
 @contextlib.contextmanager
 def _local_builds(
-    args: argparse.Namespace, allow_network: bool
+    args: argparse.Namespace, allow_network: bool, one_shot: bool = True
 ) -> Iterator[tuple[Store, BuildService]]:
     """A launcher, a store and a build service on both, closed in the reverse order.
 
     The build service holds the store and the launcher until it is closed,
     and the store outlives it; whatever was opened when a later step fails
-    is closed all the same.
+    is closed all the same. A one-shot command spawns the launcher first and
+    does not wait for it: its start overlaps the imports, the store and the
+    planning that come before the first build, whose submission queues until
+    the launcher reads it (a launcher that fails to start fails that build).
+    It keeps one spare PID 1 rather than a server's pool. A server waits, so
+    that a host that cannot sandbox stops it at start.
     """
-    from sandbox import Launcher
+    from sandbox import Launcher, LauncherConfig
 
     with contextlib.ExitStack() as opened:
-        launcher = Launcher().start()
+        launcher = Launcher(LauncherConfig(spares=1)).spawn() if one_shot else Launcher().start()
         opened.callback(launcher.stop)
         store = opened.enter_context(_store(args))
         builds = _build_service(args, store, launcher, allow_network)
@@ -182,7 +187,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     token = None
     if args.token_file:
         token = args.token_file.read_text().strip()
-    with _local_builds(args, args.allow_network) as (store, builds), contextlib.ExitStack() as nix:
+    with (
+        _local_builds(args, args.allow_network, one_shot=False) as (store, builds),
+        contextlib.ExitStack() as nix,
+    ):
         if args.nix_handoff is not None:
             from builder.nixserve.handoff_server import HandoffServer
 
@@ -272,9 +280,8 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_nix_build(args: argparse.Namespace) -> None:
-    from builder.nix.command import nix_build
-
     if args.remote:
+        from builder.nix.command import nix_build
         from builder.remote.client import signals_cancel
         from builder.remote.executor import RemoteBuildExecutor
 
@@ -296,6 +303,8 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
     if args.check:
         args.no_result_cache = True
     with _local_builds(args, allow_network=True) as (store, builds):
+        from builder.nix.command import nix_build
+
         nix_build(builds, store.pathinfos, args.derivation, args.import_to_nix, args.check)
 
 
