@@ -53,7 +53,13 @@ class NixStore:
         return done.stdout
 
     def valid(self, paths: Iterable[StorePath]) -> set[StorePath]:
-        wanted = sorted(set(paths))
+        """The paths Nix holds as valid.
+
+        A path that is not on disk cannot be used even if Nix's database
+        names it, so only paths that exist are asked about: a fresh
+        derivation's outputs, the usual question, then cost no ``nix-store`` call.
+        """
+        wanted = sorted(p for p in set(paths) if os.path.lexists(str(p)))
         if not wanted:
             return set()
         output = self._run(["--check-validity", "--print-invalid", *map(str, wanted)])
