@@ -14,8 +14,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from google.protobuf import json_format
-
 from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
@@ -35,6 +33,8 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _node_json(node: Node) -> str:
+    from google.protobuf import json_format
+
     return json.dumps(json_format.MessageToDict(node_to_proto(node)), sort_keys=True)
 
 
@@ -230,6 +230,8 @@ def _print_event(event: Event) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from google.protobuf import json_format
+
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto, snix_response
     from builder.executor.request_file import load_request_message
@@ -256,6 +258,8 @@ def _channel_security(args: argparse.Namespace) -> ChannelSecurity:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
+    from google.protobuf import json_format
+
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto
     from builder.executor.request_file import load_request_message

@@ -8,8 +8,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 _SYSTEMS_BY_MACHINE = {
     # A 64-bit x86 kernel runs i686 binaries too (IA-32 emulation is on in
     # every distribution kernel we target).
@@ -44,6 +42,14 @@ class BuildLimits:
     scratch_bytes: int | None = None
 
 
+def total_memory() -> int:
+    """The machine's RAM; psutil is imported only when no figure was given, as it
+    costs a one-shot command tens of milliseconds of start-up."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     work_dir: Path
@@ -53,7 +59,7 @@ class BuildConfig:
     limits: BuildLimits = field(default_factory=BuildLimits)
     job_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     queue_length: int = 64
-    host_memory: int = field(default_factory=lambda: psutil.virtual_memory().total)
+    host_memory: int = field(default_factory=total_memory)
     cache_max_bytes: int = 20 << 30
     result_cache: bool = True
     log_retention_seconds: float = 3600.0
