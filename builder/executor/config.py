@@ -43,11 +43,8 @@ class BuildLimits:
 
 
 def total_memory() -> int:
-    """The machine's RAM; psutil is imported only when no figure was given, as it
-    costs a one-shot command tens of milliseconds of start-up."""
-    import psutil
-
-    return int(psutil.virtual_memory().total)
+    """The machine's RAM, as the kernel counts physical pages."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
