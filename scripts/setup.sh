@@ -22,6 +22,10 @@ fi
 if ! .venv/bin/python -c 'import builder, sandbox, grpc_tools, moto' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]'
+    # A plain path entry rather than setuptools' import hook for the editable
+    # install: the hook's imports cost every Python process some 20 ms of
+    # start-up, and builder-nix-serve starts once per offloaded build. The mode
+    # is deprecated (pyproject.toml bounds setuptools), hence the silenced warning.
+    PYTHONWARNINGS=ignore .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
     touch .venv/.installed
 fi
