@@ -15,13 +15,17 @@ so whatever the client sends next is still in the pipe for the server.
 The hand-off message is a fixed header (magic, version, flags, the client's
 protocol version) with the three descriptors attached; the server answers
 with one status byte when the session ends.
+
+The socket is the interpreter's built-in ``_socket`` type, which the
+``socket`` module wraps: the wrapper's import builds enums of every address
+family and option, several milliseconds of a start-up that each offloaded
+build pays, on a host whose cores are busy with other builds.
 """
 
 from __future__ import annotations
 
-import array
+import _socket
 import os
-import socket
 import struct
 import sys
 
@@ -34,17 +38,17 @@ FLAG_WRITE = 1
 HANDOFF_FDS = 3
 
 
-def send_handoff(sock: socket.socket, header: bytes, fds: list[int]) -> None:
+def send_handoff(sock: _socket.socket, header: bytes, fds: list[int]) -> None:
     """The header and the descriptors in one message, so they cannot arrive apart."""
-    rights = array.array("i", fds).tobytes()
-    sent = sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+    rights = struct.pack(f"{len(fds)}i", *fds)
+    sent = sock.sendmsg([header], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
     if sent != len(header):
         raise OSError(f"sent {sent} of {len(header)} header bytes")
 
 
 def relay(path: str, protocol_in: int, protocol_out: int, write: bool, client_version: int) -> int:
     """Hand the connection, handshake done, to the server at ``path``; its session's exit status."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
             sock.connect(path)

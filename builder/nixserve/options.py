@@ -1,13 +1,16 @@
 """The command line Nix starts: ``builder-nix-serve --serve --write [--store X]``.
 
 Parsed before the handshake is answered, and Nix's scheduler waits for that
-answer before it starts its next connection: so only ``argparse`` is loaded
-here, not ``dataclasses`` or ``pathlib``.
+answer before it starts its next connection; on a host busy with builds every
+millisecond of interpreter work stretches several times. So the four options
+are read here directly, with argparse's conventions (``--opt VALUE`` or
+``--opt=VALUE``, exit status 2 and a usage line on a mistake) but without its
+import, which costs more than the rest of the start-up before the handshake.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Sequence
 
 GRPC_PREFIXES = ("grpc+unix://", "grpc+http://", "grpc+https://")
@@ -35,28 +38,56 @@ class ServeOptions:
         return self.store.removeprefix(HANDOFF_PREFIX)
 
 
+PROGRAM = "builder-nix-serve"
+USAGE = f"usage: {PROGRAM} --serve [--write] [--store DIR_OR_URL] [--config FILE]"
+HELP = f"""{USAGE}
+
+Build for Nix as an ssh:// remote builder (remote-program={PROGRAM}).
+
+options:
+  -h, --help          show this help message and exit
+  --serve             speak the serve protocol (required)
+  --write             allow imports and builds
+  --store DIR_OR_URL  data directory (absolute path), a server:
+                      grpc+unix:///SOCKET, grpc+http://HOST:PORT,
+                      grpc+https://HOST:PORT, or a server's hand-off socket:
+                      handoff+unix:///SOCKET (default: the default data directory)
+  --config FILE       TOML with tls_ca, tls_cert, tls_key, token_file for the
+                      server (else $BUILDER_TLS_CA, $BUILDER_TLS_CERT,
+                      $BUILDER_TLS_KEY, $BUILDER_TOKEN_FILE)
+"""
+_FLAGS = ("--serve", "--write")
+_VALUED = ("--store", "--config")
+
+
+def _usage_error(message: str) -> SystemExit:
+    print(f"{USAGE}\n{PROGRAM}: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def parse_options(argv: Sequence[str]) -> ServeOptions:
-    """Exits with status 2 (argparse's convention) on anything Nix would not have passed."""
-    parser = argparse.ArgumentParser(
-        prog="builder-nix-serve",
-        description="Build for Nix as an ssh:// remote builder (remote-program=builder-nix-serve).",
-    )
-    parser.add_argument("--serve", action="store_true", help="speak the serve protocol (required)")
-    parser.add_argument("--write", action="store_true", help="allow imports and builds")
-    parser.add_argument(
-        "--store",
-        metavar="DIR_OR_URL",
-        help="data directory (absolute path), a server: grpc+unix:///SOCKET, "
-        "grpc+http://HOST:PORT, grpc+https://HOST:PORT, or a server's hand-off socket: "
-        "handoff+unix:///SOCKET (default: the default data directory)",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="TOML with tls_ca, tls_cert, tls_key, token_file for the server "
-        "(else $BUILDER_TLS_CA, $BUILDER_TLS_CERT, $BUILDER_TLS_KEY, $BUILDER_TOKEN_FILE)",
-    )
-    args = parser.parse_args(argv)
-    if not args.serve:
-        parser.error("--serve is required: this program only speaks Nix's serve protocol")
-    return ServeOptions(args.store, args.config, args.write)
+    """Exits with status 2 on anything Nix would not have passed, 0 after ``--help``."""
+    flags: set[str] = set()
+    values: dict[str, str] = {}
+    unknown: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, has_value, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            print(HELP, end="")
+            raise SystemExit(0)
+        if arg in _FLAGS:
+            flags.add(arg)
+        elif name in _VALUED:
+            if not has_value:
+                value = next(args, "")
+                if not value or value.startswith("--"):
+                    raise _usage_error(f"argument {name}: expected one argument")
+            values[name] = value
+        else:
+            unknown.append(arg)
+    if unknown:
+        raise _usage_error(f"unrecognized arguments: {' '.join(unknown)}")
+    if "--serve" not in flags:
+        raise _usage_error("--serve is required: this program only speaks Nix's serve protocol")
+    return ServeOptions(values.get("--store"), values.get("--config"), "--write" in flags)
