@@ -18,7 +18,7 @@ from builder.castore.fs.ingest import ingest_path
 from builder.errors import NotFoundError
 from builder.nix.nix_store import NixStore
 from builder.store.path_info import PathInfo
-from builder.store.service import PathInfoService
+from builder.store.service import PathInfoService, lookup
 from builder.store.store_path import StorePath
 
 
@@ -37,9 +37,6 @@ class InputResolver:
         # Parallel builds often share inputs; one resolver at a time ingests each once.
         self._lock = threading.Lock()
 
-    def known(self, path: StorePath) -> PathInfo | None:
-        return self._pathinfos.get(path.digest)
-
     def closure(self, roots: Iterable[StorePath]) -> list[PathInfo]:
         with self._lock:
             found: dict[StorePath, PathInfo] = {}
@@ -47,7 +44,7 @@ class InputResolver:
             while pending:
                 missing = []
                 for path in pending:
-                    info = self._pathinfos.get(path.digest)
+                    info = lookup(self._pathinfos, path)
                     if info is None:
                         missing.append(path)
                     else:

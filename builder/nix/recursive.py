@@ -18,7 +18,7 @@ from builder.nix.build import DerivationBuilder, EventCallback
 from builder.nix.derivation import Derivation, load_derivation
 from builder.nix.nix_store import NixStore
 from builder.store.path_info import PathInfo
-from builder.store.service import PathInfoService
+from builder.store.service import PathInfoService, lookup
 from builder.store.store_path import StorePath
 
 
@@ -65,7 +65,7 @@ def _missing(
     outputs = {
         path: [o.path for o in drv.outputs if o.name in wanted[path]] for path, drv in drvs.items()
     }
-    unknown = {p for paths in outputs.values() for p in paths if registry.get(p.digest) is None}
+    unknown = {p for paths in outputs.values() for p in paths if lookup(registry, p) is None}
     valid_in_nix = nix.valid(unknown)
     return sorted(
         path

@@ -9,7 +9,7 @@ from builder.castore.nodes import FileNode
 from builder.errors import InvalidArgumentError, NotFoundError
 from builder.nix.derivation import Derivation, parse_derivation
 from builder.store.path_info import PathInfo
-from builder.store.service import PathInfoService
+from builder.store.service import PathInfoService, lookup
 from builder.store.store_path import StorePath
 
 # A derivation file Nix writes is kilobytes, rarely megabytes; more is not one.
@@ -27,9 +27,7 @@ class ValidPaths:
         self._blobs = blobs
 
     def info(self, path: StorePath) -> PathInfo | None:
-        """The record of exactly ``path`` (a digest shared with another name does not count)."""
-        info = self._pathinfos.get(path.digest)
-        return info if info is not None and info.path == path else None
+        return lookup(self._pathinfos, path)
 
     def require(self, path: StorePath) -> PathInfo:
         info = self.info(path)

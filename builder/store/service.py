@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from builder.store.path_info import PathInfo
+from builder.store.store_path import StorePath
 
 
 class PathInfoService(Protocol):
@@ -24,3 +25,13 @@ class PathInfoService(Protocol):
     def list(self) -> Iterator[PathInfo]: ...
 
     def close(self) -> None: ...
+
+
+def lookup(pathinfos: PathInfoService, path: StorePath) -> PathInfo | None:
+    """The record of exactly ``path``.
+
+    Records are found by digest, and a record put under the same digest with
+    another name (which no honest store produces) must not stand in for it.
+    """
+    info = pathinfos.get(path.digest)
+    return info if info is not None and info.path == path else None
