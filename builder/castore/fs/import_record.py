@@ -29,6 +29,11 @@ cannot cover, as for git, is a clock stepped backwards by more than the margin
 after an entry was written, or a network filesystem whose server clock runs
 behind this host's by more than the margin.
 
+A hit skips the re-hash of the stored copy that putting the same bytes again
+would do, so a stored blob that rotted is not repaired by re-importing its
+unchanged file; reads of it still fail its digest check, and a file the record
+no longer knows puts the genuine bytes back.
+
 Entries are keyed by (device, inode), so a file rewritten in place replaces
 its own entry and the record holds at most one entry per file imported. Each
 entry also says when an import last used it (refreshed at most once a day, so
@@ -158,10 +163,13 @@ class ImportRecord:
             conn.execute("DELETE FROM imported_files WHERE used < ?", (now - MAX_UNUSED_SECONDS,))
 
     def prune(self, unused_seconds: float) -> int:
-        """Delete entries no import has used for ``unused_seconds``; how many were deleted."""
+        """Delete entries no import has used in the last ``unused_seconds``; how many there were.
+
+        ``prune(0)`` empties the record.
+        """
         cutoff = int(time.time() - unused_seconds)
         with self._db.writing() as conn:
-            return conn.execute("DELETE FROM imported_files WHERE used < ?", (cutoff,)).rowcount
+            return conn.execute("DELETE FROM imported_files WHERE used <= ?", (cutoff,)).rowcount
 
     def count_hits(self, hits: int) -> None:
         with self._lock:
