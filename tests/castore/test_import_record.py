@@ -12,6 +12,7 @@ required, and its absence is a failure, not a skip).
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.memory import MemoryDirectoryService
-from builder.castore.fs.import_record import RACY_WINDOW_NS, ImportRecord
+from builder.castore.fs.import_record import MAX_UNUSED_SECONDS, RACY_WINDOW_NS, ImportRecord
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from builder.errors import InvalidArgumentError
@@ -42,6 +43,8 @@ TREES = (
     "pruned",
     "single_file",
     "failing",
+    "kept_in_use",
+    "left_unused",
 )
 FILES = {b"alpha": b"alpha contents\n", b"bravo": b"bravo contents\n"}
 NESTED = {b"charlie": b"charlie contents\n"}
@@ -244,6 +247,25 @@ def test_a_pruned_record_hashes_again_and_records_anew(aged: Path, importer: Imp
     assert (again, hits) == (first, 0)
     _, hits = importer.ingest(tree)
     assert hits == 3
+
+
+def test_entries_unused_for_long_are_dropped_when_the_record_is_next_written(
+    aged: Path, importer: Importer, tmp_path: Path
+) -> None:
+    """Entries an import finds are marked used again; the others age out."""
+    kept, unused = aged / "kept_in_use", aged / "left_unused"
+    importer.ingest(kept)
+    importer.ingest(unused)
+    long_ago = int(time.time()) - MAX_UNUSED_SECONDS - 60
+    with sqlite3.connect(tmp_path / "imports.sqlite") as database:
+        database.execute("UPDATE imported_files SET used = ?", (long_ago,))
+    (kept / "bravo").write_bytes(b"changed, so the import writes\n")
+    _, hits = importer.ingest(kept)
+    assert hits == 2
+    _, hits = importer.ingest(unused)
+    assert hits == 0
+    _, hits = importer.ingest(kept)
+    assert hits == 2
 
 
 def test_a_file_written_within_the_racy_window_is_hashed_again(

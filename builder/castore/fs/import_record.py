@@ -13,9 +13,9 @@ executable is taken from the fresh ``lstat``, never from the entry.
 The one change stamps cannot show is a change within the same timestamp tick
 as the stamps the entry holds: on a filesystem with one-second timestamps, a
 file rewritten in the second it was imported keeps the same stamps. Git calls
-such entries "racy", and this record handles them as git does: an entry is
-written only if the file's mtime and ctime are strictly older than the moment
-the import started reading the file, by more than ``RACY_WINDOW_NS``;
+such entries "racy" and does not trust them; nor does this record: an entry
+is written only if the file's mtime and ctime are strictly older than the
+moment the import started reading the file, by more than ``RACY_WINDOW_NS``;
 otherwise nothing is recorded and the next import hashes the file again
 (recording it then, once its stamps are old enough). The margin is what makes
 the rule sound for a clock reading taken in the importing process rather than
@@ -39,8 +39,9 @@ its own entry and the record holds at most one entry per file imported. Each
 entry also says when an import last used it (refreshed at most once a day, so
 a re-import of an unchanged tree usually writes nothing); entries unused for
 ``MAX_UNUSED_SECONDS`` are deleted whenever an import writes to the record,
-through an index on that time, so the record stays bounded by the files imported within that
-span, and ``prune`` drops more on demand.
+through an index on that time. So the record stays bounded by the files
+imported within that span, and ``prune`` drops more on demand; deleting the
+database is always safe, since it only saves work.
 """
 
 from __future__ import annotations
@@ -114,12 +115,12 @@ class ImportRecord:
                 for start in range(0, len(inodes), _LOOKUP_BATCH):
                     chunk = inodes[start : start + _LOOKUP_BATCH]
                     marks = ",".join("?" * len(chunk))
-                    for inode, *row in conn.execute(
+                    for inode, size, mtime_ns, ctime_ns, digest, used in conn.execute(
                         "SELECT inode, size, mtime_ns, ctime_ns, digest, used FROM imported_files"
                         f" WHERE device = ? AND inode IN ({marks})",
                         (device, *chunk),
                     ):
-                        rows[device, inode] = tuple(row)  # type: ignore[assignment]
+                        rows[device, inode] = (size, mtime_ns, ctime_ns, digest, used)
         found: list[tuple[Digest, int] | None] = []
         for status in statuses:
             row = rows.get((_signed(status.st_dev), _signed(status.st_ino)))
@@ -172,6 +173,7 @@ class ImportRecord:
             return conn.execute("DELETE FROM imported_files WHERE used <= ?", (cutoff,)).rowcount
 
     def count_hits(self, hits: int) -> None:
+        """Add an import's hits to ``hits``; imports may run on several threads."""
         with self._lock:
             self.hits += hits
 
