@@ -67,7 +67,9 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     with _store(args) as store:
         for path in args.paths:
-            node = ingest_path(Path(path), store.blobs, store.directories)
+            node = ingest_path(
+                Path(path), store.blobs, store.directories, record=store.import_record()
+            )
             if args.json:
                 print(_node_json(node))
             else:
@@ -104,7 +106,7 @@ def cmd_nar(args: argparse.Namespace) -> None:
         target = Path(args.path_or_digest)
         node: Node
         if target.exists() or target.is_symlink():
-            node = ingest_path(target, store.blobs, store.directories)
+            node = ingest_path(target, store.blobs, store.directories, record=store.import_record())
         else:
             node = _resolve_digest(store, args.path_or_digest)
         if args.hash:
@@ -208,7 +210,13 @@ def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> Buil
         name, sep, path = spec.partition("=")
         if not sep or not name:
             raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
-        node = ingest_path(Path(path), store.blobs, store.directories, os.fsencode(name))
+        node = ingest_path(
+            Path(path),
+            store.blobs,
+            store.directories,
+            os.fsencode(name),
+            record=store.import_record(),
+        )
         print(f"imported {path} as {name}: {_describe(node)}", file=sys.stderr)
         imported.append(node)
     if not imported:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import filecmp
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from builder.castore.fs.import_record import RACY_WINDOW_NS
 from builder.castore.wire import Family
 from builder.store.pathinfos.grpc import GrpcPathInfoService
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
@@ -72,6 +75,29 @@ def test_import_materialise_cat_on_embedded_store(env: dict[str, str], tmp_path:
     blob = file_line.decode().split("\t")[1].split()[1]
     cat = builder("castore", "cat", blob, env=env).stdout
     assert cat == (EXAMPLE / "bin" / "hello").read_bytes()
+
+
+def test_import_records_files_in_the_data_dir_and_sees_a_change(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Files old enough to trust are recorded; a rewrite that keeps size and mtime still shows."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept").write_text("kept\n")
+    (src / "changed").write_text("before\n")
+    newest = max(os.lstat(path).st_ctime_ns for path in src.iterdir())
+    wait_for(lambda: time.time_ns() - newest > RACY_WINDOW_NS, "the files to age")
+    first = _tree_digest(builder("castore", "import", str(src), env=env).stdout)
+    with sqlite3.connect(tmp_path / "data" / "imports.sqlite") as record:
+        assert record.execute("SELECT count(*) FROM imported_files").fetchone() == (2,)
+
+    old = os.stat(src / "changed")
+    (src / "changed").write_text("after!\n")
+    os.utime(src / "changed", ns=(old.st_atime_ns, old.st_mtime_ns))
+    second = _tree_digest(builder("castore", "import", str(src), env=env).stdout)
+    fresh = builder("castore", "import", "--data-dir", str(tmp_path / "fresh"), str(src), env=env)
+    assert second != first
+    assert second == _tree_digest(fresh.stdout)
 
 
 def test_data_dir_flag_overrides_environment(env: dict[str, str], tmp_path: Path) -> None:

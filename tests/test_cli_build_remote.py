@@ -155,6 +155,7 @@ def test_import_uploads_only_what_the_server_lacks(server: Server, tmp_path: Pat
     )
     assert first.returncode == 0, first.stderr
     assert b"uploaded 2 blobs (30 bytes) and 2 directories" in first.stderr
+    assert (tmp_path / "imports.sqlite").is_file(), "imports consult the data dir's record"
     assert (out / "out").read_text() == "from the client's host\nnested\n"
 
     # Same input, another build, a fresh local store: the server has it all.

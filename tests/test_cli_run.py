@@ -91,6 +91,7 @@ def test_import_host_path_as_input(tmp_path: Path) -> None:
     result = run(str(request), "--import", f"src={src}", "--out", out, data=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o" / "out").read_text() == "from the host\n"
+    assert (tmp_path / "imports.sqlite").is_file(), "imports consult the data dir's record"
 
 
 @pytest.mark.parametrize(

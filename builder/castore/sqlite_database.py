@@ -30,7 +30,7 @@ _memory_databases = itertools.count()
 
 class SqliteDatabase:
     def __init__(self, path: str | Path, schema: str, what: str) -> None:
-        """``what`` names the database in errors, as in "directory database"."""
+        """``schema`` is one or more statements; ``what`` names the database in errors."""
         self.path = str(path)
         self._what = what
         self._serial: AbstractContextManager[object] = nullcontext()
@@ -44,7 +44,7 @@ class SqliteDatabase:
         self._lock = threading.Lock()
         keeper = self._connection()
         with keeper:
-            keeper.execute(schema)
+            keeper.executescript(schema)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

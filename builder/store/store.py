@@ -2,21 +2,26 @@
 
 The castore holds contents; the PathInfo service says which Nix store paths
 those contents are. Opening any store, embedded, remote or configured, gives
-all three, so that nothing above has to pair them up itself.
+all three, so that nothing above has to pair them up itself. The embedded
+store also keeps a record of the host files imported into it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.castore.blobs.service import BlobService
 from builder.castore.composition import Composition
 from builder.castore.directories.service import DirectoryService
 from builder.store.registry import DEFAULT_REGISTRY
 from builder.store.service import PathInfoService
-from builder.store.store_url import store_config
+from builder.store.store_url import EMBEDDED_IMPORTS, embedded_directory, store_config
+
+if TYPE_CHECKING:
+    from builder.castore.fs.import_record import ImportRecord
 
 DATA_DIR_ENV = "BUILDER_DATA_DIR"
 ROOT = "root"
@@ -37,6 +42,8 @@ class Store:
     directories: DirectoryService
     pathinfos: PathInfoService
     composition: Composition
+    import_record_path: Path | None = None
+    _import_record: ImportRecord | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, spec: str | None = None, data_dir: Path | None = None) -> Store:
@@ -44,13 +51,17 @@ class Store:
 
         With neither a spec nor a data directory, the embedded store lives in
         the default data directory: fs blobs beside SQLite databases of
-        directories and path infos.
+        directories, path infos and host files imported.
         """
         if spec is None:
             root = (data_dir or default_data_dir()).resolve()
             spec = f"fs://{root}"
+        record_path = None
         if "://" in spec:
             composition = Composition(store_config(spec, DEFAULT_REGISTRY), DEFAULT_REGISTRY)
+            embedded = embedded_directory(spec)
+            if embedded is not None:
+                record_path = embedded / EMBEDDED_IMPORTS
         else:
             composition = Composition.from_file(spec, DEFAULT_REGISTRY)
         try:
@@ -59,13 +70,33 @@ class Store:
                 composition.directory_service(ROOT),
                 composition.pathinfo_service(ROOT),
                 composition,
+                record_path,
             )
         except BaseException:
             composition.close()
             raise
 
+    def import_record(self) -> ImportRecord | None:
+        """What host files were imported as, for ``ingest_path``; opened on first use.
+
+        Only the embedded store keeps one, beside its other databases: a hit
+        costs one check that the blob is still stored, a stat there, whereas
+        asking a remote or configured store would cost a round trip per file,
+        more than hashing a small file. Callers use it from one thread; it is
+        imported here so that a store opened for anything else never loads it.
+        """
+        from builder.castore.fs.import_record import ImportRecord
+
+        if self._import_record is None and self.import_record_path is not None:
+            self._import_record = ImportRecord(self.import_record_path)
+        return self._import_record
+
     def close(self) -> None:
-        self.composition.close()
+        try:
+            if self._import_record is not None:
+                self._import_record.close()
+        finally:
+            self.composition.close()
 
     def __enter__(self) -> Store:
         return self

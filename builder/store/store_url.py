@@ -3,11 +3,12 @@
 Any URL every kind's backends accept names a store (a gRPC server, an object
 store), and ``fs:///DIR`` is the whole embedded layout, so
 ``--store fs:///var/lib/builder`` puts fs blobs beside SQLite databases of
-directories and of path infos.
+directories, of path infos and of the host files imported so far.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from builder.castore.composition import SECTIONS, ConfigError, Registry, url_path, url_scheme
@@ -15,6 +16,14 @@ from builder.castore.composition import SECTIONS, ConfigError, Registry, url_pat
 EMBEDDED_BLOBS = "blobs"
 EMBEDDED_DIRECTORIES = "directories.sqlite"
 EMBEDDED_PATHINFOS = "pathinfo.sqlite"
+EMBEDDED_IMPORTS = "imports.sqlite"
+
+
+def embedded_directory(url: str) -> Path | None:
+    """The directory an ``fs://`` URL lays the embedded store out in; None for other URLs."""
+    if url_scheme(url) != "fs":
+        return None
+    return Path(url_path(url).rstrip("/") or "/")
 
 
 def store_config(url: str, registry: Registry) -> dict[str, Any]:

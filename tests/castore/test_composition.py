@@ -171,6 +171,21 @@ def test_backends_named_by_module_load_when_their_kind_is_asked_for() -> None:
         registry.url_config("pathinfo", "memory://")
 
 
+def test_only_an_embedded_store_keeps_an_import_record(tmp_path: Path) -> None:
+    """Beside its databases, opened when an import first asks for it."""
+    with Store.open(None, tmp_path / "data") as store:
+        assert not (tmp_path / "data" / "imports.sqlite").exists()
+        record = store.import_record()
+        assert record is not None
+        assert store.import_record() is record
+        assert (tmp_path / "data" / "imports.sqlite").is_file()
+    with Store.open(f"fs://{tmp_path / 'other'}") as store:
+        assert store.import_record() is not None
+        assert (tmp_path / "other" / "imports.sqlite").is_file()
+    with Store.open("memory://") as store:
+        assert store.import_record() is None
+
+
 def test_opening_the_embedded_store_loads_no_grpc_or_object_store_client(tmp_path: Path) -> None:
     """Every ``builder-nix-serve`` on a data directory opens it; the clients cost ~0.1 s."""
     program = (

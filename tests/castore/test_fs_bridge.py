@@ -406,5 +406,9 @@ def test_import_file_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    with pytest.raises(InvalidArgumentError, match="not a regular file"):
-        FsBlobService(tmp_path / "blobs").import_file(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(InvalidArgumentError, match="not a regular file"):
+            FsBlobService(tmp_path / "blobs").import_file(fd)
+    finally:
+        os.close(fd)

@@ -17,6 +17,14 @@ from builder.castore.fs.ingest import ingest_path
 from tests.blob_bytes import read_all
 
 
+def _import(import_one: Callable[[int], tuple[Digest, int]], path: Path) -> Digest:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return import_one(fd)[0]
+    finally:
+        os.close(fd)
+
+
 def _files(tmp_path: Path, count: int) -> list[Path]:
     source = tmp_path / "source"
     source.mkdir()
@@ -32,7 +40,7 @@ def test_blobs_of_a_batch_become_visible_when_it_ends(tmp_path: Path) -> None:
     blobs = FsBlobService(tmp_path / "blobs")
     paths = _files(tmp_path, 3)
     with blobs.import_files() as import_one:
-        digests = [import_one(path)[0] for path in paths]
+        digests = [_import(import_one, path) for path in paths]
         assert not any(blobs.has(digest) for digest in digests)
     for path, digest in zip(paths, digests, strict=True):
         assert read_all(blobs, digest) == path.read_bytes()
@@ -44,7 +52,7 @@ def test_a_failed_batch_leaves_nothing(tmp_path: Path) -> None:
     paths = _files(tmp_path, 3)
     digests = []
     with pytest.raises(RuntimeError), blobs.import_files() as import_one:
-        digests = [import_one(path)[0] for path in paths]
+        digests = [_import(import_one, path) for path in paths]
         raise RuntimeError("the caller failed")
     assert len(digests) == 3
     assert not any(blobs.has(digest) for digest in digests)
@@ -71,7 +79,7 @@ def test_bytes_are_flushed_before_names_and_names_before_the_batch_ends(
     monkeypatch.setattr(os, "replace", replace)
     with blobs.import_files() as import_one:
         for path in paths:
-            import_one(path)
+            _import(import_one, path)
         assert events == []
     assert events == ["sync", "rename", "rename", "rename", "rename", "sync"]
 

@@ -134,7 +134,11 @@ def test_import_repairs_a_corrupt_blob(tmp_path: Path) -> None:
     _flip(blobs.local_path(digest), 0)
     source = tmp_path / "source"
     source.write_bytes(data)
-    assert blobs.import_file(source) == (digest, len(data))
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        assert blobs.import_file(fd) == (digest, len(data))
+    finally:
+        os.close(fd)
     assert read_all(blobs, digest) == data
 
 

@@ -163,20 +163,22 @@ class FsBlobService:
                 f"blob store {self._root_name} is out of space: {exc.strerror}"
             ) from exc
 
-    def import_file(self, path: str | Path) -> tuple[Digest, int]:
-        """Store a host file by kernel copy and hash the copy, not the original.
+    def import_file(self, src: int) -> tuple[Digest, int]:
+        """Store the host file open as ``src`` by kernel copy, and hash the copy, not the original.
 
         Hashing what was copied (rather than the source) means a file changed
         underneath us can never be stored under the digest of other bytes.
         Small files take a path of bare syscalls, since a tree of thousands of
         them is bound by per-file overhead; large ones are copied in the kernel
         while a second thread hashes each copied stretch, so copy and hash
-        overlap instead of adding up.
+        overlap instead of adding up. The caller opens the file (``O_NOFOLLOW``
+        and ``O_NONBLOCK`` keep a swapped-in symlink or FIFO from being read or
+        hanging it); anything but a regular file is refused.
         """
-        return self._import(path, None)
+        return self._import(src, None)
 
     @contextlib.contextmanager
-    def import_files(self) -> Iterator[Callable[[str | Path], tuple[Digest, int]]]:
+    def import_files(self) -> Iterator[Callable[[int], tuple[Digest, int]]]:
         """Import many host files (from any number of threads) and make them durable together.
 
         Flushing every blob on its own costs two journal commits per file,
@@ -189,7 +191,7 @@ class FsBlobService:
         store anything that refers to the batch's blobs before it ends.
         """
         with self._batch() as batch:
-            yield lambda path: self._import(path, batch)
+            yield lambda src: self._import(src, batch)
 
     @contextlib.contextmanager
     def write_batch(self) -> Iterator[Callable[[], BlobWriter]]:
@@ -213,26 +215,24 @@ class FsBlobService:
             raise
         self._place_batch(batch)
 
-    def _import(self, path: str | Path, batch: _ImportBatch | None) -> tuple[Digest, int]:
-        # O_NONBLOCK and the type check keep a path swapped for a FIFO from
-        # hanging the import; O_NOFOLLOW keeps a swapped-in symlink from being read.
-        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        try:
-            status = os.fstat(src)
-            if not stat.S_ISREG(status.st_mode):
-                raise InvalidArgumentError(f"cannot import {path}: not a regular file")
-            size = status.st_size
-            with self.space():
-                if size < SMALL_FILE_SIZE:
-                    return self._import_small(src, batch)
-                return self._import_large(src, size, batch)
-        finally:
-            os.close(src)
+    def _import(self, src: int, batch: _ImportBatch | None) -> tuple[Digest, int]:
+        status = os.fstat(src)
+        if not stat.S_ISREG(status.st_mode):
+            raise InvalidArgumentError(
+                f"cannot import descriptor {src}: not a regular file (mode {status.st_mode:o})"
+            )
+        size = status.st_size
+        with self.space():
+            if size < SMALL_FILE_SIZE:
+                return self._import_small(src, batch)
+            return self._import_large(src, size, batch)
 
     def _import_small(self, src: int, batch: _ImportBatch | None) -> tuple[Digest, int]:
         parts = []
-        while chunk := os.read(src, SMALL_FILE_SIZE):
+        offset = 0
+        while chunk := os.pread(src, SMALL_FILE_SIZE, offset):
             parts.append(chunk)
+            offset += len(chunk)
         data = b"".join(parts)
         digest = Digest(blake3.blake3(data).digest())
         final = self.local_path(digest)

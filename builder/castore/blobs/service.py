@@ -57,8 +57,10 @@ class BlobService(Protocol):
         ...
 
 
-HostFileImport = Callable[[str | Path], tuple[Digest, int]]
-"""Stores a host file, returning its digest and size."""
+HostFileImport = Callable[[int], tuple[Digest, int]]
+"""Stores the host file open as the descriptor given (read from its start), returning its
+digest and size; the caller keeps the descriptor, so what it learnt from ``fstat`` describes
+the very file stored."""
 
 
 @runtime_checkable
@@ -67,10 +69,12 @@ class HostFileImporter(Protocol):
 
     ``import_files`` opens a batch whose blobs become visible (and durable)
     together when it ends, so that a tree of many small files pays for making
-    its blobs durable once rather than once per file.
+    its blobs durable once rather than once per file. A batch imports files
+    by descriptor, which lets a caller stat, look up and store one and the
+    same file even while names in the tree are being swapped.
     """
 
-    def import_file(self, path: str | Path) -> tuple[Digest, int]: ...
+    def import_file(self, src: int) -> tuple[Digest, int]: ...
 
     def import_files(self) -> AbstractContextManager[HostFileImport]: ...
 

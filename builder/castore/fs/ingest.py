@@ -9,6 +9,12 @@ Paths are handled as bytes throughout so that names which are not valid UTF-8
 round-trip exactly. The tree must not change while it is being ingested;
 contents are hashed as they are stored, so a concurrent change can yield a
 tree mixing old and new files, but never a blob stored under a wrong digest.
+
+With an import record (``import_record``), a file whose ``lstat`` matches an
+entry and whose blob is still stored is taken from the record on the walking
+thread without being opened; only the others go to the pool, each opened once
+and described by ``fstat`` of that same descriptor, so the entry written for
+it names the file that was actually read.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Callable
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,6 +38,7 @@ from builder.castore.directory import Directory
 from builder.castore.fs import display_path
 from builder.castore.fs.batches import DirectoryBatches
 from builder.castore.fs.descent import walk
+from builder.castore.fs.import_record import ImportRecord, RecordedImport
 from builder.castore.nodes import FileNode, Node, SymlinkNode, validate_root_node
 from builder.errors import InvalidArgumentError
 
@@ -48,32 +55,40 @@ def ingest_path(
     blobs: BlobService,
     directories: DirectoryService,
     name: bytes | None = None,
+    record: ImportRecord | None = None,
 ) -> Node:
     """Store ``path`` and return its root node, named by its basename unless ``name`` is given.
 
     A symlink at ``path`` itself is stored as a symlink, never followed.
+    ``record``, when given, is consulted before any file is read and learns
+    the files hashed, once their blobs are stored.
     """
     raw = os.fsencode(path)
     if name is None:
         name = os.path.basename(os.path.abspath(raw))
     mode = os.lstat(raw).st_mode
+    recorded = None if record is None else record.begin(blobs)
     node: Node
     if stat.S_ISLNK(mode):
         node = SymlinkNode(name, os.readlink(raw))
     elif stat.S_ISREG(mode):
         # The caller's path to the file is the caller's to choose; only the
         # file itself is opened without following a symlink.
+        file_name = os.path.basename(raw)
         parent = os.open(os.path.dirname(raw) or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             importer = blobs.import_file if isinstance(blobs, HostFileImporter) else None
-            digest, size = _file_storer(blobs, importer)(parent, os.path.basename(raw))
+            files = _FileStore(blobs, importer, recorded)
+            file = files.known(parent, [file_name])[0] or files.store(parent, file_name)
         finally:
             os.close(parent)
-        node = FileNode(name, digest, size, bool(mode & stat.S_IXUSR))
+        node = FileNode(name, file.digest, file.size, file.executable)
     elif stat.S_ISDIR(mode):
-        node = _TreeIngest(blobs).run(raw, directories).node(name)
+        node = _TreeIngest(blobs, recorded).run(raw, directories).node(name)
     else:
         raise _unsupported(raw, mode)
+    if recorded is not None:
+        recorded.commit()
     validate_root_node(node)
     return node
 
@@ -95,41 +110,66 @@ def _unsupported(path: bytes, mode: int) -> InvalidArgumentError:
     )
 
 
-FileStorer = Callable[[int, bytes], tuple[Digest, int]]
-"""Stores the file ``name`` of the directory open as the descriptor given."""
+class _FileStore:
+    """Stores host files by directory descriptor and name, asking the record first if any."""
 
+    def __init__(
+        self, blobs: BlobService, importer: HostFileImport | None, recorded: RecordedImport | None
+    ) -> None:
+        self._blobs = blobs
+        self._importer = importer
+        self._recorded = recorded
 
-def _file_storer(blobs: BlobService, importer: HostFileImport | None) -> FileStorer:
-    """The cheapest route the blob service offers for storing a whole host file."""
-    if importer is None:
-        return lambda dir_fd, name: _stream_file(dir_fd, name, blobs)
-    # The service imports by path; a path through the directory's descriptor
-    # names the entry relative to it at any depth, and only its last component
-    # is looked up (with O_NOFOLLOW, by the service).
-    return lambda dir_fd, name: importer(os.fsdecode(b"/proc/self/fd/%d/%s" % (dir_fd, name)))
+    def known(self, dir_fd: int, names: list[bytes]) -> list[FileNode | None]:
+        """Each file's node from the record, without opening it, if unchanged and stored."""
+        if self._recorded is None:
+            return [None] * len(names)
+        statuses = [os.stat(name, dir_fd=dir_fd, follow_symlinks=False) for name in names]
+        regular = [i for i, status in enumerate(statuses) if stat.S_ISREG(status.st_mode)]
+        digests = self._recorded.known([statuses[i] for i in regular])
+        nodes: list[FileNode | None] = [None] * len(names)
+        for i, digest in zip(regular, digests, strict=True):
+            if digest is not None:
+                status = statuses[i]
+                executable = bool(status.st_mode & stat.S_IXUSR)
+                nodes[i] = FileNode(names[i], digest, status.st_size, executable)
+        return nodes
 
-
-def _stream_file(dir_fd: int, name: bytes, blobs: BlobService) -> tuple[Digest, int]:
-    # O_NONBLOCK keeps a file swapped for a FIFO since the walk from hanging us;
-    # the fstat check then refuses it.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(name, flags, dir_fd=dir_fd)
-    with open(fd, "rb", buffering=0) as src:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _unsupported(name, mode)
-        buffer = bytearray(READ_CHUNK_SIZE)
-        view = memoryview(buffer)
-        writer = blobs.open_write()
-        size = 0
+    def store(self, dir_fd: int, name: bytes) -> FileNode:
+        """Read and store the file, and tell the record what it hashed to."""
+        started_ns = time.time_ns()
+        # O_NONBLOCK keeps a file swapped for a FIFO since the walk from hanging
+        # us; the fstat check then refuses it.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=dir_fd)
         try:
-            while n := src.readinto(buffer):
-                writer.write(view[:n])
-                size += n
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.close(), size
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise _unsupported(name, status.st_mode)
+            if self._importer is not None:
+                digest, size = self._importer(fd)
+            else:
+                digest, size = _stream_file(fd, self._blobs)
+        finally:
+            os.close(fd)
+        if self._recorded is not None and size == status.st_size:
+            self._recorded.hashed(status, started_ns, digest)
+        return FileNode(name, digest, size, bool(status.st_mode & stat.S_IXUSR))
+
+
+def _stream_file(fd: int, blobs: BlobService) -> tuple[Digest, int]:
+    buffer = bytearray(READ_CHUNK_SIZE)
+    view = memoryview(buffer)
+    writer = blobs.open_write()
+    size = 0
+    try:
+        while n := os.readv(fd, [buffer]):
+            writer.write(view[:n])
+            size += n
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(), size
 
 
 @dataclass
@@ -150,10 +190,16 @@ _Stored = tuple[int, FileNode]
 
 
 class _TreeIngest:
-    """Walks a directory, stores its files on a pool and its directories in one batch."""
+    """Walks a directory, stores its files on a pool and its directories in one batch.
 
-    def __init__(self, blobs: BlobService) -> None:
+    Files the record knows are settled on the walking thread, which has to
+    list their directory anyway; a lookup is a stat and an indexed query,
+    cheaper than handing the file to the pool.
+    """
+
+    def __init__(self, blobs: BlobService, recorded: RecordedImport | None) -> None:
         self._blobs = blobs
+        self._recorded = recorded
         self._pending: list[_PendingDirectory] = []
 
     def run(self, root: bytes, directories: DirectoryService) -> Directory:
@@ -163,7 +209,7 @@ class _TreeIngest:
             importer = None
             if isinstance(self._blobs, HostFileImporter):
                 importer = stack.enter_context(self._blobs.import_files())
-            self._store_file = _file_storer(self._blobs, importer)
+            self._files = _FileStore(self._blobs, importer, self._recorded)
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="ingest") as pool:
                 batches = DirectoryBatches(pool, _WORKERS, self._store, self._stored)
                 try:
@@ -182,6 +228,7 @@ class _TreeIngest:
     ) -> list[tuple[bytes, int]]:
         current = self._pending[index]
         subdirectories = []
+        files = []
         with os.scandir(fd) as listing:
             entries = list(listing)
         for entry in entries:
@@ -192,17 +239,20 @@ class _TreeIngest:
                 subdirectories.append((name, len(self._pending)))
                 self._pending.append(_PendingDirectory(name, index))
             elif entry.is_file(follow_symlinks=False):
-                batches.add(index, fd, (index, name))
+                files.append(name)
             else:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 raise _unsupported(self._display(index, name), mode)
+        for name, known in zip(files, self._files.known(fd, files), strict=True):
+            if known is None:
+                batches.add(index, fd, (index, name))
+            else:
+                current.nodes.append(known)
         return subdirectories
 
     def _store(self, dir_fd: int, item: tuple[int, bytes]) -> _Stored:
         index, name = item
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-        digest, size = self._store_file(dir_fd, name)
-        return index, FileNode(name, digest, size, bool(mode & stat.S_IXUSR))
+        return index, self._files.store(dir_fd, name)
 
     def _stored(self, results: list[_Stored]) -> None:
         for index, node in results:
