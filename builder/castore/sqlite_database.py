@@ -44,7 +44,7 @@ class SqliteDatabase:
         self._lock = threading.Lock()
         keeper = self._connection()
         with keeper:
-            keeper.execute(schema)
+            keeper.executescript(schema)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
