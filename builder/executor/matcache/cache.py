@@ -50,6 +50,11 @@ API::
 
 A file root node yields the blob file of its variant. Leaving the ``with``
 block (or calling ``release``) drops the reference.
+
+Each held tree also carries the store's removal epochs from the last walk
+that found its closure complete in the store (``complete_at``,
+``mark_complete``), so that a warm build need not walk it again; the record
+goes with the entry, and ``builder.executor.inputs`` explains why it is exact.
 """
 
 from __future__ import annotations
