@@ -56,20 +56,19 @@ class SparePool:
         self.closed = False
 
     def launch(self, spec: SandboxSpec, payload: bytes) -> Spare:
-        """A PID 1 that has been sent the spec; a fresh one if the first cannot take it."""
+        """A PID 1 that has been sent the spec; a fresh one if the first cannot take it.
+
+        PID 1 sets its group's limits from the spec itself (``init``), off
+        this process's one thread.
+        """
         spare = self._take(spec)
         try:
-            self._dispatch(spare, spec, payload)
+            send_spec(spare.job_fd, payload)
         except OSError:
             self.discard(spare)
             spare = self.make((spec.uid, spec.gid), spec.network)
-            self._dispatch(spare, spec, payload)
+            send_spec(spare.job_fd, payload)
         return spare
-
-    def _dispatch(self, spare: Spare, spec: SandboxSpec, payload: bytes) -> None:
-        if spare.cgroup is not None:
-            spare.cgroup.set_limits(spec.limits.memory, _with_margin(spec.limits.processes))
-        send_spec(spare.job_fd, payload)
 
     def _take(self, spec: SandboxSpec) -> Spare:
         """The oldest spare prepared for the spec's profile, or a new one.
@@ -188,8 +187,3 @@ class SparePool:
         self.cgroups.close()
         if self.uids is not None:
             self.uids.close()
-
-
-def _with_margin(processes: int | None) -> int | None:
-    """The sandbox's PID 1 is in the group too."""
-    return None if processes is None else processes + 1

@@ -11,8 +11,10 @@ are older than ``BuildConfig.stale_work_age``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -185,12 +187,16 @@ class BuildRunner:
                 continue
             acquired = stack.enter_context(self._cache.acquire(node))
             assert acquired.host_path is not None
-            if holder is None:
-                if os.path.isdir(acquired.host_path):
-                    os.mkdir(name, dir_fd=staging_fd)
-                else:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                    os.close(os.open(name, flags, 0o644, dir_fd=staging_fd))
+            # The mount target is made here even inside a scratch dir, where
+            # the sandbox would make it otherwise: then the launcher, one
+            # thread serving every build, would also have to remove it.
+            if os.path.isdir(acquired.host_path):
+                os.mkdir(name, dir_fd=staging_fd)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(name, flags, 0o644, dir_fd=staging_fd))
+            if holder is not None:
+                stack.callback(_remove_target, staging_fd, name)
             binds.append(Bind(host=str(acquired.host_path), target=f"/{inputs_dir}/{name}"))
 
         constraints = request.constraints
@@ -217,6 +223,21 @@ class BuildRunner:
             ),
         )
         return spec, scratch_hosts
+
+
+def _remove_target(dir_fd: int, name: str) -> None:
+    """Take an input's mount target out of the scratch dir before outputs are collected.
+
+    Removed from the descriptor it was made in, so a build that moved the
+    inputs dir cannot redirect the removal; only the empty directory or file
+    made above goes. Failing that, the work dir's removal takes it later.
+    """
+    with contextlib.suppress(OSError):
+        found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(found.st_mode):
+            os.rmdir(name, dir_fd=dir_fd)
+        elif stat.S_ISREG(found.st_mode) and found.st_size == 0:
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _ignore(parent_fd: int, name: str, path: str) -> None:

@@ -158,7 +158,7 @@ class BuildService:
         request.validate()
         check_constraints(request.constraints, self.config)
         check_input_sizes(request.inputs, self.config.max_input_size)
-        require_inputs(request.inputs, self.blobs, self.directories)
+        require_inputs(request.inputs, self.blobs, self.directories, self.cache)
 
         if self.config.result_cache:
             recorded = self._results.lookup(request)

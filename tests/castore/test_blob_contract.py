@@ -14,6 +14,7 @@ from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.blobs.service import BlobService, ChunkMeta, LocalBlobFiles
 from builder.castore.digest import Digest
+from builder.castore.removal import Removable
 from tests.blob_bytes import put_bytes, read_all
 from tests.digests import EMPTY_DIGEST
 
@@ -129,3 +130,20 @@ def test_only_the_fs_backend_offers_local_blob_files(tmp_path: Path) -> None:
     with open(fs.local_path(digest), "rb") as stored:
         assert stored.read() == b"local"
     fs.close()
+
+
+def test_removal_moves_the_removal_epoch(blob_service: BlobService) -> None:
+    """A backend that can remove blobs must let readers notice (``builder.castore.removal``)."""
+    if not isinstance(blob_service, Removable):
+        assert not hasattr(blob_service, "remove"), "removes blobs without a removal epoch"
+        return
+    kept, doomed = put_bytes(blob_service, b"kept"), put_bytes(blob_service, b"doomed")
+    before = blob_service.removal_epoch()
+    assert blob_service.remove(doomed)
+    assert not blob_service.has(doomed)
+    assert blob_service.open_read(doomed) is None
+    assert read_all(blob_service, kept) == b"kept"
+    after = blob_service.removal_epoch()
+    assert after != before
+    assert not blob_service.remove(doomed)
+    assert blob_service.removal_epoch() != before

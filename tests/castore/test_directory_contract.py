@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
+from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory
 from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+from builder.castore.removal import Removable
 from builder.errors import InvalidArgumentError, NotFoundError
 from tests.digests import EMPTY_DIGEST
 
@@ -153,3 +157,39 @@ def test_empty_child_sent_in_same_stream(directory_service: DirectoryService) ->
     putter.put(WITH_EMPTY_CHILD)
     assert putter.close() == WITH_EMPTY_CHILD.digest
     assert directory_service.get(EMPTY.digest) == EMPTY
+
+
+def test_removal_moves_the_removal_epoch(directory_service: DirectoryService) -> None:
+    """A backend that can remove directories must let readers notice the removal."""
+    if not isinstance(directory_service, Removable):
+        assert not hasattr(directory_service, "remove"), "removes without a removal epoch"
+        return
+    root, leaves_first = _tree()
+    putter = directory_service.put_multiple_start()
+    for directory in leaves_first:
+        putter.put(directory)
+    putter.close()
+    before = directory_service.removal_epoch()
+    middle = leaves_first[2]
+    assert directory_service.remove(middle.digest)
+    assert directory_service.get(middle.digest) is None
+    assert directory_service.get(root.digest) == root
+    assert directory_service.removal_epoch() != before
+    with pytest.raises(NotFoundError, match=str(middle.digest)):
+        list(directory_service.get_recursive(root.digest))
+    assert not directory_service.remove(middle.digest)
+
+
+def test_sqlite_removal_epoch_is_shared_by_every_opener(tmp_path: Path) -> None:
+    """Another process opening the same database must see removals made here."""
+    path = tmp_path / "shared.sqlite"
+    remover, reader = SqliteDirectoryService(path), SqliteDirectoryService(path)
+    try:
+        remover.put(KEEP)
+        before = reader.removal_epoch()
+        assert remover.remove(KEEP.digest)
+        assert reader.get(KEEP.digest) is None
+        assert reader.removal_epoch() != before
+    finally:
+        remover.close()
+        reader.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from builder.castore.blobs.fs import FsBlobService
 from builder.castore.composition import Composition, Registry
 from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
+from builder.castore.directory import Directory
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.nodes import DirectoryNode, FileNode
 from builder.castore.wire import Family
@@ -215,6 +217,26 @@ def test_concurrent_builds_share_inputs(served: Served, tmp_path: Path) -> None:
     assert stats.fills == 1
     assert stats.trees == 1
     assert stats.in_use == 0
+
+
+def test_input_mount_targets_are_not_part_of_an_output(served: Served, tmp_path: Path) -> None:
+    """Inputs mounted inside an output leave only what the build wrote in it."""
+    src = _input(served, tmp_path)
+    ingest = ingest_path(tmp_path / "src" / "msg", served.store.blobs, served.store.directories)
+    assert isinstance(ingest, FileNode)
+    file_input = FileNode(b"one-file", ingest.digest, ingest.size)
+    # The inputs dir is made by the server, so the build cannot write
+    # beside it: it only reads the inputs, and the output is what is left.
+    script = "cat /nix/store/out/deps/aaa-src/msg /nix/store/out/deps/one-file"
+    request = dataclasses.replace(
+        _request(script, inputs=(src, file_input)), inputs_dir="nix/store/out/deps"
+    )
+    response = served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
+    tree = served.store.directories.get(Digest(response.outputs[0].output.directory.digest))
+    assert tree is not None
+    assert [n.name for n in tree.entries()] == [b"deps"]
+    (deps,) = tree.directories
+    assert served.store.directories.get(deps.digest) == Directory()
 
 
 def cut_sleep_short(marker: str) -> None:

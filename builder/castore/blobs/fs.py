@@ -136,6 +136,13 @@ class FsBlobService:
     def has(self, digest: Digest) -> bool:
         return os.path.exists(self.local_path(digest))
 
+    def removal_epoch(self) -> int:
+        """Constant: this service removes no blob (``builder.castore.removal``).
+
+        A removal added here must advance an epoch kept beside the blobs.
+        """
+        return 0
+
     def open_read(self, digest: Digest) -> BinaryIO | None:
         path = self.local_path(digest)
         try:

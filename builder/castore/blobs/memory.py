@@ -31,6 +31,7 @@ class MemoryBlobService:
     def __init__(self) -> None:
         self._blobs: dict[Digest, bytes] = {}
         self._lock = threading.Lock()
+        self._removals = 0
 
     def _store(self, digest: Digest, data: bytes) -> None:
         with self._lock:
@@ -48,6 +49,16 @@ class MemoryBlobService:
 
     def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
         return [] if digest in self._blobs else None
+
+    def remove(self, digest: Digest) -> bool:
+        with self._lock:
+            removed = self._blobs.pop(digest, None) is not None
+            if removed:
+                self._removals += 1
+        return removed
+
+    def removal_epoch(self) -> int:
+        return self._removals
 
     def close(self) -> None:
         self._blobs.clear()

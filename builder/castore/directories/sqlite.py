@@ -2,7 +2,9 @@
 
 A closure is committed in one transaction, so it is stored whole or not at
 all; the database's threading, durability and full-disk rules are those of
-``builder.castore.sqlite_database``.
+``builder.castore.sqlite_database``. The removal epoch is a row of the same
+database, advanced in the transaction that deletes, so every process sharing
+the database sees it move exactly when the directory goes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS directories (
     digest BLOB PRIMARY KEY NOT NULL,
     data BLOB NOT NULL
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS removal_epoch (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    epoch INTEGER NOT NULL
+);
 """
 
 
@@ -42,6 +48,24 @@ class SqliteDirectoryService(ClosureCommitting):
                 "INSERT OR IGNORE INTO directories (digest, data) VALUES (?, ?)",
                 [(bytes(d.digest), d.encoded) for d in directories],
             )
+
+    def remove(self, digest: Digest) -> bool:
+        with self._db.writing() as conn:
+            removed = (
+                conn.execute("DELETE FROM directories WHERE digest = ?", (bytes(digest),)).rowcount
+                > 0
+            )
+            if removed:
+                conn.execute(
+                    "INSERT INTO removal_epoch (id, epoch) VALUES (0, 1) "
+                    "ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1"
+                )
+        return removed
+
+    def removal_epoch(self) -> int:
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT epoch FROM removal_epoch").fetchone()
+        return 0 if row is None else int(row[0])
 
     def close(self) -> None:
         self._db.close()

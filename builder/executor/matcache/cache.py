@@ -50,6 +50,11 @@ API::
 
 A file root node yields the blob file of its variant. Leaving the ``with``
 block (or calling ``release``) drops the reference.
+
+Each held tree also carries the store's removal epochs from the last walk
+that found its closure complete in the store (``complete_at``,
+``mark_complete``), so that a warm build need not walk it again; the record
+goes with the entry, and ``builder.executor.inputs`` explains why it is exact.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ from builder.castore.fs.batches import DirectoryBatches
 from builder.castore.fs.descent import walk
 from builder.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from builder.errors import FailedPreconditionError, IntegrityError, NotFoundError
+from builder.executor.inputs import StoreEpoch, epoch_reader
 from builder.executor.matcache.blob_files import BlobKey, CacheBlobs
 from builder.executor.matcache.tree_shape import TreePlan, plan_tree, scan_tree
 from builder.executor.removal import remove_tree
@@ -97,6 +103,7 @@ class _Entry:
     size: int
     charge: int
     refs: int = 0
+    complete_at: StoreEpoch | None = None
 
 
 @dataclass(slots=True)
@@ -168,6 +175,7 @@ class MaterialisationCache:
         self._trees_dir = self.root / TREES_DIR
         self._tmp_dir = self.root / TMP_DIR
         self._directories = directories
+        self._read_epoch = epoch_reader(blobs, directories)
         self._lock = threading.Lock()
         self._evict_lock = threading.Lock()
         self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()
@@ -211,6 +219,30 @@ class MaterialisationCache:
                 f"{_describe(node)} has size {entry.size}, but the node says {node.size}"
             )
         return Acquired(entry.path, None, self, entry)
+
+    def store_epoch(self) -> StoreEpoch | None:
+        """The removal epochs of the store this cache fills from; None if it cannot tell."""
+        return None if self._read_epoch is None else self._read_epoch()
+
+    def complete_at(self, node: DirectoryNode) -> StoreEpoch | None:
+        """The store epoch at which the held tree was last found complete in the store.
+
+        The record lives and dies with the entry, so it costs no memory of its
+        own and a refilled tree is walked afresh; ``builder.executor.inputs``
+        says why it may stand in for a walk.
+        """
+        with self._lock:
+            entry = self._entries.get(node.digest)
+            if entry is None or entry.size != node.size:
+                return None
+            return entry.complete_at
+
+    def mark_complete(self, node: DirectoryNode, epoch: StoreEpoch) -> None:
+        """Record a walk that found the tree complete; nothing if the tree is not held."""
+        with self._lock:
+            entry = self._entries.get(node.digest)
+            if entry is not None and entry.size == node.size:
+                entry.complete_at = epoch
 
     def stats(self) -> CacheStats:
         with self._lock:
