@@ -7,7 +7,7 @@ instance per family is registered on the same backing store.
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +32,8 @@ from builder.server.status import rpc_errors
 # overhead negligible.
 BLOB_CHUNK_SIZE = READ_CHUNK_SIZE
 
-# How long a finished-looking upload waits for a cancellation still on its way.
+# How long a finished-looking upload that carries no end marker waits for a
+# cancellation still on its way; marked uploads never wait.
 CANCEL_GRACE = 0.002
 
 
@@ -75,10 +76,13 @@ class BlobServicer:
     @rpc_errors
     def Put(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         writer = self._blobs.open_write()
+        marked = False
         try:
             for chunk in request_iterator:
                 writer.write(chunk.data)
-            _still_wanted(context)
+                marked = not chunk.data
+            if not marked:
+                _still_wanted(context)
         except BaseException:
             writer.abort()
             raise
@@ -129,17 +133,19 @@ class DirectoryServicer:
 
 
 def _still_wanted(context: grpc.ServicerContext) -> None:
-    """Nothing a client sent is stored once it has cancelled.
+    """Nothing a client sent without marking its end is stored once it has cancelled.
 
-    gRPC's server ends the request iterator the same way for a client that
-    finished sending and for one that cancelled, and reports the cancellation
-    a moment later; so a finished-looking stream is given that moment
-    (``CANCEL_GRACE``) before it counts as complete.
+    gRPC's Python server ends the request iterator the same way for a client
+    that half-closed and for one that cancelled (even the core's receive
+    event succeeds in both cases); the cancellation arrives as the call's
+    close event a moment later. Our own clients end a blob upload with an
+    empty chunk, which any castore server takes as zero more bytes, and such
+    uploads are stored at once. A stream without that marker (from Tvix or
+    Snix clients) is given ``CANCEL_GRACE`` for its close event, and is
+    refused as soon as that event arrives.
     """
-    deadline = time.monotonic() + CANCEL_GRACE
-    while True:
-        if not context.is_active():
-            raise CancelledError("upload cancelled by the client")
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(CANCEL_GRACE / 10)
+    closed = threading.Event()
+    if not context.add_callback(closed.set):
+        raise CancelledError("upload cancelled by the client")
+    if closed.wait(CANCEL_GRACE) or not context.is_active():
+        raise CancelledError("upload cancelled by the client")

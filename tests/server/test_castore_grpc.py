@@ -7,6 +7,7 @@ names what is wrong, and for leaving the store exactly as it was.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import socket
 import sqlite3
@@ -243,6 +244,59 @@ def test_truncated_upload_stores_nothing(castore: Castore, how: str) -> None:
     for prefix in (1, 2, 3):
         error = rpc_error(lambda n=prefix: castore.stat(blake3.blake3(block * n).digest()))
         assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_aborted_client_upload_stores_nothing(castore: Castore) -> None:
+    """Our writer, which marks a complete upload's end, abandons one midway."""
+    service = GrpcBlobService(castore.url, castore.family)
+    block = os.urandom(1 << 20)
+    writer = service.open_write()
+    try:
+        writer.write(block * 2)
+        wait_for(
+            lambda: sum(p.stat().st_size for p in castore.blob_files()) >= 1 << 20,
+            "the server to receive the first chunks",
+        )
+        writer.abort()
+        wait_for(lambda: not castore.blob_files(), "the partial upload to be removed")
+        for prefix in (1, 2):
+            error = rpc_error(lambda n=prefix: castore.stat(blake3.blake3(block * n).digest()))
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        service.close()
+
+
+def test_marked_upload_is_stored(castore: Castore) -> None:
+    """An empty last chunk marks the end; it adds no bytes to the blob."""
+    data = os.urandom(5000)
+    chunks = [castore.chunk(data[:3000]), castore.chunk(data[3000:]), castore.chunk(b"")]
+    digest = castore.blobs.Put(iter(chunks)).digest
+    assert digest == blake3.blake3(data).digest()
+    assert b"".join(castore.read(digest)) == data
+
+
+def test_cancelled_small_uploads_store_nothing(castore: Castore) -> None:
+    """Cancellations racing the end of many small unmarked streams never leave a blob."""
+    digests = []
+    for n in range(50):
+        data = n.to_bytes(4, "little") + os.urandom(300)
+        digests.append(blake3.blake3(data).digest())
+        messages: queue.Queue[Any] = queue.Queue()
+
+        def requests(source: queue.Queue[Any] = messages) -> Iterator[Any]:
+            while (message := source.get()) is not None:
+                yield message
+
+        future = castore.blobs.Put.future(requests())
+        messages.put(castore.chunk(data))
+        wait_for(lambda: any(castore.blob_files()), "the server to take the chunk")
+        future.cancel()
+        messages.put(None)
+        with pytest.raises((grpc.RpcError, grpc.FutureCancelledError)):
+            future.result(timeout=60)
+        wait_for(lambda: not castore.blob_files(), "the partial upload to be removed")
+    for digest in digests:
+        assert rpc_error(lambda d=digest: castore.stat(d)).code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_stat_and_read_of_chunks(tmp_path: Path) -> None:

@@ -191,6 +191,13 @@ class _BlobReader(io.RawIOBase):
 
 
 class _GrpcBlobWriter(HashingBlobWriter):
+    """Ends a complete upload with an empty chunk, the marker telling our server it is whole.
+
+    A server cannot tell a half-closed stream from a cancelled one when the
+    stream ends; the marker lets ours store the blob at once, and any other
+    castore server takes it as zero more bytes.
+    """
+
     def __init__(self, stub: Any, message: Any) -> None:
         super().__init__()
         self._upload = Upload(stub.Put)
@@ -201,6 +208,7 @@ class _GrpcBlobWriter(HashingBlobWriter):
             self._upload.send(self._message(data=bytes(data[start : start + PUT_CHUNK_SIZE])))
 
     def _commit(self, digest: Digest) -> None:
+        self._upload.send(self._message(data=b""))
         response = self._upload.finish()
         if response.digest != digest:
             raise IntegrityError(
