@@ -15,7 +15,11 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, assemble_server
-from builder.server.castore_servicers import BlobServicer, DirectoryServicer
+from builder.server.castore_servicers import (
+    BlobBatchesServicer,
+    BlobServicer,
+    DirectoryServicer,
+)
 from builder.server.pathinfo_servicers import add_pathinfo_services
 from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
 from builder.store.service import PathInfoService
@@ -28,13 +32,20 @@ def add_castore_services(
     blobs: BlobService,
     directories: DirectoryService,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    blob_batches: bool = True,
 ) -> list[str]:
-    """Register Blob and Directory services of both families; return their full names."""
+    """Register Blob and Directory services of both families; return their full names.
+
+    Without ``blob_batches`` the server offers only what a Tvix or Snix
+    castore server does, which is how clients' fallback is exercised.
+    """
     names: list[str] = []
     for family in Family:
         names.append(BlobServicer(blobs, family).register(server))
         servicer = DirectoryServicer(directories, family, max_directory_entries)
         names.append(servicer.register(server))
+    if blob_batches:
+        names.append(BlobBatchesServicer(blobs).register(server))
     return names
 
 
@@ -45,6 +56,7 @@ def create_castore_server(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     pathinfos: PathInfoService | None = None,
+    blob_batches: bool = True,
 ) -> BoundServer:
     add = [
         partial(
@@ -52,6 +64,7 @@ def create_castore_server(
             blobs=blobs,
             directories=directories,
             max_directory_entries=max_directory_entries,
+            blob_batches=blob_batches,
         )
     ]
     if pathinfos is not None:

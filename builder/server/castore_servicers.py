@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from builder.castore.blobs import batches
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
@@ -25,6 +26,8 @@ from builder.castore.wire import (
     directory_to_proto,
 )
 from builder.errors import CancelledError, InvalidArgumentError, NotFoundError
+from builder.proto.builder.v1 import blob_batches_pb2 as batches_pb2
+from builder.proto.builder.v1 import blob_batches_pb2_grpc as batches_grpc
 from builder.server.status import rpc_errors
 
 # Read streams at most this much per message: far below gRPC's 4 MiB default
@@ -87,6 +90,33 @@ class BlobServicer:
             writer.abort()
             raise
         return self._messages.PutBlobResponse(digest=writer.close())
+
+
+class BlobBatchesServicer:
+    """Our own batched blob calls over the same store as the castore services."""
+
+    def __init__(self, blobs: BlobService) -> None:
+        self._blobs = blobs
+
+    def register(self, server: grpc.Server) -> str:
+        batches_grpc.add_BlobBatchesServicer_to_server(self, server)
+        return batches_pb2.DESCRIPTOR.services_by_name["BlobBatches"].full_name
+
+    @rpc_errors
+    def FindMissingBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        missing = batches.find_missing(self._blobs, request.digests)
+        return batches_pb2.FindMissingBlobsResponse(missing=missing)
+
+    @rpc_errors
+    def BatchPutBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        batches.put_batch(self._blobs, [(blob.digest, blob.data) for blob in request.blobs])
+        return batches_pb2.BatchPutBlobsResponse()
+
+    @rpc_errors
+    def BatchReadBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        found, missing = batches.read_batch(self._blobs, request.digests)
+        blobs = [batches_pb2.Blob(digest=digest, data=data) for digest, data in found]
+        return batches_pb2.BatchReadBlobsResponse(blobs=blobs, missing=missing)
 
 
 class DirectoryServicer:
