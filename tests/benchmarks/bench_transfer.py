@@ -42,7 +42,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from builder.castore.blobs.fs import FsBlobService
+from builder.castore.blobs.grpc import GrpcBlobService
+from builder.castore.copying import Castore, copy_missing
 from builder.castore.digest import Digest
+from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs import fetch_closure
 from builder.castore.fs.ingest import ingest_path
@@ -50,7 +53,6 @@ from builder.castore.grpc.channel import open_channel
 from builder.castore.nodes import DirectoryNode, Node
 from builder.proto.snix.castore.protos import rpc_blobstore_pb2 as blob_pb2
 from builder.proto.snix.castore.protos import rpc_blobstore_pb2_grpc as blob_grpc
-from builder.remote.transfer import RemoteCastore
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE_DIRS = 100
@@ -167,16 +169,22 @@ def grpcio_get_each(address: str, digests: list[Digest]) -> None:
     channel.close()
 
 
-def upload(address: str, root: Node, blobs: FsBlobService, dirs: SqliteDirectoryService) -> None:
-    channel = open_channel(address)
-    RemoteCastore(channel, address).upload_missing([root], blobs, dirs)
-    channel.close()
+def remote(address: str) -> Castore:
+    return Castore(GrpcBlobService(address), GrpcDirectoryService(address))
 
 
-def fetch(address: str, root: Node, blobs: FsBlobService, dirs: SqliteDirectoryService) -> None:
-    channel = open_channel(address)
-    RemoteCastore(channel, address).fetch([root], blobs, dirs)
-    channel.close()
+def upload(address: str, root: Node, local: Castore) -> None:
+    server = remote(address)
+    copy_missing([root], local, server)
+    server.blobs.close()
+    server.directories.close()
+
+
+def fetch(address: str, root: Node, local: Castore) -> None:
+    server = remote(address)
+    copy_missing([root], server, local)
+    server.blobs.close()
+    server.directories.close()
 
 
 def one_run(scratch: Path, tree: Path, files: list[Path], number: int) -> dict[str, float]:
@@ -194,12 +202,15 @@ def one_run(scratch: Path, tree: Path, files: list[Path], number: int) -> dict[s
         figures["put"] = timed(lambda: grpcio_put_each(address, files))
         figures["get"] = timed(lambda: grpcio_get_each(address, digests))
     with serving(run / "server") as address:
-        figures["upload"] = timed(lambda: upload(address, root, local_blobs, local_dirs))
-        figures["reupload"] = timed(lambda: upload(address, root, local_blobs, local_dirs))
-        empty_blobs = FsBlobService(run / "empty" / "blobs")
-        empty_dirs = SqliteDirectoryService(run / "empty" / "dirs.sqlite")
-        figures["fetch"] = timed(lambda: fetch(address, root, empty_blobs, empty_dirs))
-        empty_dirs.close()
+        local = Castore(local_blobs, local_dirs)
+        figures["upload"] = timed(lambda: upload(address, root, local))
+        figures["reupload"] = timed(lambda: upload(address, root, local))
+        empty = Castore(
+            FsBlobService(run / "empty" / "blobs"),
+            SqliteDirectoryService(run / "empty" / "dirs.sqlite"),
+        )
+        figures["fetch"] = timed(lambda: fetch(address, root, empty))
+        empty.directories.close()
     local_dirs.close()
     shutil.rmtree(run)
     return figures
