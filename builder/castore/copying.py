@@ -17,13 +17,21 @@ is left out, so the target's own consumer reports what is missing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from builder.castore.blobs.batches import SMALL_BLOB_SIZE, BlobBatching
-from builder.castore.blobs.service import READ_CHUNK_SIZE, BatchBlobWriter, BlobService, BlobWriter
+from builder.castore.blobs.service import (
+    READ_CHUNK_SIZE,
+    BatchBlobWriter,
+    BlobService,
+    BlobWriter,
+    LocalBlobFiles,
+)
+from builder.castore.blobs.verified import corrupt
 from builder.castore.digest import Digest
-from builder.castore.directories.service import DirectoryService
+from builder.castore.directories.service import DirectoryPresence, DirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs import fetch_closure
 from builder.castore.nodes import DirectoryNode, FileNode, Node
@@ -152,17 +160,48 @@ def _copy_small(
 def _read_each(
     blobs: BlobService, wanted: Iterable[tuple[Digest, int]]
 ) -> Iterator[tuple[Digest, bytes]]:
+    """Small blobs one by one; files of a local store are read and checked in one go each."""
+    local = blobs if isinstance(blobs, LocalBlobFiles) else None
     for digest, size in wanted:
-        reader = blobs.open_read(digest)
-        if reader is None:
+        if local is not None:
+            location = local.local_path(digest)
+            data = _read_local(location, size)
+        else:
+            location = type(blobs).__name__
+            data = _read_stream(blobs, digest, size)
+        if data is None:
             continue
-        with reader:
-            data = reader.read(size + 1)
-            while len(data) <= size and (more := reader.read(size + 1 - len(data))):
-                data += more
         if len(data) != size:
             raise IntegrityError(f"blob {digest} of {size} bytes holds {len(data)} or more")
+        if Digest.of(data) != digest:
+            raise corrupt(digest, location)
         yield digest, data
+
+
+def _read_local(path: str, size: int) -> bytes | None:
+    """One read of a blob file, one byte more than its size so that a longer file shows."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.read(fd, size + 1)
+        while len(data) <= size and (more := os.read(fd, size + 1 - len(data))):
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
+def _read_stream(blobs: BlobService, digest: Digest, size: int) -> bytes | None:
+    reader = blobs.open_read(digest)
+    if reader is None:
+        return None
+    with reader:
+        data = reader.read(size + 1)
+        while len(data) <= size and (more := reader.read(size + 1 - len(data))):
+            data += more
+    return data
 
 
 def _write_each(
@@ -215,7 +254,10 @@ def _missing_directories(
     seen = {root}
     level = [root]
     while level:
-        absent = [digest for digest in level if directories.get(digest) is None]
+        if isinstance(directories, DirectoryPresence):
+            absent = directories.missing(level)
+        else:
+            absent = [digest for digest in level if directories.get(digest) is None]
         missing.update(absent)
         level = []
         for digest in absent:

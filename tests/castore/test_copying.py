@@ -22,12 +22,14 @@ from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.copying import Castore, Copied, copy_missing
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.memory import MemoryDirectoryService
+from builder.castore.directories.service import DirectoryPresence
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs import fetch_closure
 from builder.castore.fs.ingest import ingest_path
 from builder.castore.grpc.channel import open_channel
 from builder.castore.nodes import DirectoryNode
 from builder.castore.wire import Family
+from builder.errors import IntegrityError
 from builder.proto.builder.v1 import blob_batches_pb2, blob_batches_pb2_grpc
 from builder.server.castore_server import create_castore_server
 
@@ -138,6 +140,8 @@ def test_only_the_missing_part_travels(target_kind: str, tmp_path: Path) -> None
         copy_missing([old], source, target)
         (tmp_path / "tree" / "new").write_bytes(b"new bytes")
         root = ingest_path(tmp_path / "tree", source.blobs, source.directories)
+        if isinstance(target.directories, DirectoryPresence):
+            assert target.directories.missing([root.digest, old.digest]) == [root.digest]
         copied = copy_missing([root], source, target)
         assert str(copied) == "1 blobs (9 bytes) and 1 directories"
         assert holds_tree(target, root)
@@ -168,3 +172,23 @@ def test_a_server_without_batches_answers_unimplemented(tmp_path: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         finally:
             channel.close()
+
+
+@pytest.mark.parametrize("target_kind", ["grpc", "memory"])
+def test_a_corrupt_source_blob_is_refused(target_kind: str, tmp_path: Path) -> None:
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a").write_bytes(b"genuine bytes")
+    with ExitStack() as stack:
+        source = stack.enter_context(castore("fs-sqlite", tmp_path / "source"))
+        target = stack.enter_context(castore(target_kind, tmp_path / "target"))
+        root = ingest_path(tmp_path / "tree", source.blobs, source.directories)
+        assert isinstance(source.blobs, FsBlobService)
+        closure = fetch_closure(root.digest, source.directories)
+        (file,) = [f for d in closure.values() for f in d.files]
+        stored = Path(source.blobs.local_path(file.digest))
+        stored.chmod(0o644)
+        stored.write_bytes(b"rotten  bytes")
+        with pytest.raises(IntegrityError, match="corrupt"):
+            copy_missing([root], source, target)
+        assert not target.blobs.has(file.digest)
+        assert target.directories.get(root.digest) is None

@@ -7,7 +7,7 @@ foreign directories into a closure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from builder.castore.grpc.store_params import (
 )
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.grpc.upload import Upload
+from builder.castore.grpc.window import windowed
 from builder.castore.wire import (
     DEFAULT_MAX_DIRECTORY_ENTRIES,
     Family,
@@ -109,6 +110,23 @@ class GrpcDirectoryService:
             raise IntegrityError(f"asked for directory {digest}, received {directory.digest}")
         return directory
 
+    def missing(self, digests: Sequence[Digest]) -> list[Digest]:
+        """A window of non-recursive Gets, each ended after its first message."""
+        request = self._messages.GetDirectoryRequest
+        try:
+            return [
+                digest
+                for digest, present in windowed(
+                    digests,
+                    lambda digest: self._stub.Get(request(digest=digest)),
+                    _settle_presence,
+                    size=32,
+                )
+                if not present
+            ]
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
     def get_recursive(self, digest: Digest) -> Iterator[Directory]:
         """Check as it streams that every directory was referenced and not yet seen.
 
@@ -151,6 +169,20 @@ class GrpcDirectoryService:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _settle_presence(digest: Digest, call: Any) -> tuple[Digest, bool]:
+    try:
+        next(call)
+    except StopIteration:
+        return digest, False
+    except grpc.RpcError as error:
+        if status_code_of(error) != grpc.StatusCode.NOT_FOUND:
+            raise
+        return digest, False
+    finally:
+        call.cancel()
+    return digest, True
 
 
 def _build(params: Params) -> GrpcDirectoryService:
