@@ -21,13 +21,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from builder.castore.blobs.batches import SMALL_BLOB_SIZE, BlobBatching
+from builder.castore.blobs.batches import MAX_BATCH_BYTES, SMALL_BLOB_SIZE, BlobBatching
 from builder.castore.blobs.service import (
     READ_CHUNK_SIZE,
     BatchBlobWriter,
     BlobService,
     BlobWriter,
     LocalBlobFiles,
+    VerifiedBlobPut,
 )
 from builder.castore.blobs.verified import corrupt
 from builder.castore.digest import Digest
@@ -150,11 +151,30 @@ def _copy_small(
         found = counted(_read_each(source, wanted))
     if isinstance(target, BlobBatching):
         target.put_small(found)
+    elif isinstance(target, VerifiedBlobPut):
+        for group in _bounded_groups(found):
+            target.put_verified(group)
     elif isinstance(target, BatchBlobWriter):
         with target.write_batch() as open_write:
             _write_each(open_write, found)
     else:
         _write_each(target.open_write, found)
+
+
+def _bounded_groups(
+    blobs: Iterable[tuple[Digest, bytes]],
+) -> Iterator[list[tuple[Digest, bytes]]]:
+    """Consecutive groups of at most ``MAX_BATCH_BYTES``, so memory stays bounded."""
+    group: list[tuple[Digest, bytes]] = []
+    total = 0
+    for digest, data in blobs:
+        if group and total + len(data) > MAX_BATCH_BYTES:
+            yield group
+            group, total = [], 0
+        group.append((digest, data))
+        total += len(data)
+    if group:
+        yield group
 
 
 def _read_each(

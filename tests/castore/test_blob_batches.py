@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from builder.castore.blobs.batches import (
     put_batch,
     read_batch,
 )
+from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.service import BlobService
 from builder.castore.digest import Digest
 from builder.errors import InvalidArgumentError, ResourceExhaustedError
@@ -70,3 +72,20 @@ def test_a_read_over_the_byte_bound_is_refused(blob_service: BlobService) -> Non
     assert found == big[:2]
     with pytest.raises(ResourceExhaustedError, match="read larger blobs on their own"):
         read_batch(blob_service, [digest for digest, _ in big])
+
+
+def test_a_batch_repairs_a_corrupt_stored_blob(tmp_path: Path) -> None:
+    """The fs store's one-commit path keeps a matching blob and replaces a rotten one."""
+    blobs = FsBlobService(tmp_path / "blobs")
+    kept, rotten = _blob(1), _blob(2)
+    put_batch(blobs, [kept, rotten])
+    path = Path(blobs.local_path(rotten[0]))
+    path.chmod(0o644)
+    path.write_bytes(b"rotten" + rotten[1][6:])
+    put_batch(blobs, [kept, rotten])
+    for digest, data in (kept, rotten):
+        reader = blobs.open_read(digest)
+        assert reader is not None
+        with reader:
+            assert reader.read() == data
+    assert not any((tmp_path / "blobs" / "tmp").rglob("put-*"))

@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from builder.castore.blobs.service import BatchBlobWriter, BlobService, BlobWriter
+from builder.castore.blobs.service import (
+    BatchBlobWriter,
+    BlobService,
+    BlobWriter,
+    VerifiedBlobPut,
+)
 from builder.castore.digest import Digest
 from builder.errors import InvalidArgumentError, ResourceExhaustedError
 
@@ -84,7 +89,9 @@ def checked_put_batch(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[Digest, 
 def put_batch(blobs: BlobService, raw: Sequence[tuple[bytes, bytes]]) -> None:
     """Store a checked batch; with a batching backend its blobs become durable in one commit."""
     batch = checked_put_batch(raw)
-    if isinstance(blobs, BatchBlobWriter):
+    if isinstance(blobs, VerifiedBlobPut):
+        blobs.put_verified(batch)
+    elif isinstance(blobs, BatchBlobWriter):
         with blobs.write_batch() as open_write:
             _write_all(open_write, batch)
     else:
