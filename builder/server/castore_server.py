@@ -32,19 +32,20 @@ def add_castore_services(
     blobs: BlobService,
     directories: DirectoryService,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
-    blob_batches: bool = True,
+    extensions: bool = True,
 ) -> list[str]:
     """Register Blob and Directory services of both families; return their full names.
 
-    Without ``blob_batches`` the server offers only what a Tvix or Snix
-    castore server does, which is how clients' fallback is exercised.
+    Without ``extensions`` the server offers only what a Tvix or Snix castore
+    server does (no batched blob calls, no directory end marker), which is how
+    clients' fallback is exercised.
     """
     names: list[str] = []
     for family in Family:
         names.append(BlobServicer(blobs, family).register(server))
-        servicer = DirectoryServicer(directories, family, max_directory_entries)
+        servicer = DirectoryServicer(directories, family, max_directory_entries, extensions)
         names.append(servicer.register(server))
-    if blob_batches:
+    if extensions:
         names.append(BlobBatchesServicer(blobs).register(server))
     return names
 
@@ -56,7 +57,7 @@ def create_castore_server(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     pathinfos: PathInfoService | None = None,
-    blob_batches: bool = True,
+    extensions: bool = True,
 ) -> BoundServer:
     add = [
         partial(
@@ -64,7 +65,7 @@ def create_castore_server(
             blobs=blobs,
             directories=directories,
             max_directory_entries=max_directory_entries,
-            blob_batches=blob_batches,
+            extensions=extensions,
         )
     ]
     if pathinfos is not None:

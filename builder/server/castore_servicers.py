@@ -17,6 +17,7 @@ from builder.castore.blobs import batches
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
+from builder.castore.grpc.extensions import announces_end_marker, is_end_marker
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import (
     DEFAULT_MAX_DIRECTORY_ENTRIES,
@@ -125,8 +126,10 @@ class DirectoryServicer:
         directories: DirectoryService,
         family: Family,
         max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+        end_marker: bool = True,
     ) -> None:
         self._directories = directories
+        self._end_marker = end_marker
         self._max_entries = max_entries
         self._family = family
         self._messages = castore_rpc(family).directory
@@ -150,15 +153,28 @@ class DirectoryServicer:
 
     @rpc_errors
     def Put(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """With the end marker announced, each message is put once the next one arrives.
+
+        The last message held back must be the marker; a stream that ends
+        otherwise was cut short, and nothing of it is stored.
+        """
+        marked = self._end_marker and announces_end_marker(context.invocation_metadata())
         putter = self._directories.put_multiple_start()
-        for index, message in enumerate(request_iterator):
-            try:
-                check_entry_count(message, self._max_entries)
-                directory = directory_from_proto(message)
-            except InvalidArgumentError as exc:
-                raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
-            putter.put(directory)
-        _still_wanted(context)
+        held: list[tuple[int, Any]] = []
+        for item in enumerate(request_iterator):
+            held.append(item)
+            if len(held) > (1 if marked else 0):
+                index, message = held.pop(0)
+                try:
+                    check_entry_count(message, self._max_entries)
+                    directory = directory_from_proto(message)
+                except InvalidArgumentError as exc:
+                    raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
+                putter.put(directory)
+        if not marked:
+            _still_wanted(context)
+        elif not held or not is_end_marker(held[0][1]):
+            raise CancelledError("directory upload ended before its end marker")
         return self._messages.PutDirectoryResponse(root_digest=putter.close())
 
 
@@ -169,10 +185,12 @@ def _still_wanted(context: grpc.ServicerContext) -> None:
     that half-closed and for one that cancelled (even the core's receive
     event succeeds in both cases); the cancellation arrives as the call's
     close event a moment later. Our own clients end a blob upload with an
-    empty chunk, which any castore server takes as zero more bytes, and such
-    uploads are stored at once. A stream without that marker (from Tvix or
-    Snix clients) is given ``CANCEL_GRACE`` for its close event, and is
-    refused as soon as that event arrives.
+    empty chunk, which any castore server takes as zero more bytes, and a
+    directory upload with the end marker they announce (see
+    ``castore/grpc/extensions.py``); such uploads are stored at once. A
+    stream without a marker (from Tvix or Snix clients) is given
+    ``CANCEL_GRACE`` for its close event, and is refused as soon as that
+    event arrives.
     """
     closed = threading.Event()
     if not context.add_callback(closed.set):

@@ -54,7 +54,7 @@ def castore(kind: str, tmp: Path) -> Iterator[Castore]:
         local.directories,
         [f"grpc+unix://{tmp / 'castore.sock'}"],
         max_workers=8,
-        blob_batches=kind == "grpc",
+        extensions=kind == "grpc",
     )
     bound.server.start()
     url = bound.addresses[0]

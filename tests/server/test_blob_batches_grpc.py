@@ -29,7 +29,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         MemoryDirectoryService(),
         [f"grpc+unix://{tmp_path / 'castore.sock'}"],
         max_workers=8,
-        blob_batches=request.param,
+        extensions=request.param,
     )
     bound.server.start()
     try:

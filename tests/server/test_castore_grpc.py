@@ -37,6 +37,7 @@ from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory as ModelDirectory
 from builder.castore.grpc.channel import open_channel
 from builder.castore.grpc.endpoint import parse_endpoint
+from builder.castore.grpc.extensions import END_MARKER_METADATA, end_marker
 from builder.castore.grpc.status import ERROR_OF_CODE, STATUS_OF_ERROR
 from builder.castore.grpc.stubs import CastoreRpc, castore_rpc
 from builder.castore.nodes import FileNode, SymlinkNode
@@ -461,6 +462,29 @@ def test_cancelled_directory_put_stores_nothing(
         channel.close()
         server.stop(None).wait()
         directories.close()
+
+
+def test_directory_upload_announcing_the_marker_is_stored_only_with_it(castore: Castore) -> None:
+    """A stream that half-closes normally but lacks the announced marker was cut short."""
+    keep = _keep(castore)
+    parent = castore.directory(directories=((b"keep", digest_of(keep), 2),))
+    metadata = (END_MARKER_METADATA,)
+    with pytest.raises(grpc.RpcError) as caught:
+        castore.directories.Put(iter([keep, parent]), metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    assert castore.directory_rows() == 0
+    marker = end_marker(castore.family)
+    root = castore.directories.Put(iter([keep, parent, marker]), metadata=metadata).root_digest
+    assert root == digest_of(parent)
+    assert castore.directory_rows() == 2
+
+
+def test_the_end_marker_is_no_directory_without_the_announcement(castore: Castore) -> None:
+    """Unannounced, the marker is an ordinary (invalid) directory, as any castore server sees it."""
+    error = rpc_error(lambda: castore.directories.Put(iter([end_marker(castore.family)])))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name is empty" in (error.details() or "")
+    assert castore.directory_rows() == 0
 
 
 def test_recursive_get_is_root_first_breadth_first(castore: Castore) -> None:

@@ -1,8 +1,9 @@
 """A BlobService backed by a remote castore over gRPC (either family).
 
-Blobs are never held whole: reads pull one server message at a time and
+Large blobs are never held whole: reads pull one server message at a time and
 writes push bounded pieces through an ``Upload``, so memory stays flat however
-large a blob is.
+large a blob is. Only blobs up to ``SMALL_BLOB_SIZE`` travel whole, several
+per call, with a bounded number of calls in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from builder.castore.blobs.writer import HashingBlobWriter
 from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.extensions import offers_extensions
 from builder.castore.grpc.security import ChannelSecurity
 from builder.castore.grpc.status import error_from_rpc, status_code_of
 from builder.castore.grpc.store_params import (
@@ -283,13 +285,7 @@ class GrpcBlobService:
 
     def _batches(self) -> bool:
         if self._offers_batches is None:
-            try:
-                self._batch_stub.FindMissingBlobs(batches_pb2.FindMissingBlobsRequest())
-                self._offers_batches = True
-            except grpc.RpcError as error:
-                if status_code_of(error) != grpc.StatusCode.UNIMPLEMENTED:
-                    raise error_from_rpc(error) from error
-                self._offers_batches = False
+            self._offers_batches = offers_extensions(self._channel)
         return self._offers_batches
 
     def _stat(self, digest: Digest, send_chunks: bool) -> Any | None:
@@ -477,7 +473,7 @@ def _settle_batch_read(
         digest = Digest.from_field(blob.digest, "blobs.digest")
         if digest not in sizes:
             raise IntegrityError(f"server sent blob {digest}, which was not asked for")
-        found.append(_checked_blob(digest, sizes.pop(digest), blob.data))
+        found.append(_checked_blob(digest, sizes[digest], blob.data))
     return found
 
 
