@@ -17,7 +17,10 @@ from typing import Any
 
 import grpc
 
+from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.blobs.service import BlobService
+from builder.castore.copying import Castore, copy_missing
+from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.channel import open_channel
 from builder.castore.grpc.security import ChannelSecurity
@@ -28,8 +31,7 @@ from builder.executor.cancel import CancelToken
 from builder.executor.request import BuildRequest, request_to_proto
 from builder.executor.service import Event, LogData, Started
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
-from builder.remote.errors import remote_error
-from builder.remote.transfer import RemoteCastore
+from builder.remote.errors import naming_server, remote_error
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,10 @@ class RemoteBuilder:
     def __init__(self, address: str, security: ChannelSecurity | None = None) -> None:
         self.address = address
         self._channel = open_channel(address, security)
-        self.castore = RemoteCastore(self._channel, address)
+        self.castore = Castore(
+            GrpcBlobService(address, Family.SNIX, security),
+            GrpcDirectoryService(address, Family.SNIX, security),
+        )
         self._events = events_grpc.BuildEventsStub(self._channel)
 
     def __enter__(self) -> RemoteBuilder:
@@ -69,7 +74,8 @@ class RemoteBuilder:
     ) -> RemoteOutcome:
         """Upload what the server lacks of the inputs, then run the build there."""
         request.validate()
-        sent = self.castore.upload_missing(request.inputs, blobs, directories)
+        with naming_server(self.address):
+            sent = copy_missing(request.inputs, Castore(blobs, directories), self.castore)
         logger.info("uploaded %s to %s", sent, self.address)
         return self.stream(request, on_event, cancel)
 
@@ -117,10 +123,13 @@ class RemoteBuilder:
 
     def fetch(self, outputs: list[Node], blobs: BlobService, directories: DirectoryService) -> None:
         """Copy the outputs into the local store, where they can be materialised."""
-        got = self.castore.fetch(outputs, blobs, directories)
+        with naming_server(self.address):
+            got = copy_missing(outputs, self.castore, Castore(blobs, directories))
         logger.info("fetched %s from %s", got, self.address)
 
     def close(self) -> None:
+        self.castore.blobs.close()
+        self.castore.directories.close()
         self._channel.close()
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 
 from builder.castore.grpc.status import error_from_rpc, status_code_of
@@ -19,3 +22,18 @@ def remote_error(error: grpc.RpcError, address: str) -> BuilderError:
     translated = error_from_rpc(error)
     code = status_code_of(error)
     return type(translated)(f"{address}: {code.name}: {translated}")
+
+
+@contextmanager
+def naming_server(address: str) -> Iterator[None]:
+    """Report a failed call of the castore clients the way ``remote_error`` does.
+
+    Those clients raise product errors caused by the call's ``RpcError``; the
+    server and status code are added from that cause.
+    """
+    try:
+        yield
+    except BuilderError as exc:
+        if isinstance(exc.__cause__, grpc.RpcError):
+            raise remote_error(exc.__cause__, address) from exc.__cause__
+        raise

@@ -15,7 +15,11 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, assemble_server
-from builder.server.castore_servicers import BlobServicer, DirectoryServicer
+from builder.server.castore_servicers import (
+    BlobBatchesServicer,
+    BlobServicer,
+    DirectoryServicer,
+)
 from builder.server.pathinfo_servicers import add_pathinfo_services
 from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
 from builder.store.service import PathInfoService
@@ -28,13 +32,21 @@ def add_castore_services(
     blobs: BlobService,
     directories: DirectoryService,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    extensions: bool = True,
 ) -> list[str]:
-    """Register Blob and Directory services of both families; return their full names."""
+    """Register Blob and Directory services of both families; return their full names.
+
+    Without ``extensions`` the server offers only what a Tvix or Snix castore
+    server does (no batched blob calls, no directory end marker), which is how
+    clients' fallback is exercised.
+    """
     names: list[str] = []
     for family in Family:
         names.append(BlobServicer(blobs, family).register(server))
-        servicer = DirectoryServicer(directories, family, max_directory_entries)
+        servicer = DirectoryServicer(directories, family, max_directory_entries, extensions)
         names.append(servicer.register(server))
+    if extensions:
+        names.append(BlobBatchesServicer(blobs).register(server))
     return names
 
 
@@ -45,6 +57,7 @@ def create_castore_server(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     pathinfos: PathInfoService | None = None,
+    extensions: bool = True,
 ) -> BoundServer:
     add = [
         partial(
@@ -52,6 +65,7 @@ def create_castore_server(
             blobs=blobs,
             directories=directories,
             max_directory_entries=max_directory_entries,
+            extensions=extensions,
         )
     ]
     if pathinfos is not None:

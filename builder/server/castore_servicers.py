@@ -7,15 +7,17 @@ instance per family is registered on the same backing store.
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
+from builder.castore.blobs import batches
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
+from builder.castore.grpc.extensions import announces_end_marker, is_end_marker
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import (
     DEFAULT_MAX_DIRECTORY_ENTRIES,
@@ -25,6 +27,8 @@ from builder.castore.wire import (
     directory_to_proto,
 )
 from builder.errors import CancelledError, InvalidArgumentError, NotFoundError
+from builder.proto.builder.v1 import blob_batches_pb2 as batches_pb2
+from builder.proto.builder.v1 import blob_batches_pb2_grpc as batches_grpc
 from builder.server.status import rpc_errors
 
 # Read streams at most this much per message: far below gRPC's 4 MiB default
@@ -32,7 +36,8 @@ from builder.server.status import rpc_errors
 # overhead negligible.
 BLOB_CHUNK_SIZE = READ_CHUNK_SIZE
 
-# How long a finished-looking upload waits for a cancellation still on its way.
+# How long a finished-looking upload that carries no end marker waits for a
+# cancellation still on its way; marked uploads never wait.
 CANCEL_GRACE = 0.002
 
 
@@ -75,14 +80,44 @@ class BlobServicer:
     @rpc_errors
     def Put(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         writer = self._blobs.open_write()
+        marked = False
         try:
             for chunk in request_iterator:
                 writer.write(chunk.data)
-            _still_wanted(context)
+                marked = not chunk.data
+            if not marked:
+                _still_wanted(context)
         except BaseException:
             writer.abort()
             raise
         return self._messages.PutBlobResponse(digest=writer.close())
+
+
+class BlobBatchesServicer:
+    """Our own batched blob calls over the same store as the castore services."""
+
+    def __init__(self, blobs: BlobService) -> None:
+        self._blobs = blobs
+
+    def register(self, server: grpc.Server) -> str:
+        batches_grpc.add_BlobBatchesServicer_to_server(self, server)
+        return batches_pb2.DESCRIPTOR.services_by_name["BlobBatches"].full_name
+
+    @rpc_errors
+    def FindMissingBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        missing = batches.find_missing(self._blobs, request.digests)
+        return batches_pb2.FindMissingBlobsResponse(missing=missing)
+
+    @rpc_errors
+    def BatchPutBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        batches.put_batch(self._blobs, [(blob.digest, blob.data) for blob in request.blobs])
+        return batches_pb2.BatchPutBlobsResponse()
+
+    @rpc_errors
+    def BatchReadBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        found, missing = batches.read_batch(self._blobs, request.digests)
+        blobs = [batches_pb2.Blob(digest=digest, data=data) for digest, data in found]
+        return batches_pb2.BatchReadBlobsResponse(blobs=blobs, missing=missing)
 
 
 class DirectoryServicer:
@@ -91,8 +126,10 @@ class DirectoryServicer:
         directories: DirectoryService,
         family: Family,
         max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+        end_marker: bool = True,
     ) -> None:
         self._directories = directories
+        self._end_marker = end_marker
         self._max_entries = max_entries
         self._family = family
         self._messages = castore_rpc(family).directory
@@ -116,30 +153,47 @@ class DirectoryServicer:
 
     @rpc_errors
     def Put(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """With the end marker announced, each message is put once the next one arrives.
+
+        The last message held back must be the marker; a stream that ends
+        otherwise was cut short, and nothing of it is stored.
+        """
+        marked = self._end_marker and announces_end_marker(context.invocation_metadata())
         putter = self._directories.put_multiple_start()
-        for index, message in enumerate(request_iterator):
-            try:
-                check_entry_count(message, self._max_entries)
-                directory = directory_from_proto(message)
-            except InvalidArgumentError as exc:
-                raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
-            putter.put(directory)
-        _still_wanted(context)
+        held: list[tuple[int, Any]] = []
+        for item in enumerate(request_iterator):
+            held.append(item)
+            if len(held) > (1 if marked else 0):
+                index, message = held.pop(0)
+                try:
+                    check_entry_count(message, self._max_entries)
+                    directory = directory_from_proto(message)
+                except InvalidArgumentError as exc:
+                    raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
+                putter.put(directory)
+        if not marked:
+            _still_wanted(context)
+        elif not held or not is_end_marker(held[0][1]):
+            raise CancelledError("directory upload ended before its end marker")
         return self._messages.PutDirectoryResponse(root_digest=putter.close())
 
 
 def _still_wanted(context: grpc.ServicerContext) -> None:
-    """Nothing a client sent is stored once it has cancelled.
+    """Nothing a client sent without marking its end is stored once it has cancelled.
 
-    gRPC's server ends the request iterator the same way for a client that
-    finished sending and for one that cancelled, and reports the cancellation
-    a moment later; so a finished-looking stream is given that moment
-    (``CANCEL_GRACE``) before it counts as complete.
+    gRPC's Python server ends the request iterator the same way for a client
+    that half-closed and for one that cancelled (even the core's receive
+    event succeeds in both cases); the cancellation arrives as the call's
+    close event a moment later. Our own clients end a blob upload with an
+    empty chunk, which any castore server takes as zero more bytes, and a
+    directory upload with the end marker they announce (see
+    ``castore/grpc/extensions.py``); such uploads are stored at once. A
+    stream without a marker (from Tvix or Snix clients) is given
+    ``CANCEL_GRACE`` for its close event, and is refused as soon as that
+    event arrives.
     """
-    deadline = time.monotonic() + CANCEL_GRACE
-    while True:
-        if not context.is_active():
-            raise CancelledError("upload cancelled by the client")
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(CANCEL_GRACE / 10)
+    closed = threading.Event()
+    if not context.add_callback(closed.set):
+        raise CancelledError("upload cancelled by the client")
+    if closed.wait(CANCEL_GRACE) or not context.is_active():
+        raise CancelledError("upload cancelled by the client")

@@ -7,6 +7,7 @@ names what is wrong, and for leaving the store exactly as it was.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import socket
 import sqlite3
@@ -36,6 +37,7 @@ from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory as ModelDirectory
 from builder.castore.grpc.channel import open_channel
 from builder.castore.grpc.endpoint import parse_endpoint
+from builder.castore.grpc.extensions import END_MARKER_METADATA, end_marker
 from builder.castore.grpc.status import ERROR_OF_CODE, STATUS_OF_ERROR
 from builder.castore.grpc.stubs import CastoreRpc, castore_rpc
 from builder.castore.nodes import FileNode, SymlinkNode
@@ -245,6 +247,59 @@ def test_truncated_upload_stores_nothing(castore: Castore, how: str) -> None:
         assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_aborted_client_upload_stores_nothing(castore: Castore) -> None:
+    """Our writer, which marks a complete upload's end, abandons one midway."""
+    service = GrpcBlobService(castore.url, castore.family)
+    block = os.urandom(1 << 20)
+    writer = service.open_write()
+    try:
+        writer.write(block * 2)
+        wait_for(
+            lambda: sum(p.stat().st_size for p in castore.blob_files()) >= 1 << 20,
+            "the server to receive the first chunks",
+        )
+        writer.abort()
+        wait_for(lambda: not castore.blob_files(), "the partial upload to be removed")
+        for prefix in (1, 2):
+            error = rpc_error(lambda n=prefix: castore.stat(blake3.blake3(block * n).digest()))
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        service.close()
+
+
+def test_marked_upload_is_stored(castore: Castore) -> None:
+    """An empty last chunk marks the end; it adds no bytes to the blob."""
+    data = os.urandom(5000)
+    chunks = [castore.chunk(data[:3000]), castore.chunk(data[3000:]), castore.chunk(b"")]
+    digest = castore.blobs.Put(iter(chunks)).digest
+    assert digest == blake3.blake3(data).digest()
+    assert b"".join(castore.read(digest)) == data
+
+
+def test_cancelled_small_uploads_store_nothing(castore: Castore) -> None:
+    """Cancellations racing the end of many small unmarked streams never leave a blob."""
+    digests = []
+    for n in range(50):
+        data = n.to_bytes(4, "little") + os.urandom(300)
+        digests.append(blake3.blake3(data).digest())
+        messages: queue.Queue[Any] = queue.Queue()
+
+        def requests(source: queue.Queue[Any] = messages) -> Iterator[Any]:
+            while (message := source.get()) is not None:
+                yield message
+
+        future = castore.blobs.Put.future(requests())
+        messages.put(castore.chunk(data))
+        wait_for(lambda: any(castore.blob_files()), "the server to take the chunk")
+        future.cancel()
+        messages.put(None)
+        with pytest.raises((grpc.RpcError, grpc.FutureCancelledError)):
+            future.result(timeout=60)
+        wait_for(lambda: not castore.blob_files(), "the partial upload to be removed")
+    for digest in digests:
+        assert rpc_error(lambda d=digest: castore.stat(d)).code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_stat_and_read_of_chunks(tmp_path: Path) -> None:
     """A chunking store behind the server: chunk digests from Stat are readable on their own."""
     blobs = ObjectStoreBlobService("memory://")
@@ -407,6 +462,29 @@ def test_cancelled_directory_put_stores_nothing(
         channel.close()
         server.stop(None).wait()
         directories.close()
+
+
+def test_directory_upload_announcing_the_marker_is_stored_only_with_it(castore: Castore) -> None:
+    """A stream that half-closes normally but lacks the announced marker was cut short."""
+    keep = _keep(castore)
+    parent = castore.directory(directories=((b"keep", digest_of(keep), 2),))
+    metadata = (END_MARKER_METADATA,)
+    with pytest.raises(grpc.RpcError) as caught:
+        castore.directories.Put(iter([keep, parent]), metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    assert castore.directory_rows() == 0
+    marker = end_marker(castore.family)
+    root = castore.directories.Put(iter([keep, parent, marker]), metadata=metadata).root_digest
+    assert root == digest_of(parent)
+    assert castore.directory_rows() == 2
+
+
+def test_the_end_marker_is_no_directory_without_the_announcement(castore: Castore) -> None:
+    """Unannounced, the marker is an ordinary (invalid) directory, as any castore server sees it."""
+    error = rpc_error(lambda: castore.directories.Put(iter([end_marker(castore.family)])))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name is empty" in (error.details() or "")
+    assert castore.directory_rows() == 0
 
 
 def test_recursive_get_is_root_first_breadth_first(castore: Castore) -> None:

@@ -7,7 +7,7 @@ visible to readers only then (and only if complete).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,18 @@ class BatchBlobWriter(Protocol):
     """
 
     def write_batch(self) -> AbstractContextManager[Callable[[], BlobWriter]]: ...
+
+
+@runtime_checkable
+class VerifiedBlobPut(Protocol):
+    """A blob service that stores many small blobs already in memory, cheaper than writers.
+
+    The caller has checked every digest against its bytes (as a batched call
+    does before storing anything); the blobs become visible and durable
+    together, or none of them.
+    """
+
+    def put_verified(self, blobs: Sequence[tuple[Digest, bytes]]) -> None: ...
 
 
 @runtime_checkable

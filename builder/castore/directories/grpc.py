@@ -7,7 +7,7 @@ foreign directories into a closure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.directory import Directory
 from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.extensions import END_MARKER_METADATA, end_marker, offers_extensions
 from builder.castore.grpc.security import ChannelSecurity
 from builder.castore.grpc.status import error_from_rpc, status_code_of
 from builder.castore.grpc.store_params import (
@@ -26,6 +27,7 @@ from builder.castore.grpc.store_params import (
 )
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.grpc.upload import Upload
+from builder.castore.grpc.window import windowed
 from builder.castore.wire import (
     DEFAULT_MAX_DIRECTORY_ENTRIES,
     Family,
@@ -51,11 +53,16 @@ def _received(message: Any, max_entries: int, wanted: Digest) -> Directory:
 
 
 class _GrpcDirectoryPutter:
-    """Streams the closure as it is put; the server stores it once ``close`` ends the stream."""
+    """Streams the closure as it is put; the server stores it once ``close`` ends the stream.
 
-    def __init__(self, stub: Any, family: Family) -> None:
-        self._upload = Upload(stub.Put)
+    To a server that understands it, a complete upload ends with the end
+    marker, so that it is stored without waiting for a cancellation.
+    """
+
+    def __init__(self, stub: Any, family: Family, marks_end: bool) -> None:
+        self._upload = Upload(stub.Put, (END_MARKER_METADATA,) if marks_end else None)
         self._family = family
+        self._marks_end = marks_end
         self._last: Directory | None = None
 
     def put(self, directory: Directory) -> None:
@@ -63,6 +70,8 @@ class _GrpcDirectoryPutter:
         self._last = directory
 
     def close(self) -> Digest:
+        if self._marks_end:
+            self._upload.send(end_marker(self._family))
         response = self._upload.finish()
         root = Digest.from_field(response.root_digest, "root_digest")
         if self._last is not None and root != self._last.digest:
@@ -91,6 +100,7 @@ class GrpcDirectoryService:
         rpc = castore_rpc(family)
         self._messages = rpc.directory
         self._stub = rpc.directory_grpc.DirectoryServiceStub(self._channel)
+        self._marks_end: bool | None = None
 
     def get(self, digest: Digest) -> Directory | None:
         call = self._stub.Get(self._messages.GetDirectoryRequest(digest=digest))
@@ -108,6 +118,23 @@ class GrpcDirectoryService:
         if directory.digest != digest:
             raise IntegrityError(f"asked for directory {digest}, received {directory.digest}")
         return directory
+
+    def missing(self, digests: Sequence[Digest]) -> list[Digest]:
+        """A window of non-recursive Gets, each ended after its first message."""
+        request = self._messages.GetDirectoryRequest
+        try:
+            return [
+                digest
+                for digest, present in windowed(
+                    digests,
+                    lambda digest: self._stub.Get(request(digest=digest)),
+                    _settle_presence,
+                    size=32,
+                )
+                if not present
+            ]
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
 
     def get_recursive(self, digest: Digest) -> Iterator[Directory]:
         """Check as it streams that every directory was referenced and not yet seen.
@@ -147,10 +174,26 @@ class GrpcDirectoryService:
         return putter.close()
 
     def put_multiple_start(self) -> _GrpcDirectoryPutter:
-        return _GrpcDirectoryPutter(self._stub, self._family)
+        if self._marks_end is None:
+            self._marks_end = offers_extensions(self._channel)
+        return _GrpcDirectoryPutter(self._stub, self._family, self._marks_end)
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _settle_presence(digest: Digest, call: Any) -> tuple[Digest, bool]:
+    try:
+        next(call)
+    except StopIteration:
+        return digest, False
+    except grpc.RpcError as error:
+        if status_code_of(error) != grpc.StatusCode.NOT_FOUND:
+            raise
+        return digest, False
+    finally:
+        call.cancel()
+    return digest, True
 
 
 def _build(params: Params) -> GrpcDirectoryService:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from builder.castore.digest import Digest
@@ -37,3 +37,12 @@ class DirectoryService(Protocol):
     def put_multiple_start(self) -> DirectoryPutter: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DirectoryPresence(Protocol):
+    """A directory service that answers for many directories at once, cheaper than a get each."""
+
+    def missing(self, digests: Sequence[Digest]) -> list[Digest]:
+        """The given digests this service has no directory for, in their order."""
+        ...

@@ -48,9 +48,13 @@ def _cancel(future: grpc.Future, messages: queue.Queue[object]) -> None:
 class Upload:
     """One client-streaming call; if dropped without ``finish``, it is cancelled."""
 
-    def __init__(self, method: grpc.StreamUnaryMultiCallable) -> None:
+    def __init__(
+        self,
+        method: grpc.StreamUnaryMultiCallable,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+    ) -> None:
         self._messages: queue.Queue[object] = queue.Queue(maxsize=QUEUE_DEPTH)
-        self._future: grpc.Future = method.future(_requests(self._messages))
+        self._future: grpc.Future = method.future(_requests(self._messages), metadata=metadata)
         self._open = True
         self._cancel_if_abandoned = weakref.finalize(self, _cancel, self._future, self._messages)
 
