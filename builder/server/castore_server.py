@@ -16,6 +16,7 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, assemble_server
 from builder.server.castore_servicers import (
+    CANCEL_GRACE,
     BlobBatchesServicer,
     BlobServicer,
     DirectoryServicer,
@@ -33,6 +34,7 @@ def add_castore_services(
     directories: DirectoryService,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     extensions: bool = True,
+    cancel_grace: float = CANCEL_GRACE,
 ) -> list[str]:
     """Register Blob and Directory services of both families; return their full names.
 
@@ -42,8 +44,10 @@ def add_castore_services(
     """
     names: list[str] = []
     for family in Family:
-        names.append(BlobServicer(blobs, family).register(server))
-        servicer = DirectoryServicer(directories, family, max_directory_entries, extensions)
+        names.append(BlobServicer(blobs, family, cancel_grace).register(server))
+        servicer = DirectoryServicer(
+            directories, family, max_directory_entries, extensions, cancel_grace
+        )
         names.append(servicer.register(server))
     if extensions:
         names.append(BlobBatchesServicer(blobs).register(server))
@@ -58,6 +62,7 @@ def create_castore_server(
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     pathinfos: PathInfoService | None = None,
     extensions: bool = True,
+    cancel_grace: float = CANCEL_GRACE,
 ) -> BoundServer:
     add = [
         partial(
@@ -66,6 +71,7 @@ def create_castore_server(
             directories=directories,
             max_directory_entries=max_directory_entries,
             extensions=extensions,
+            cancel_grace=cancel_grace,
         )
     ]
     if pathinfos is not None:

@@ -42,9 +42,12 @@ CANCEL_GRACE = 0.002
 
 
 class BlobServicer:
-    def __init__(self, blobs: BlobService, family: Family) -> None:
+    def __init__(
+        self, blobs: BlobService, family: Family, cancel_grace: float = CANCEL_GRACE
+    ) -> None:
         self._blobs = blobs
         self._family = family
+        self._cancel_grace = cancel_grace
         self._messages = castore_rpc(family).blobstore
 
     def register(self, server: grpc.Server) -> str:
@@ -86,7 +89,7 @@ class BlobServicer:
                 writer.write(chunk.data)
                 marked = not chunk.data
             if not marked:
-                _still_wanted(context)
+                _still_wanted(context, self._cancel_grace)
         except BaseException:
             writer.abort()
             raise
@@ -127,9 +130,11 @@ class DirectoryServicer:
         family: Family,
         max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
         end_marker: bool = True,
+        cancel_grace: float = CANCEL_GRACE,
     ) -> None:
         self._directories = directories
         self._end_marker = end_marker
+        self._cancel_grace = cancel_grace
         self._max_entries = max_entries
         self._family = family
         self._messages = castore_rpc(family).directory
@@ -172,13 +177,13 @@ class DirectoryServicer:
                     raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
                 putter.put(directory)
         if not marked:
-            _still_wanted(context)
+            _still_wanted(context, self._cancel_grace)
         elif not held or not is_end_marker(held[0][1]):
             raise CancelledError("directory upload ended before its end marker")
         return self._messages.PutDirectoryResponse(root_digest=putter.close())
 
 
-def _still_wanted(context: grpc.ServicerContext) -> None:
+def _still_wanted(context: grpc.ServicerContext, grace: float) -> None:
     """Nothing a client sent without marking its end is stored once it has cancelled.
 
     gRPC's Python server ends the request iterator the same way for a client
@@ -188,12 +193,12 @@ def _still_wanted(context: grpc.ServicerContext) -> None:
     empty chunk, which any castore server takes as zero more bytes, and a
     directory upload with the end marker they announce (see
     ``castore/grpc/extensions.py``); such uploads are stored at once. A
-    stream without a marker (from Tvix or Snix clients) is given
-    ``CANCEL_GRACE`` for its close event, and is refused as soon as that
-    event arrives.
+    stream without a marker (from Tvix or Snix clients) is given ``grace``
+    (``CANCEL_GRACE`` unless the server was built with another) for its close
+    event, and is refused as soon as that event arrives.
     """
     closed = threading.Event()
     if not context.add_callback(closed.set):
         raise CancelledError("upload cancelled by the client")
-    if closed.wait(CANCEL_GRACE) or not context.is_active():
+    if closed.wait(grace) or not context.is_active():
         raise CancelledError("upload cancelled by the client")

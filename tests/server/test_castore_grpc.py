@@ -50,7 +50,7 @@ from builder.errors import (
     UnavailableError,
 )
 from builder.server.castore_server import create_castore_server
-from builder.server.castore_servicers import BLOB_CHUNK_SIZE
+from builder.server.castore_servicers import BLOB_CHUNK_SIZE, CANCEL_GRACE
 from builder.server.status import INTERNAL_MESSAGE, status_of
 from tests.waiting import wait_for
 
@@ -129,10 +129,22 @@ def digest_of(message: Any) -> bytes:
     return blake3.blake3(message.SerializeToString(deterministic=True)).digest()
 
 
+# Uploads without an end marker wait this long in the cancellation tests for the
+# close event of a cancelled call: the default grace is a bet on how quickly the
+# event arrives, and a busy host may take longer; these tests check that a
+# cancellation that arrives is honoured, not how soon.
+UNHURRIED_GRACE = 2.0
+
+
 def running(
-    blobs: BlobService, directories: DirectoryService, listen: str
+    blobs: BlobService,
+    directories: DirectoryService,
+    listen: str,
+    cancel_grace: float = CANCEL_GRACE,
 ) -> tuple[grpc.Server, str]:
-    bound = create_castore_server(blobs, directories, [listen], max_workers=8)
+    bound = create_castore_server(
+        blobs, directories, [listen], max_workers=8, cancel_grace=cancel_grace
+    )
     bound.server.start()
     return bound.server, bound.addresses[0]
 
@@ -276,28 +288,43 @@ def test_marked_upload_is_stored(castore: Castore) -> None:
     assert b"".join(castore.read(digest)) == data
 
 
-def test_cancelled_small_uploads_store_nothing(castore: Castore) -> None:
+@pytest.mark.parametrize(("family", "transport"), FAMILY_TRANSPORTS, ids=FAMILY_TRANSPORT_IDS)
+def test_cancelled_small_uploads_store_nothing(
+    family: Family, transport: str, tmp_path: Path
+) -> None:
     """Cancellations racing the end of many small unmarked streams never leave a blob."""
-    digests = []
-    for n in range(50):
-        data = n.to_bytes(4, "little") + os.urandom(300)
-        digests.append(blake3.blake3(data).digest())
-        messages: queue.Queue[Any] = queue.Queue()
+    blobs = FsBlobService(tmp_path / "blobs")
+    directories = SqliteDirectoryService(tmp_path / "dirs.sqlite")
+    server, url = running(
+        blobs, directories, listen_url(transport, tmp_path), cancel_grace=UNHURRIED_GRACE
+    )
+    channel = open_channel(url)
+    castore = Castore(family, url, channel, tmp_path / "blobs", tmp_path / "dirs.sqlite")
+    try:
+        digests = []
+        for n in range(50):
+            data = n.to_bytes(4, "little") + os.urandom(300)
+            digests.append(blake3.blake3(data).digest())
+            messages: queue.Queue[Any] = queue.Queue()
 
-        def requests(source: queue.Queue[Any] = messages) -> Iterator[Any]:
-            while (message := source.get()) is not None:
-                yield message
+            def requests(source: queue.Queue[Any] = messages) -> Iterator[Any]:
+                while (message := source.get()) is not None:
+                    yield message
 
-        future = castore.blobs.Put.future(requests())
-        messages.put(castore.chunk(data))
-        wait_for(lambda: any(castore.blob_files()), "the server to take the chunk")
-        future.cancel()
-        messages.put(None)
-        with pytest.raises((grpc.RpcError, grpc.FutureCancelledError)):
-            future.result(timeout=60)
-        wait_for(lambda: not castore.blob_files(), "the partial upload to be removed")
-    for digest in digests:
-        assert rpc_error(lambda d=digest: castore.stat(d)).code() == grpc.StatusCode.NOT_FOUND
+            future = castore.blobs.Put.future(requests())
+            messages.put(castore.chunk(data))
+            wait_for(lambda: any(castore.blob_files()), "the server to take the chunk")
+            future.cancel()
+            messages.put(None)
+            with pytest.raises((grpc.RpcError, grpc.FutureCancelledError)):
+                future.result(timeout=60)
+            wait_for(lambda: not castore.blob_files(), "the partial upload to be removed")
+        for digest in digests:
+            assert rpc_error(lambda d=digest: castore.stat(d)).code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        directories.close()
 
 
 def test_stat_and_read_of_chunks(tmp_path: Path) -> None:
@@ -439,7 +466,10 @@ def test_cancelled_directory_put_stores_nothing(
     """A client cancels a Put stream the server has begun to take; nothing is stored."""
     directories = CountingDirectories(SqliteDirectoryService(tmp_path / "dirs.sqlite"))
     server, url = running(
-        FsBlobService(tmp_path / "blobs"), directories, listen_url(transport, tmp_path)
+        FsBlobService(tmp_path / "blobs"),
+        directories,
+        listen_url(transport, tmp_path),
+        cancel_grace=UNHURRIED_GRACE,
     )
     channel = open_channel(url)
     castore = Castore(family, url, channel, tmp_path / "blobs", tmp_path / "dirs.sqlite")
