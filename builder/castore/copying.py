@@ -18,15 +18,19 @@ is left out, so the target's own consumer reports what is missing.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from builder.castore.blobs.batches import MAX_BATCH_BYTES, SMALL_BLOB_SIZE, BlobBatching
+from builder.castore.blobs.batches import (
+    MAX_BATCH_BYTES,
+    SMALL_BLOB_SIZE,
+    BlobBatching,
+    write_each,
+)
 from builder.castore.blobs.service import (
     READ_CHUNK_SIZE,
     BatchBlobWriter,
     BlobService,
-    BlobWriter,
     LocalBlobFiles,
     VerifiedBlobPut,
 )
@@ -156,9 +160,9 @@ def _copy_small(
             target.put_verified(group)
     elif isinstance(target, BatchBlobWriter):
         with target.write_batch() as open_write:
-            _write_each(open_write, found)
+            write_each(open_write, found, IntegrityError)
     else:
-        _write_each(target.open_write, found)
+        write_each(target.open_write, found, IntegrityError)
 
 
 def _bounded_groups(
@@ -222,19 +226,6 @@ def _read_stream(blobs: BlobService, digest: Digest, size: int) -> bytes | None:
         while len(data) <= size and (more := reader.read(size + 1 - len(data))):
             data += more
     return data
-
-
-def _write_each(
-    open_write: Callable[[], BlobWriter], blobs: Iterable[tuple[Digest, bytes]]
-) -> None:
-    for digest, data in blobs:
-        writer = open_write()
-        try:
-            writer.write(data)
-        except BaseException:
-            writer.abort()
-            raise
-        _check_stored(digest, writer.close())
 
 
 def _copy_large(digest: Digest, size: int, source: BlobService, target: BlobService) -> bool:

@@ -9,7 +9,7 @@ or not at all (in one durable commit where the backend offers that).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from builder.castore.blobs.service import (
@@ -19,7 +19,7 @@ from builder.castore.blobs.service import (
     VerifiedBlobPut,
 )
 from builder.castore.digest import Digest
-from builder.errors import InvalidArgumentError, ResourceExhaustedError
+from builder.errors import BuilderError, InvalidArgumentError, ResourceExhaustedError
 
 MAX_FIND_DIGESTS = 20_000
 """Digests one FindMissingBlobs may ask about: 640 KiB of digests, answered by local stats."""
@@ -93,13 +93,22 @@ def put_batch(blobs: BlobService, raw: Sequence[tuple[bytes, bytes]]) -> None:
         blobs.put_verified(batch)
     elif isinstance(blobs, BatchBlobWriter):
         with blobs.write_batch() as open_write:
-            _write_all(open_write, batch)
+            write_each(open_write, batch)
     else:
-        _write_all(blobs.open_write, batch)
+        write_each(blobs.open_write, batch)
 
 
-def _write_all(open_write: Callable[[], BlobWriter], batch: Sequence[tuple[Digest, bytes]]) -> None:
-    for digest, data in batch:
+def write_each(
+    open_write: Callable[[], BlobWriter],
+    blobs: Iterable[tuple[Digest, bytes]],
+    mismatch: type[BuilderError] = InvalidArgumentError,
+) -> None:
+    """Write each blob whole; bytes that do not hash to their digest raise ``mismatch``.
+
+    A client's batch with wrong bytes is its mistake; a copy of wrong bytes
+    from another store is that store's damage, so callers choose the error.
+    """
+    for digest, data in blobs:
         writer = open_write()
         try:
             writer.write(data)
@@ -108,7 +117,7 @@ def _write_all(open_write: Callable[[], BlobWriter], batch: Sequence[tuple[Diges
             raise
         stored = writer.close()
         if stored != digest:
-            raise InvalidArgumentError(f"blob {digest} was stored as {stored}")
+            raise mismatch(f"blob {digest} was stored as {stored}: wrong bytes")
 
 
 def read_batch(
