@@ -16,6 +16,7 @@ from sandbox import (
     Bind,
     File,
     Launcher,
+    LauncherConfig,
     LauncherError,
     Limit,
     Limits,
@@ -243,6 +244,26 @@ def test_a_spawned_launcher_runs_builds_once_waited_for(tools: Path) -> None:
         assert launcher.run(spec, timeout=120).log == b"up\n"
     finally:
         launcher.stop()
+
+
+def test_a_run_submitted_to_a_spawned_launcher_that_never_starts_fails(
+    tools: Path, tmp_path: Path
+) -> None:
+    """Nobody waits for a spawned launcher, so its start timeout must still end its runs.
+
+    The interpreter given hangs the way a launcher stuck in its start-up would.
+    """
+    hung = tmp_path / "hung-python"
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    launcher = Launcher(LauncherConfig(python=str(hung), start_timeout=1.0)).spawn()
+    try:
+        spec = SandboxSpec(argv=["/bin/sh", "-c", "true"], ro_binds=[Bind(str(tools), "/bin")])
+        handle = launcher.submit(spec)
+        with pytest.raises(LauncherError, match="start-up took longer than 1 s"):
+            handle.wait(timeout=60)
+    finally:
+        launcher.stop(timeout=5)
 
 
 def test_waiting_for_a_launcher_never_spawned_is_an_error() -> None:
