@@ -23,6 +23,7 @@ from sandbox import (
     SandboxSpec,
     Scratch,
     SpecError,
+    Symlink,
 )
 
 from .conftest import Sandboxes
@@ -99,6 +100,19 @@ def test_limited_scratch_is_copied_back(sandbox: Sandboxes) -> None:
     os.chmod(host / "out" / "d" / "file", 0o644)
     assert (host / "out" / "d" / "file").read_text() == "built\n"
     assert not (host / "t").exists()
+
+
+@pytest.mark.parametrize("cap", [None, 1 << 20], ids=["bound", "capped"])
+def test_symlinks_are_made_in_scratch_and_kept(sandbox: Sandboxes, cap: int | None) -> None:
+    """A capped scratch is a fresh tmpfs: only the spec can put a symlink where the build looks."""
+    host, fields = sandbox.with_build_dir()
+    links = [Symlink("/build/in/link", "../target")]
+    result = sandbox.run(
+        "readlink in/link; echo x > out", symlinks=links, limits=Limits(scratch_bytes=cap), **fields
+    )
+    assert result.ok, result
+    assert result.log == b"../target\n"
+    assert os.readlink(host / "in" / "link") == "../target"
 
 
 def test_files_are_written_before_start(sandbox: Sandboxes) -> None:
