@@ -20,6 +20,7 @@ from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
+from builder.executor.cancel import signals_cancel
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     message = load_request_message(Path(args.request))
     # The user runs this on their own machine, as with Nix: fixed-output
     # builds fetch from the network.
-    with _local_builds(args, allow_network=True) as (store, builds):
+    with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
         request = _with_imports(request_from_proto(message), args.imports, store)
         outcome = builds.build(request, _print_event)
         if args.out:
@@ -271,7 +272,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto
     from builder.executor.request_file import load_request_message
-    from builder.remote.client import RemoteBuilder, signals_cancel
+    from builder.remote.client import RemoteBuilder
 
     message = load_request_message(Path(args.request))
     security = _channel_security(args)
@@ -294,7 +295,6 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_nix_build(args: argparse.Namespace) -> None:
     if args.remote:
         from builder.nix.command import nix_build
-        from builder.remote.client import signals_cancel
         from builder.remote.executor import RemoteBuildExecutor
 
         if args.check:
@@ -314,7 +314,7 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
         return
     if args.check:
         args.no_result_cache = True
-    with _local_builds(args, allow_network=True) as (store, builds):
+    with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
         from builder.nix.command import nix_build
 
         nix_build(builds, store.pathinfos, args.derivation, args.import_to_nix, args.check)
