@@ -19,7 +19,7 @@ from builder.castore.digest import Digest
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
-from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
+from builder.errors import BuilderError, InvalidArgumentError, NotFoundError, UnavailableError
 from builder.executor.cancel import signals_cancel
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
@@ -165,10 +165,15 @@ def _local_builds(
     It keeps one spare PID 1 rather than a server's pool. A server waits, so
     that a host that cannot sandbox stops it at start.
     """
-    from sandbox import Launcher, LauncherConfig
+    from sandbox import Launcher, LauncherConfig, LauncherError
 
     with contextlib.ExitStack() as opened:
-        launcher = Launcher(LauncherConfig(spares=1)).spawn() if one_shot else Launcher().start()
+        try:
+            launcher = (
+                Launcher(LauncherConfig(spares=1)).spawn() if one_shot else Launcher().start()
+            )
+        except LauncherError as error:
+            raise UnavailableError(f"the sandbox launcher is not available: {error}") from error
         opened.callback(launcher.stop)
         store = opened.enter_context(_store(args))
         builds = _build_service(args, store, launcher, allow_network)

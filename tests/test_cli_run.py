@@ -167,6 +167,24 @@ def test_signal_ends_a_local_build_cleanly(tmp_path: Path, signum: signal.Signal
     assert not list((tmp_path / "data" / "build" / "builds").iterdir())
 
 
+@pytest.mark.parametrize("command", [["run", str(EXAMPLES / "hello.json")], ["serve"]])
+def test_a_launcher_that_cannot_start_is_an_error_not_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Whether the command waits for its launcher (serve) or not (run)."""
+    listen = ["--listen", f"grpc+unix://{tmp_path}/builder.sock"] if command == ["serve"] else []
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", *command, *listen],
+        env={**os.environ, "BUILDER_DATA_DIR": str(tmp_path), "SANDBOX_UID_BASE": "many"},
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1, result.stderr
+    assert b"$SANDBOX_UID_BASE is 'many'" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 COMPILE_C_IMPORTS = (
     "bin=/usr/bin",
     "include=/usr/include",
