@@ -125,15 +125,20 @@ def test_failed_build_exits_non_zero(tmp_path: Path) -> None:
     assert "exited with code 4" in result.stderr.decode()
 
 
+# Keeps adding to the scratch dir, so that removing the work dir while the
+# build still runs would fail.
+WRITE_ON = "i=0; while :; do mkdir -p d/$i && echo x > d/$i/f; i=$((i+1)); done"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_ends_a_local_build_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
-    """Ctrl-C or a kill stops the build and its launcher, with a message and no traceback."""
+    """Ctrl-C or a kill stops the build, then removes its work dir; a message, no traceback."""
     marker = sleep_marker(4200 + signum)
     request = tmp_path / "req.json"
     request.write_text(
         json.dumps(
             {
-                "commandArgs": ["/bin/sh", "-c", f"{marker}; echo x > /build/x"],
+                "commandArgs": ["/bin/sh", "-c", f"{marker} & {WRITE_ON}"],
                 "workingDir": "build",
                 "scratchPaths": ["build"],
                 "inputsDir": "build/in",

@@ -54,6 +54,8 @@ from sandbox.errors import UidsExhaustedError
 
 LogSink = Callable[[bytes], None]
 TAIL_LINES = 25
+CANCEL_GRACE = 30.0
+"""Seconds an interrupted wait gives the launcher to end the build it cancels."""
 
 
 class BuildRunner:
@@ -139,6 +141,14 @@ class BuildRunner:
             cancel.attach(handle)
             try:
                 return handle.wait()
+            except BaseException:
+                # Interrupted while waiting (a command's signal handler raises
+                # here): the build must be gone before its work dir is removed,
+                # or it keeps writing into what is being removed.
+                with contextlib.suppress(Exception):
+                    handle.cancel()
+                    handle.wait(CANCEL_GRACE)
+                raise
             finally:
                 cancel.detach()
         except UidsExhaustedError as error:
