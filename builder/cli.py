@@ -19,7 +19,8 @@ from builder.castore.digest import Digest
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
-from builder.errors import BuilderError, InvalidArgumentError, NotFoundError
+from builder.errors import BuilderError, InvalidArgumentError, NotFoundError, UnavailableError
+from builder.executor.cancel import signals_cancel
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
@@ -164,10 +165,15 @@ def _local_builds(
     It keeps one spare PID 1 rather than a server's pool. A server waits, so
     that a host that cannot sandbox stops it at start.
     """
-    from sandbox import Launcher, LauncherConfig
+    from sandbox import Launcher, LauncherConfig, LauncherError
 
     with contextlib.ExitStack() as opened:
-        launcher = Launcher(LauncherConfig(spares=1)).spawn() if one_shot else Launcher().start()
+        try:
+            launcher = (
+                Launcher(LauncherConfig(spares=1)).spawn() if one_shot else Launcher().start()
+            )
+        except LauncherError as error:
+            raise UnavailableError(f"the sandbox launcher is not available: {error}") from error
         opened.callback(launcher.stop)
         store = opened.enter_context(_store(args))
         builds = _build_service(args, store, launcher, allow_network)
@@ -247,7 +253,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     message = load_request_message(Path(args.request))
     # The user runs this on their own machine, as with Nix: fixed-output
     # builds fetch from the network.
-    with _local_builds(args, allow_network=True) as (store, builds):
+    with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
         request = _with_imports(request_from_proto(message), args.imports, store)
         outcome = builds.build(request, _print_event)
         if args.out:
@@ -271,7 +277,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto
     from builder.executor.request_file import load_request_message
-    from builder.remote.client import RemoteBuilder, signals_cancel
+    from builder.remote.client import RemoteBuilder
 
     message = load_request_message(Path(args.request))
     security = _channel_security(args)
@@ -294,7 +300,6 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_nix_build(args: argparse.Namespace) -> None:
     if args.remote:
         from builder.nix.command import nix_build
-        from builder.remote.client import signals_cancel
         from builder.remote.executor import RemoteBuildExecutor
 
         if args.check:
@@ -314,7 +319,7 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
         return
     if args.check:
         args.no_result_cache = True
-    with _local_builds(args, allow_network=True) as (store, builds):
+    with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
         from builder.nix.command import nix_build
 
         nix_build(builds, store.pathinfos, args.derivation, args.import_to_nix, args.check)

@@ -14,7 +14,7 @@ from sandbox.errors import (
 )
 from sandbox.launcher import Launcher, LauncherConfig, RunHandle
 from sandbox.result import CANCELLED, Limit, SandboxResult
-from sandbox.spec import Bind, File, Limits, SandboxSpec, Scratch
+from sandbox.spec import Bind, File, Limits, SandboxSpec, Scratch, Symlink
 
 __all__ = [
     "CANCELLED",
@@ -32,6 +32,7 @@ __all__ = [
     "Scratch",
     "SetupError",
     "SpecError",
+    "Symlink",
     "SyscallError",
     "UidsExhaustedError",
 ]

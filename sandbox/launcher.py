@@ -158,6 +158,7 @@ class Launcher:
     _reader: threading.Thread | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
     _failure: str | None = None
+    _watchdog: threading.Timer | None = None
 
     def start(self) -> "Launcher":
         """Spawn the launcher process and wait until it takes runs."""
@@ -210,7 +211,22 @@ class Launcher:
             target=self._read_loop, name="sandbox-launcher", daemon=True
         )
         self._reader.start()
+        # Runs may be submitted before anyone waits for the start (or instead
+        # of waiting), so the start timeout is kept here: a launcher hung in
+        # its start-up fails them rather than leaving them queued for ever.
+        self._watchdog = threading.Timer(cfg.start_timeout, self._start_overdue)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         return self
+
+    def _start_overdue(self) -> None:
+        if self._ready.is_set():
+            return
+        self._fail_all(f"its start-up took longer than {self.config.start_timeout:g} s")
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.kill()
 
     def wait_ready(self) -> "Launcher":
         """Wait until the spawned launcher takes runs; stop it if it does not start."""
@@ -223,6 +239,8 @@ class Launcher:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Close the channel; the launcher kills what still runs and cleans up."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)

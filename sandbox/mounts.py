@@ -147,6 +147,8 @@ def populate_root(
                 os.close(target_fd)
         for file in spec.files:
             _write_file(ctx, file.target, file.contents, file.mode)
+        for link in spec.symlinks:
+            _make_symlink(ctx, link.target, link.link)
         os.close(hostpaths.walk(root_fd, spec.cwd, functools.partial(_created, ctx)))
     finally:
         os.close(root_fd)
@@ -323,6 +325,19 @@ def _write(path: str, contents: bytes, mode: int = 0o644) -> None:
         _fill(fd, contents, mode)
     finally:
         os.close(fd)
+
+
+def _make_symlink(ctx: _Context, target: str, link: str) -> None:
+    parent, name = posixpath.split(target)
+    dir_fd = hostpaths.walk(ctx.root_fd, parent, functools.partial(_created, ctx))
+    try:
+        os.symlink(link, name, dir_fd=dir_fd)
+        if ctx.owner is not None:
+            os.chown(name, *ctx.owner, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        raise SpecError(f"symlink {target!r} cannot be created: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
 
 
 def _write_file(ctx: _Context, target: str, contents: bytes, mode: int) -> None:

@@ -36,10 +36,10 @@ class Scratch:
     ``host`` is a directory the caller owns; after the run it holds whatever the
     build left at ``target``. Without a scratch byte limit it is bound directly;
     with one, the build writes to a size-capped tmpfs that is copied back when the
-    command ends on its own. Mount targets and files nested under ``target`` are
-    created in it before the build starts; a symlink on the way to one (such as
-    one the caller put there) makes the run fail at setup instead of being
-    followed.
+    command ends on its own. Mount targets, files and symlinks nested under
+    ``target`` are created in it before the build starts; a symlink on the way
+    to one (such as one the caller put there) makes the run fail at setup
+    instead of being followed.
     """
 
     target: str
@@ -53,6 +53,20 @@ class File:
     target: str
     contents: bytes
     mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """A symlink placed in the sandbox before the command starts, as files are.
+
+    Inside a scratch dir with a byte limit only the sandbox can put one where
+    the build sees it (the host dir is only where the tmpfs is copied back), so
+    a caller hands its symlinks over rather than making them in ``host``.
+    ``link`` is the text of the link, never followed while the root is built.
+    """
+
+    target: str
+    link: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class SandboxSpec:
     ro_binds: list[Bind] = field(default_factory=list)
     scratch: list[Scratch] = field(default_factory=list)
     files: list[File] = field(default_factory=list)
+    symlinks: list[Symlink] = field(default_factory=list)
     network: bool = False
     uid: int = BUILD_UID
     gid: int = BUILD_GID
@@ -111,6 +126,10 @@ class SandboxSpec:
             scratch_targets.append(_absolute(scratch.target, "scratch target"))
         for file in self.files:
             _absolute(file.target, "file target")
+        for link in self.symlinks:
+            _absolute(link.target, "symlink target")
+            if not link.link or "\0" in link.link:
+                raise SpecError(f"symlink {link.target}: its text must be non-empty, without NUL")
         # Ordered by components, a target that holds others is directly followed by
         # one of them, so neighbours suffice (comparing each with each would take
         # time in the square of their number).
@@ -148,6 +167,7 @@ class SandboxSpec:
                 ro_binds=[Bind(**b) for b in raw.get("ro_binds", [])],
                 scratch=[Scratch(**s) for s in raw.get("scratch", [])],
                 files=[_file(f) for f in raw.get("files", [])],
+                symlinks=[Symlink(**link) for link in raw.get("symlinks", [])],
                 network=bool(raw.get("network", False)),
                 uid=int(raw.get("uid", BUILD_UID)),
                 gid=int(raw.get("gid", BUILD_GID)),

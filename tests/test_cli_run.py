@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,12 @@ import pytest
 
 from builder.castore.wire import Family
 from builder.executor.request import BuildRequest, Constraints, request_to_proto
+from tests.isolation import sleep_marker
+from tests.processes import processes_with
 from tests.requirements import missing
 from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
 from tests.server.test_build_grpc import _request
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -119,6 +123,71 @@ def test_failed_build_exits_non_zero(tmp_path: Path) -> None:
     result = run(str(request), data=tmp_path)
     assert result.returncode == 1
     assert "exited with code 4" in result.stderr.decode()
+
+
+# Keeps adding to the scratch dir, so that removing the work dir while the
+# build still runs would fail.
+WRITE_ON = "i=0; while :; do mkdir -p d/$i && echo x > d/$i/f; i=$((i+1)); done"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_a_local_build_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
+    """Ctrl-C or a kill stops the build, then removes its work dir; a message, no traceback."""
+    marker = sleep_marker(4200 + signum)
+    request = tmp_path / "req.json"
+    request.write_text(
+        json.dumps(
+            {
+                "commandArgs": ["/bin/sh", "-c", f"{marker} & {WRITE_ON}"],
+                "workingDir": "build",
+                "scratchPaths": ["build"],
+                "inputsDir": "build/in",
+                "outputs": ["build/x"],
+                "constraints": {"system": "x86_64-linux", "provideBinSh": True},
+            }
+        )
+    )
+    command = subprocess.Popen(
+        [sys.executable, "-m", "builder", "run", str(request)],
+        env={**os.environ, "BUILDER_DATA_DIR": str(tmp_path / "data")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+
+        def started() -> bool:
+            assert command.poll() is None, command.communicate()
+            return bool(processes_with(marker))
+
+        wait_for(started, "the build to start")
+        command.send_signal(signum)
+        _, stderr = command.communicate(timeout=60)
+    finally:
+        command.kill()
+    assert command.returncode == 1, stderr
+    assert f"interrupted by {signum.name}" in stderr.decode()
+    assert b"Traceback" not in stderr
+    wait_for(lambda: not processes_with(marker), "the build to end with its command")
+    assert not list((tmp_path / "data" / "build" / "builds").iterdir())
+
+
+@pytest.mark.parametrize("command", [["run", str(EXAMPLES / "hello.json")], ["serve"]])
+def test_a_launcher_that_cannot_start_is_an_error_not_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Whether the command waits for its launcher (serve) or not (run)."""
+    listen = ["--listen", f"grpc+unix://{tmp_path}/builder.sock"] if command == ["serve"] else []
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", *command, *listen],
+        env={**os.environ, "BUILDER_DATA_DIR": str(tmp_path), "SANDBOX_UID_BASE": "many"},
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1, result.stderr
+    assert b"$SANDBOX_UID_BASE is 'many'" in result.stderr
+    assert b"Traceback" not in result.stderr
 
 
 COMPILE_C_IMPORTS = (

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Protocol
+
+from builder.errors import CancelledError
 
 
 class Cancellable(Protocol):
@@ -40,3 +46,25 @@ class CancelToken:
     def detach(self) -> None:
         with self._lock:
             self._target = None
+
+
+@contextmanager
+def signals_cancel() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``CancelledError`` raised wherever a command waits.
+
+    The exception unwinds through whatever the command holds open, whose
+    cleanup stops the build (a remote call is cancelled, a local launcher
+    kills its runs), so the build does not run on for nobody and the command
+    ends with a message rather than a traceback. Only the main thread may
+    install handlers, which is where commands run.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise CancelledError(f"interrupted by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

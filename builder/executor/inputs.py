@@ -102,9 +102,12 @@ def missing_inputs(
     """
     missing: list[str] = []
     present: dict[bytes, bool] = {}
-    # Read before the first tree is looked at, and only if there is one.
+    # Read before anything is looked up, and only if a tree could be skipped or
+    # marked: a blob found for an earlier file input vouches for the trees that
+    # share it, so its look-up must come after the epoch they are marked at.
     epoch: StoreEpoch | None = None
-    epoch_read = complete is None
+    if complete is not None and any(isinstance(node, DirectoryNode) for node in inputs):
+        epoch = complete.store_epoch()
 
     def has_blob(node: FileNode, where: str, inside: bool = False) -> bool:
         """``inside``: the file is somewhere below the input ``where`` names."""
@@ -122,8 +125,6 @@ def missing_inputs(
         if isinstance(node, FileNode):
             has_blob(node, where)
         elif isinstance(node, DirectoryNode):
-            if not epoch_read and complete is not None:
-                epoch, epoch_read = complete.store_epoch(), True
             if epoch is not None and complete is not None and complete.complete_at(node) == epoch:
                 continue
             try:

@@ -47,12 +47,15 @@ from sandbox import (
     SandboxSpec,
     Scratch,
     SpecError,
+    Symlink,
     hostpaths,
 )
 from sandbox.errors import UidsExhaustedError
 
 LogSink = Callable[[bytes], None]
 TAIL_LINES = 25
+CANCEL_GRACE = 30.0
+"""Seconds an interrupted wait gives the launcher to end the build it cancels."""
 
 
 class BuildRunner:
@@ -138,6 +141,14 @@ class BuildRunner:
             cancel.attach(handle)
             try:
                 return handle.wait()
+            except BaseException:
+                # Interrupted while waiting (a command's signal handler raises
+                # here): the build must be gone before its work dir is removed,
+                # or it keeps writing into what is being removed.
+                with contextlib.suppress(Exception):
+                    handle.cancel()
+                    handle.wait(CANCEL_GRACE)
+                raise
             finally:
                 cancel.detach()
         except UidsExhaustedError as error:
@@ -166,6 +177,8 @@ class BuildRunner:
             None,
         )
         binds: list[Bind] = []
+        symlinks: list[Symlink] = []
+        staging_fd: int | None = None
         if holder is None:
             # The inputs directory is not writable, so symlinks and mount
             # points are prepared in a staging directory bound read-only first.
@@ -173,30 +186,39 @@ class BuildRunner:
             staging.mkdir()
             binds.append(Bind(host=str(staging), target="/" + inputs_dir))
             staging_fd = hostpaths.open_dir(str(staging))
-        else:
+        elif self._config.limits.scratch_bytes is None:
             holder_fd = hostpaths.open_dir(str(scratch_hosts[holder]))
             try:
                 staging_fd = hostpaths.walk(holder_fd, inputs_dir[len(holder) :], _ignore)
             finally:
                 os.close(holder_fd)
-        stack.callback(os.close, staging_fd)
+        # Else the build sees a capped tmpfs at the scratch path, and the host
+        # dir only receives its copy afterwards: nothing is prepared there, the
+        # sandbox makes the mount targets in the tmpfs and the spec's symlinks.
+        if staging_fd is not None:
+            stack.callback(os.close, staging_fd)
         for node in request.inputs:
             name = os.fsdecode(node.name)
             if isinstance(node, SymlinkNode):
-                os.symlink(node.target, name, dir_fd=staging_fd)
+                if holder is None:
+                    os.symlink(node.target, name, dir_fd=staging_fd)
+                else:
+                    target = os.fsdecode(node.target)
+                    symlinks.append(Symlink(target=f"/{inputs_dir}/{name}", link=target))
                 continue
             acquired = stack.enter_context(self._cache.acquire(node))
             assert acquired.host_path is not None
             # The mount target is made here even inside a scratch dir, where
             # the sandbox would make it otherwise: then the launcher, one
             # thread serving every build, would also have to remove it.
-            if os.path.isdir(acquired.host_path):
-                os.mkdir(name, dir_fd=staging_fd)
-            else:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                os.close(os.open(name, flags, 0o644, dir_fd=staging_fd))
-            if holder is not None:
-                stack.callback(_remove_target, staging_fd, name)
+            if staging_fd is not None:
+                if os.path.isdir(acquired.host_path):
+                    os.mkdir(name, dir_fd=staging_fd)
+                else:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(os.open(name, flags, 0o644, dir_fd=staging_fd))
+                if holder is not None:
+                    stack.callback(_remove_target, staging_fd, name)
             binds.append(Bind(host=str(acquired.host_path), target=f"/{inputs_dir}/{name}"))
 
         constraints = request.constraints
@@ -210,6 +232,7 @@ class BuildRunner:
             files=[
                 File(target="/" + f.path, contents=f.contents) for f in request.additional_files
             ],
+            symlinks=symlinks,
             network=constraints.network_access,
             ro_paths=list(constraints.available_ro_paths),
             shell=self._config.shell if constraints.provide_bin_sh else None,

@@ -8,11 +8,9 @@ call, and the server stops the build when its client hangs up.
 from __future__ import annotations
 
 import logging
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -131,23 +129,3 @@ class RemoteBuilder:
         self.castore.blobs.close()
         self.castore.directories.close()
         self._channel.close()
-
-
-@contextmanager
-def signals_cancel() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into ``CancelledError`` raised wherever the client waits.
-
-    The exception unwinds through the open call, whose cleanup cancels it, so
-    the remote build stops instead of running on for nobody. Only the main
-    thread may install handlers, which is where the command runs.
-    """
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise CancelledError(f"interrupted by {signal.Signals(signum).name}")
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

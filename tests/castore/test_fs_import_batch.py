@@ -164,3 +164,22 @@ def put_bytes_with(open_write: Callable[[], BlobWriter], data: bytes) -> Digest:
     writer = open_write()
     writer.write(data)
     return writer.close()
+
+
+def test_an_import_reads_no_more_than_the_size_the_file_was_measured_at(tmp_path: Path) -> None:
+    """A small file that grows while it is read is stored at the size measured, as a large one is.
+
+    Reading on to EOF instead would let a file extended meanwhile (by a
+    ``truncate -s 100G``, say) fill memory, since small files are read
+    whole. A procfs file is measured as empty yet reads as text: the same
+    as a file that grew between the measurement and the read.
+    """
+    blobs = FsBlobService(tmp_path / "blobs")
+    fd = os.open("/proc/self/status", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_size == 0 and os.pread(fd, 1, 0)
+        digest, size = blobs.import_file(fd)
+    finally:
+        os.close(fd)
+    assert size == 0
+    assert read_all(blobs, digest) == b""

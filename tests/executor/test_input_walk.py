@@ -9,11 +9,12 @@ import pytest
 
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
+from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.fs.ingest import ingest_path
-from builder.castore.nodes import DirectoryNode
+from builder.castore.nodes import DirectoryNode, FileNode
 from builder.errors import FailedPreconditionError, InvalidArgumentError
-from builder.executor.inputs import missing_inputs, require_inputs
+from builder.executor.inputs import StoreEpoch, missing_inputs, require_inputs
 from builder.executor.matcache.cache import MaterialisationCache
 
 GIB = 1 << 30
@@ -101,4 +102,42 @@ def test_the_fs_blob_store_never_removes_so_its_epoch_stays(
     with cache.acquire(node):
         require_inputs((node,), blobs, directories, cache)
         assert cache.complete_at(node) == cache.store_epoch() == (0, 0)
+    cache.close()
+
+
+class _RemovingFirst(MaterialisationCache):
+    """A real cache; the removal lands just before the walk reads the store's epochs."""
+
+    def arm(self, blobs: MemoryBlobService, digest: Digest) -> None:
+        self._removal = (blobs, digest)
+
+    def store_epoch(self) -> StoreEpoch | None:
+        removal, self._removal = getattr(self, "_removal", None), None
+        if removal is not None:
+            assert removal[0].remove(removal[1])
+        return super().store_epoch()
+
+
+def test_a_blob_checked_for_an_earlier_file_input_is_checked_again_after_the_epoch(
+    tmp_path: Path, directories: SqliteDirectoryService
+) -> None:
+    """A file input's look-up before the epoch read must not vouch for a tree marked at it.
+
+    The file input and the tree share a blob; the blob goes between the file
+    input's look-up and the epoch read. Marking the tree complete at the
+    later epoch would let every later build skip it with the blob gone.
+    """
+    blobs = MemoryBlobService()
+    source = _tree(tmp_path, "src", "shared\n", "own\n")
+    node = ingest_path(source, blobs, directories, b"tree")
+    single = ingest_path(source / "sub" / "shared", blobs, directories, b"single")
+    assert isinstance(node, DirectoryNode) and isinstance(single, FileNode)
+    cache = _RemovingFirst(tmp_path / "cache", blobs, directories, GIB)
+    cache.acquire(node).release()
+    cache.arm(blobs, single.digest)
+    missing_inputs((single, node), blobs, directories, cache)
+    assert cache.complete_at(node) != cache.store_epoch()
+    assert missing_inputs((node,), blobs, directories, cache) == [
+        f"blob {single.digest} (inputs[0] tree/…/shared)"
+    ]
     cache.close()

@@ -16,12 +16,14 @@ from sandbox import (
     Bind,
     File,
     Launcher,
+    LauncherConfig,
     LauncherError,
     Limit,
     Limits,
     SandboxSpec,
     Scratch,
     SpecError,
+    Symlink,
 )
 
 from .conftest import Sandboxes
@@ -98,6 +100,19 @@ def test_limited_scratch_is_copied_back(sandbox: Sandboxes) -> None:
     os.chmod(host / "out" / "d" / "file", 0o644)
     assert (host / "out" / "d" / "file").read_text() == "built\n"
     assert not (host / "t").exists()
+
+
+@pytest.mark.parametrize("cap", [None, 1 << 20], ids=["bound", "capped"])
+def test_symlinks_are_made_in_scratch_and_kept(sandbox: Sandboxes, cap: int | None) -> None:
+    """A capped scratch is a fresh tmpfs: only the spec can put a symlink where the build looks."""
+    host, fields = sandbox.with_build_dir()
+    links = [Symlink("/build/in/link", "../target")]
+    result = sandbox.run(
+        "readlink in/link; echo x > out", symlinks=links, limits=Limits(scratch_bytes=cap), **fields
+    )
+    assert result.ok, result
+    assert result.log == b"../target\n"
+    assert os.readlink(host / "in" / "link") == "../target"
 
 
 def test_files_are_written_before_start(sandbox: Sandboxes) -> None:
@@ -243,6 +258,26 @@ def test_a_spawned_launcher_runs_builds_once_waited_for(tools: Path) -> None:
         assert launcher.run(spec, timeout=120).log == b"up\n"
     finally:
         launcher.stop()
+
+
+def test_a_run_submitted_to_a_spawned_launcher_that_never_starts_fails(
+    tools: Path, tmp_path: Path
+) -> None:
+    """Nobody waits for a spawned launcher, so its start timeout must still end its runs.
+
+    The interpreter given hangs the way a launcher stuck in its start-up would.
+    """
+    hung = tmp_path / "hung-python"
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    launcher = Launcher(LauncherConfig(python=str(hung), start_timeout=1.0)).spawn()
+    try:
+        spec = SandboxSpec(argv=["/bin/sh", "-c", "true"], ro_binds=[Bind(str(tools), "/bin")])
+        handle = launcher.submit(spec)
+        with pytest.raises(LauncherError, match="start-up took longer than 1 s"):
+            handle.wait(timeout=60)
+    finally:
+        launcher.stop(timeout=5)
 
 
 def test_waiting_for_a_launcher_never_spawned_is_an_error() -> None:

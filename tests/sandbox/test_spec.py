@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from sandbox import Bind, File, Limits, SandboxResult, SandboxSpec, Scratch, SpecError
+from sandbox import Bind, File, Limits, SandboxResult, SandboxSpec, Scratch, SpecError, Symlink
 
 
 def full_spec() -> SandboxSpec:
@@ -15,6 +15,7 @@ def full_spec() -> SandboxSpec:
         ro_binds=[Bind("/nix/store/abc", "/nix/store/abc")],
         scratch=[Scratch("/build", "/tmp/x"), Scratch("/nix/store", "/tmp/y")],
         files=[File("/build/.attr-0", b"\x00\x01", 0o600)],
+        symlinks=[Symlink("/nix/store/abc-link", "abc/bin")],
         network=True,
         ro_paths=["/dev/kvm"],
         shell="/bin/busybox",
@@ -56,6 +57,8 @@ def test_result_round_trips() -> None:
         {"env": {"A=B": "c"}},
         {"limits": Limits(memory=0)},
         {"uid": 0},
+        {"symlinks": [Symlink("relative", "x")]},
+        {"symlinks": [Symlink("/build/l", "")]},
     ],
 )
 def test_invalid_specs_are_rejected(change: dict) -> None:

@@ -17,7 +17,7 @@ from builder.castore.digest import Digest
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.directory import Directory
 from builder.castore.fs.ingest import ingest_path
-from builder.castore.nodes import DirectoryNode, FileNode
+from builder.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from builder.castore.wire import Family
 from builder.executor.config import BuildConfig, BuildLimits
 from builder.executor.request import BuildRequest, Constraints, request_to_proto
@@ -219,8 +219,15 @@ def test_concurrent_builds_share_inputs(served: Served, tmp_path: Path) -> None:
     assert stats.in_use == 0
 
 
-def test_input_mount_targets_are_not_part_of_an_output(served: Served, tmp_path: Path) -> None:
+@pytest.fixture(params=[None, 64 << 20], ids=["bound-scratch", "capped-scratch"])
+def either(request: pytest.FixtureRequest, tmp_path: Path, launcher: Launcher) -> Iterator[Served]:
+    """A server whose scratch dirs are bound from the host, or capped and copied back."""
+    yield from _serve(tmp_path, launcher, limits=BuildLimits(scratch_bytes=request.param))
+
+
+def test_input_mount_targets_are_not_part_of_an_output(either: Served, tmp_path: Path) -> None:
     """Inputs mounted inside an output leave only what the build wrote in it."""
+    served = either
     src = _input(served, tmp_path)
     ingest = ingest_path(tmp_path / "src" / "msg", served.store.blobs, served.store.directories)
     assert isinstance(ingest, FileNode)
@@ -237,6 +244,17 @@ def test_input_mount_targets_are_not_part_of_an_output(served: Served, tmp_path:
     assert [n.name for n in tree.entries()] == [b"deps"]
     (deps,) = tree.directories
     assert served.store.directories.get(deps.digest) == Directory()
+
+
+def test_symlink_inputs_inside_a_scratch_path_are_seen(either: Served, tmp_path: Path) -> None:
+    """Nix's layout: a symlink input sits in /nix/store among the outputs, capped or not."""
+    served = either
+    src = _input(served, tmp_path)
+    link = SymlinkNode(b"bbb-link", b"aaa-src/msg")
+    request = _request("cat /nix/store/bbb-link > /nix/store/out", inputs=(src, link))
+    response = served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
+    with served.store.blobs.open_read(Digest(response.outputs[0].output.file.digest)) as out:
+        assert out.read() == b"hello from aaa-src\n"
 
 
 def cut_sleep_short(marker: str) -> None:

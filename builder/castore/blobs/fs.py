@@ -250,13 +250,15 @@ class FsBlobService:
         size = status.st_size
         with self.space():
             if size < SMALL_FILE_SIZE:
-                return self._import_small(src, batch)
+                return self._import_small(src, size, batch)
             return self._import_large(src, size, batch)
 
-    def _import_small(self, src: int, batch: _ImportBatch | None) -> tuple[Digest, int]:
+    def _import_small(self, src: int, size: int, batch: _ImportBatch | None) -> tuple[Digest, int]:
+        # At most the size measured, as for a large file: the file is held in
+        # memory whole, and one extended since could be any size.
         parts = []
         offset = 0
-        while chunk := os.pread(src, SMALL_FILE_SIZE, offset):
+        while offset < size and (chunk := os.pread(src, size - offset, offset)):
             parts.append(chunk)
             offset += len(chunk)
         data = b"".join(parts)

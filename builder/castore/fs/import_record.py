@@ -29,6 +29,18 @@ cannot cover, as for git, is a clock stepped backwards by more than the margin
 after an entry was written, or a network filesystem whose server clock runs
 behind this host's by more than the margin.
 
+Nor can any stamp-based record see changes that move no stamp. A process
+writing through a shared writable mapping stamps the file only at its first
+write after each writeback (on tmpfs, which never writes back, only at its
+first write), so a file a running program keeps mapped and writing is only
+read afresh once its stamps move.
+And a filesystem whose stamps come from an image rather than from this
+kernel (squashfs, ISO 9660, or images built with fixed times, as
+reproducible image builders do) can be swapped for another image mounted on
+the same device: a file of the same inode number, size and stamps then
+matches the old file's entry. ``prune(0)`` (or deleting the database)
+forgets every entry after such a swap.
+
 A hit skips the re-hash of the stored copy that putting the same bytes again
 would do, so a stored blob that rotted is not repaired by re-importing its
 unchanged file; reads of it still fail its digest check, and a file the record
