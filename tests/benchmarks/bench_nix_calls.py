@@ -3,8 +3,8 @@
 This is what a user (or a script driving Nix) feels: a fresh process per
 derivation, so start-up, imports and the store open count as much as the
 build. Both builders get the same freshly salted derivations and build them
-one call at a time in the same order, each with its own store that fills as
-the calls go, so a later call finds what an earlier one built. A third
+one call at a time in the same order, taking turns, each with its own store
+that fills as the calls go, so a later call finds what an earlier one built. A third
 column times ``builder nix build`` of a derivation whose outputs are already
 known: the cost of a call that has nothing to build. Failing derivations are
 left out. Python's compiled bytecode is kept for the run (in a cache of its
@@ -54,10 +54,14 @@ def _round(
     drvs = list(instantiate(names, busybox_dir(work)).values())
     _timed(_ours(drvs[0], work / "warm-up"), env)
     data = work / "data"
-    ours = [_timed(_ours(drv, data), env) for drv in drvs]
-    known = [_timed(_ours(drv, data), env) for drv in drvs]
     nix_build = ["nix-build", "--no-out-link", "-j", str(JOBS)]
-    theirs = [_timed([*nix_build, drv], env) for drv in drvs]
+    ours, theirs = [], []
+    # Each derivation by both in turn, so that a change in the host's load
+    # falls on both sides alike.
+    for drv in drvs:
+        ours.append(_timed(_ours(drv, data), env))
+        theirs.append(_timed([*nix_build, drv], env))
+    known = [_timed(_ours(drv, data), env) for drv in drvs]
     return ours, known, theirs
 
 
