@@ -25,7 +25,7 @@ from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
     from builder.executor.request import BuildRequest
-    from builder.executor.service import BuildService, Event
+    from builder.executor.service import BuildExecutor, BuildService, Event
     from sandbox import Launcher
 
 
@@ -150,34 +150,49 @@ def _build_service(
     return BuildService(config, store.blobs, store.directories, launcher)
 
 
+def _launcher(one_shot: bool) -> Launcher:
+    """A sandbox launcher: spawned without waiting for a one-shot command, started for a server.
+
+    A one-shot command does not wait for the launcher: its start overlaps the
+    imports and the work that come before the first build, whose submission
+    queues until the launcher reads it (a launcher that fails to start fails
+    that build). It keeps one spare PID 1 rather than a server's pool. A
+    server waits, so that a host that cannot sandbox stops it at start.
+    """
+    from sandbox import Launcher, LauncherConfig, LauncherError
+
+    try:
+        return Launcher(LauncherConfig(spares=1)).spawn() if one_shot else Launcher().start()
+    except LauncherError as error:
+        raise UnavailableError(f"the sandbox launcher is not available: {error}") from error
+
+
+@contextlib.contextmanager
+def _sandboxed_builds(
+    args: argparse.Namespace, store: Store, launcher: Launcher, allow_network: bool
+) -> Iterator[BuildService]:
+    """A build service on ``store`` and ``launcher``, then the launcher, closed in that order."""
+    with contextlib.ExitStack() as opened:
+        opened.callback(launcher.stop)
+        builds = _build_service(args, store, launcher, allow_network)
+        opened.callback(builds.close)
+        yield builds
+
+
 @contextlib.contextmanager
 def _local_builds(
     args: argparse.Namespace, allow_network: bool, one_shot: bool = True
 ) -> Iterator[tuple[Store, BuildService]]:
     """A launcher, a store and a build service on both, closed in the reverse order.
 
-    The build service holds the store and the launcher until it is closed,
-    and the store outlives it; whatever was opened when a later step fails
-    is closed all the same. A one-shot command spawns the launcher first and
-    does not wait for it: its start overlaps the imports, the store and the
-    planning that come before the first build, whose submission queues until
-    the launcher reads it (a launcher that fails to start fails that build).
-    It keeps one spare PID 1 rather than a server's pool. A server waits, so
-    that a host that cannot sandbox stops it at start.
+    The launcher comes first, so that its start overlaps opening the store;
+    whatever was opened when a later step fails is closed all the same.
     """
-    from sandbox import Launcher, LauncherConfig, LauncherError
-
+    launcher = _launcher(one_shot)
     with contextlib.ExitStack() as opened:
-        try:
-            launcher = (
-                Launcher(LauncherConfig(spares=1)).spawn() if one_shot else Launcher().start()
-            )
-        except LauncherError as error:
-            raise UnavailableError(f"the sandbox launcher is not available: {error}") from error
         opened.callback(launcher.stop)
         store = opened.enter_context(_store(args))
-        builds = _build_service(args, store, launcher, allow_network)
-        opened.callback(builds.close)
+        builds = opened.enter_context(_sandboxed_builds(args, store, launcher, allow_network))
         yield store, builds
 
 
@@ -298,31 +313,38 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_nix_build(args: argparse.Namespace) -> None:
-    if args.remote:
-        from builder.nix.command import nix_build
-        from builder.remote.executor import RemoteBuildExecutor
+    from builder.nix.command import nix_build
+    from builder.nix.paths import NixPaths
 
-        if args.check:
-            raise InvalidArgumentError(
-                "--check builds here: a server may answer from its result cache"
-            )
-        store = _store(args)
-        remote = RemoteBuildExecutor(
-            args.remote, store.blobs, store.directories, _channel_security(args), args.jobs
-        )
-        try:
-            with signals_cancel():
-                nix_build(remote, store.pathinfos, args.derivation, args.import_to_nix, check=False)
-        finally:
-            remote.close()
-            store.close()
-        return
+    if args.remote and args.check:
+        raise InvalidArgumentError("--check builds here: a server may answer from its result cache")
     if args.check:
         args.no_result_cache = True
-    with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
-        from builder.nix.command import nix_build
+    with _store(args) as store, signals_cancel():
+        paths = NixPaths(store.pathinfos, store.blobs, store.directories)
+        if args.remote:
+            nix_build(
+                paths, args.derivation, args.import_to_nix, False, lambda: _remote(args, store)
+            )
+        else:
 
-        nix_build(builds, store.pathinfos, args.derivation, args.import_to_nix, args.check)
+            def local() -> contextlib.AbstractContextManager[BuildService]:
+                return _sandboxed_builds(args, store, _launcher(one_shot=True), True)
+
+            nix_build(paths, args.derivation, args.import_to_nix, args.check, local)
+
+
+@contextlib.contextmanager
+def _remote(args: argparse.Namespace, store: Store) -> Iterator[BuildExecutor]:
+    from builder.remote.executor import RemoteBuildExecutor
+
+    remote = RemoteBuildExecutor(
+        args.remote, store.blobs, store.directories, _channel_security(args), args.jobs
+    )
+    try:
+        yield remote
+    finally:
+        remote.close()
 
 
 def _build_options(parser: argparse.ArgumentParser) -> None:

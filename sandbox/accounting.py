@@ -20,8 +20,6 @@ import resource
 import signal
 from dataclasses import dataclass
 
-import psutil
-
 from sandbox.cgroups import BuildCgroup, CgroupStats
 from sandbox.result import CANCELLED, Limit, SandboxResult
 from sandbox.run import Run
@@ -78,7 +76,11 @@ def sample_tree(init_pid: int) -> TreeSample:
     """Count PID 1 and its descendants and sum the descendants' resident memory.
 
     PID 1 is the sandbox's own Python process; its memory is not the build's.
+    Only a host without a memory cgroup samples, so only its launcher pays for
+    importing psutil, and not before the first sample.
     """
+    import psutil
+
     try:
         children = psutil.Process(init_pid).children(recursive=True)
     except psutil.Error:

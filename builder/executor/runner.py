@@ -16,7 +16,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 from builder.castore.blobs.service import BlobService
@@ -79,7 +79,14 @@ class BuildRunner:
         request: BuildRequest,
         on_log: LogSink | None = None,
         cancel: CancelToken | None = None,
+        slot: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> list[CollectedOutput]:
+        """Run the build, holding ``slot()`` only while its inputs are set up and it runs.
+
+        Collecting the outputs and removing the work tree follow outside the
+        slot, so the next build's sandbox need not wait for them; they are
+        still done before this returns or raises.
+        """
         cancel = cancel or CancelToken()
         # The build sees its bind sources in /proc/self/mountinfo: a random
         # name tells it nothing about the build ids clients see.
@@ -87,7 +94,7 @@ class BuildRunner:
         work = self._owned.claim(name)
         try:
             work.mkdir()
-            with ExitStack() as stack:
+            with slot(), ExitStack() as stack:
                 spec, scratch_hosts = self._spec(request, work, stack)
                 if cancel.cancelled:
                     raise CancelledError("build cancelled before it started")

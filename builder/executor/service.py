@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -174,10 +174,14 @@ class BuildService:
             log.append(data)
             emit(LogData(data))
 
-        try:
+        @contextmanager
+        def slot() -> Iterator[None]:
             with self._slots.slot(cancel):
                 emit(Started(build_id, cached=False))
-                outputs = self._runner.run(request, on_log, cancel)
+                yield
+
+        try:
+            outputs = self._runner.run(request, on_log, cancel, slot)
         finally:
             log.finish()
         if self.config.result_cache:

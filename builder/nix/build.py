@@ -57,12 +57,6 @@ class DerivationBuilder:
         self._directories = directories
         self._impure_env = impure_env
 
-    def known_outputs(self, drv: Derivation) -> list[PathInfo]:
-        """Outputs built before, here or by Nix (then ingested), in the derivation's order."""
-        paths = [o.path for o in drv.outputs]
-        by_path = {info.path: info for info in self._resolver.closure(paths)}
-        return [by_path[path] for path in paths]
-
     def build(
         self,
         drv_path: StorePath,

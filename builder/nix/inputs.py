@@ -34,25 +34,55 @@ class InputResolver:
         self._nix = nix
         self._blobs = blobs
         self._directories = directories
-        # Parallel builds often share inputs; one resolver at a time ingests each once.
-        self._lock = threading.Lock()
+        # Parallel builds often share inputs: each path is ingested once, by the first
+        # build that lacks it, while builds lacking other paths ingest those meanwhile.
+        self._claims = threading.Condition()
+        self._ingesting: set[StorePath] = set()
 
     def closure(self, roots: Iterable[StorePath]) -> list[PathInfo]:
-        with self._lock:
-            found: dict[StorePath, PathInfo] = {}
-            pending = set(roots)
-            while pending:
-                missing = []
-                for path in pending:
-                    info = lookup(self._pathinfos, path)
-                    if info is None:
-                        missing.append(path)
-                    else:
-                        found[path] = info
-                for info in self._ingest(missing):
+        """The closure of ``roots``, ingesting from Nix what is not recorded here.
+
+        A closure recorded in full waits for nothing; one that lacks paths
+        waits only for builds ingesting some of those same paths.
+        """
+        found: dict[StorePath, PathInfo] = {}
+        pending = set(roots)
+        while pending:
+            missing = []
+            for path in pending:
+                info = lookup(self._pathinfos, path)
+                if info is None:
+                    missing.append(path)
+                else:
+                    found[path] = info
+            if missing:
+                for info in self._ingest_once(missing):
                     found[info.path] = info
-                pending = {r for p in pending for r in found[p].references} - found.keys()
-            return sorted(found.values(), key=lambda i: i.path.basename)
+            pending = {r for p in pending for r in found[p].references} - found.keys()
+        return sorted(found.values(), key=lambda i: i.path.basename)
+
+    def _ingest_once(self, paths: list[StorePath]) -> list[PathInfo]:
+        """Claim ``paths`` (all at once, so claims never deadlock) and ingest those still missing.
+
+        Another build may have ingested some while this one waited for its claim.
+        """
+        with self._claims:
+            self._claims.wait_for(lambda: self._ingesting.isdisjoint(paths))
+            self._ingesting.update(paths)
+        try:
+            infos = []
+            missing = []
+            for path in paths:
+                info = lookup(self._pathinfos, path)
+                if info is None:
+                    missing.append(path)
+                else:
+                    infos.append(info)
+            return infos + self._ingest(missing)
+        finally:
+            with self._claims:
+                self._ingesting.difference_update(paths)
+                self._claims.notify_all()
 
     def _ingest(self, paths: list[StorePath]) -> list[PathInfo]:
         facts = self._nix.facts(self._nix.valid(paths))

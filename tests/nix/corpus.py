@@ -20,6 +20,7 @@ from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.executor.config import BuildConfig
 from builder.executor.service import BuildService
 from builder.nix.nix_store import nix_environment
+from builder.nix.paths import NixPaths
 from builder.nix.session import NixSession
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
 from sandbox import Launcher
@@ -82,7 +83,7 @@ def our_builder(work: Path, jobs: int = 2, result_cache: bool = True) -> Iterato
         )
         service = BuildService(config, blobs, directories, launcher)
         pathinfos = SqlitePathInfoService(work / "pathinfo.sqlite")
-        session = NixSession(service, pathinfos, os.environ)
+        session = NixSession(service, NixPaths(pathinfos, blobs, directories, os.environ))
         try:
             yield OurBuilder(session, service)
         finally:

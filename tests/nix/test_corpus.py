@@ -23,6 +23,8 @@ from builder.nix.nix_store import NixPathFacts, NixStore
 from builder.store import nixbase32
 from builder.store.path_info import PathInfo
 from builder.store.store_path import StorePath
+from sandbox.launcher import UID_BASE_VARIABLE, UID_COUNT_VARIABLE, UID_LOCK_DIR_VARIABLE
+from tests.isolation import private_uid_base
 from tests.nix.corpus import (
     FAILING,
     FILES,
@@ -134,7 +136,7 @@ def test_hash_mismatch_reported_like_nix(corpus: Corpus) -> None:
     output = load_derivation(drv).outputs[0].path
     assert output not in corpus.nix_facts
     with our_builder(corpus.work / "ours") as built:
-        assert built.session.pathinfos.get(output.digest) is None
+        assert built.session.paths.pathinfos.get(output.digest) is None
 
 
 def test_fixed_outputs_in_every_algorithm(corpus: Corpus) -> None:
@@ -159,7 +161,7 @@ def test_export_matches_nix_store_export_byte_for_byte(corpus: Corpus) -> None:
         info = built.session.build(corpus.drvs["chain"])[0]
         assert info.deriver is not None
         stream = io.BytesIO()
-        built.session.export([info], stream, skip_valid_in_nix=False)
+        built.session.paths.export([info], stream, skip_valid_in_nix=False)
         ours = stream.getvalue()
     # The closure is exported too, each path as nix-store --export writes it, ours last.
     closure = subprocess.run(
@@ -180,11 +182,49 @@ def built_closure_order(export: bytes) -> list[str]:
     return paths
 
 
-def _cli(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, data: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "builder", "nix", *args, "--data-dir", str(data), "--jobs", "2"],
-        capture_output=True, text=True, env=NIX_ENV, cwd=ROOT, timeout=300, check=False,
+        capture_output=True, text=True, env=env or NIX_ENV, cwd=ROOT, timeout=300, check=False,
     )  # fmt: skip
+
+
+def _launcher_env(lock_dir: Path) -> dict[str, str]:
+    """Launchers of a call under this environment create ``lock_dir`` as they start."""
+    return {
+        **NIX_ENV,
+        UID_BASE_VARIABLE: str(private_uid_base(4)),
+        UID_COUNT_VARIABLE: "8",
+        UID_LOCK_DIR_VARIABLE: str(lock_dir),
+    }
+
+
+def test_cli_starts_no_launcher_when_nothing_needs_building(corpus: Corpus, tmp_path: Path) -> None:
+    fresh = instantiate(["chain"], corpus.busybox)["chain"]
+    built = _cli("build", fresh, data=tmp_path / "data", env=_launcher_env(tmp_path / "uids-1"))
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "uids-1").is_dir()
+
+    again = _cli("build", fresh, data=tmp_path / "data", env=_launcher_env(tmp_path / "uids-2"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == built.stdout
+    assert not (tmp_path / "uids-2").exists()
+
+    # Built by Nix only: ingested from the Nix store, still without a launcher.
+    from_nix = _cli(
+        "build",
+        corpus.drvs["chain"],
+        data=tmp_path / "other",
+        env=_launcher_env(tmp_path / "uids-3"),
+    )
+    assert from_nix.returncode == 0, from_nix.stderr
+    assert from_nix.stdout.splitlines() == [
+        f"{info.path} sha256:{nixbase32.encode(corpus.nix_facts[info.path].nar_sha256)}"
+        for info in _built(corpus, "chain")
+    ]
+    assert not (tmp_path / "uids-3").exists()
 
 
 def test_cli_builds_checks_and_imports_into_nix(corpus: Corpus, tmp_path: Path) -> None:
