@@ -189,10 +189,12 @@ def _local_builds(
     whatever was opened when a later step fails is closed all the same.
     """
     launcher = _launcher(one_shot)
-    with contextlib.ExitStack() as opened:
-        opened.callback(launcher.stop)
-        store = opened.enter_context(_store(args))
-        builds = opened.enter_context(_sandboxed_builds(args, store, launcher, allow_network))
+    try:
+        store = _store(args)
+    except BaseException:
+        launcher.stop()
+        raise
+    with store, _sandboxed_builds(args, store, launcher, allow_network) as builds:
         yield store, builds
 
 
