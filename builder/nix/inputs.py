@@ -48,13 +48,8 @@ class InputResolver:
         found: dict[StorePath, PathInfo] = {}
         pending = set(roots)
         while pending:
-            missing = []
-            for path in pending:
-                info = lookup(self._pathinfos, path)
-                if info is None:
-                    missing.append(path)
-                else:
-                    found[path] = info
+            recorded, missing = self._recorded(pending)
+            found.update((info.path, info) for info in recorded)
             if missing:
                 for info in self._ingest_once(missing):
                     found[info.path] = info
@@ -70,19 +65,24 @@ class InputResolver:
             self._claims.wait_for(lambda: self._ingesting.isdisjoint(paths))
             self._ingesting.update(paths)
         try:
-            infos = []
-            missing = []
-            for path in paths:
-                info = lookup(self._pathinfos, path)
-                if info is None:
-                    missing.append(path)
-                else:
-                    infos.append(info)
-            return infos + self._ingest(missing)
+            recorded, missing = self._recorded(paths)
+            return recorded + self._ingest(missing)
         finally:
             with self._claims:
                 self._ingesting.difference_update(paths)
                 self._claims.notify_all()
+
+    def _recorded(self, paths: Iterable[StorePath]) -> tuple[list[PathInfo], list[StorePath]]:
+        """The records of ``paths`` kept here, and the paths that have none."""
+        recorded: list[PathInfo] = []
+        missing: list[StorePath] = []
+        for path in paths:
+            info = lookup(self._pathinfos, path)
+            if info is None:
+                missing.append(path)
+            else:
+                recorded.append(info)
+        return recorded, missing
 
     def _ingest(self, paths: list[StorePath]) -> list[PathInfo]:
         facts = self._nix.facts(self._nix.valid(paths))
