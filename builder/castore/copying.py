@@ -25,6 +25,7 @@ from builder.castore.blobs.batches import (
     MAX_BATCH_BYTES,
     SMALL_BLOB_SIZE,
     BlobBatching,
+    read_at_most,
     write_each,
 )
 from builder.castore.blobs.service import (
@@ -222,10 +223,7 @@ def _read_stream(blobs: BlobService, digest: Digest, size: int) -> bytes | None:
     if reader is None:
         return None
     with reader:
-        data = reader.read(size + 1)
-        while len(data) <= size and (more := reader.read(size + 1 - len(data))):
-            data += more
-    return data
+        return read_at_most(reader, size + 1)
 
 
 def _copy_large(digest: Digest, size: int, source: BlobService, target: BlobService) -> bool:

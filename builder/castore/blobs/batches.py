@@ -134,7 +134,7 @@ def read_batch(
             missing.append(digest)
             continue
         with reader:
-            data = _read_at_most(reader, budget + 1)
+            data = read_at_most(reader, budget + 1)
         if len(data) > budget:
             raise ResourceExhaustedError(
                 f"digests: the blobs asked for hold more than {MAX_BATCH_BYTES} bytes; "
@@ -145,7 +145,7 @@ def read_batch(
     return found, missing
 
 
-def _read_at_most(reader: BinaryIO, limit: int) -> bytes:
+def read_at_most(reader: BinaryIO, limit: int) -> bytes:
     """Up to ``limit`` bytes, reading on to the end so a verifying reader checks the digest."""
     data = bytearray()
     while len(data) < limit and (piece := reader.read(limit - len(data))):
