@@ -70,7 +70,7 @@ def test_min_memory_beyond_host_refused(served: Served) -> None:
 
 def test_no_bin_sh_unless_asked(served: Served) -> None:
     request = _request("true", constraints=Constraints(system=X86))
-    _fails(served, request, grpc.StatusCode.INTERNAL, "build failed")
+    _fails(served, request, grpc.StatusCode.ABORTED, "build failed")
 
 
 @contextmanager

@@ -80,11 +80,11 @@ def test_a_launcher_that_is_gone_is_unavailable(
         own.stop()
 
 
-def test_a_failed_build_answers_internal_naming_its_cause(
+def test_a_failed_build_answers_aborted_naming_its_cause(
     served: Served, logs: pytest.LogCaptureFixture
 ) -> None:
     error = _do_build_fails(served, _request("echo 'it broke' >&2; exit 3"))
-    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.code() == grpc.StatusCode.ABORTED
     assert "exited with code 3" in error.details()
     assert "it broke" in error.details()
     _logged(
@@ -106,7 +106,7 @@ def test_an_output_that_cannot_be_stored_fails_the_build_in_its_own_terms(
     served: Served, tmp_path: Path, logs: pytest.LogCaptureFixture
 ) -> None:
     error = _do_build_fails(served, _request("mkfifo /nix/store/out"))
-    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.code() == grpc.StatusCode.ABORTED
     assert "/nix/store/out" in error.details()
     assert "FIFO" in error.details()
     assert str(tmp_path) not in error.details()

@@ -166,7 +166,7 @@ def test_failed_build_reports_exit_code_and_log(served: Served) -> None:
     request = _request("echo first line; echo 'something broke' >&2; exit 3")
     with pytest.raises(grpc.RpcError) as info:
         served.snix().DoBuild(request_to_proto(request, Family.SNIX), timeout=60)
-    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.code() == grpc.StatusCode.ABORTED
     assert "exited with code 3" in info.value.details()
     assert "something broke" in info.value.details()
 
@@ -174,7 +174,7 @@ def test_failed_build_reports_exit_code_and_log(served: Served) -> None:
 def test_missing_output_is_a_failure(served: Served) -> None:
     with pytest.raises(grpc.RpcError) as info:
         served.snix().DoBuild(request_to_proto(_request("true"), Family.SNIX), timeout=60)
-    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.code() == grpc.StatusCode.ABORTED
     assert "'nix/store/out' was not produced" in info.value.details()
 
 
@@ -313,7 +313,7 @@ def test_limits_reported(tmp_path: Path, launcher: Launcher) -> None:
     try:
         with pytest.raises(grpc.RpcError) as info:
             served.snix().DoBuild(request_to_proto(_request("sleep 30"), Family.SNIX), timeout=60)
-        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert info.value.code() == grpc.StatusCode.ABORTED
         assert "wall_time" in info.value.details()
     finally:
         next(gen, None)

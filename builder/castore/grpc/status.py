@@ -29,15 +29,13 @@ STATUS_OF_ERROR: tuple[tuple[type[BuilderError], grpc.StatusCode], ...] = (
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (CancelledError, grpc.StatusCode.CANCELLED),
-    # Snix answers a build that ran and failed with INTERNAL.
-    (BuildFailedError, grpc.StatusCode.INTERNAL),
+    # Every way a build can fail (exit code, signal, missing output, limit)
+    # is ABORTED, where Snix answers INTERNAL: a client then tells a failed
+    # build from a server bug, which alone is INTERNAL (``builder.server.status``).
+    (BuildFailedError, grpc.StatusCode.ABORTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (IntegrityError, grpc.StatusCode.DATA_LOSS),
 )
-
-# INTERNAL is also what a server bug is answered with, so a client cannot tell
-# a failed build from any other server-side failure and keeps the base error.
-_AMBIGUOUS = frozenset({grpc.StatusCode.INTERNAL})
 
 # Only a client sees its own deadline run out: the server did not answer in time.
 _CLIENT_SIDE: dict[grpc.StatusCode, type[BuilderError]] = {
@@ -45,7 +43,7 @@ _CLIENT_SIDE: dict[grpc.StatusCode, type[BuilderError]] = {
 }
 
 ERROR_OF_CODE: dict[grpc.StatusCode, type[BuilderError]] = {
-    **{code: cls for cls, code in reversed(STATUS_OF_ERROR) if code not in _AMBIGUOUS},
+    **{code: cls for cls, code in reversed(STATUS_OF_ERROR)},
     **_CLIENT_SIDE,
 }
 
