@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -12,13 +13,21 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
-from builder.castore.nodes import DirectoryNode, FileNode, Node
+from builder.castore.nodes import FileNode, Node
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
+from builder.cli_output import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    describe_node,
+    outputs_table,
+    report_error,
+    report_unexpected,
+)
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError, UnavailableError
 from builder.executor.cancel import signals_cancel
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
@@ -30,22 +39,68 @@ if TYPE_CHECKING:
 
 
 def _store(args: argparse.Namespace) -> Store:
-    return Store.open(args.store, args.data_dir)
+    """The store the options name; a path that cannot be used is the option's fault."""
+    try:
+        return Store.open(args.store, args.data_dir)
+    except OSError as error:
+        if args.store is not None:
+            where = f"--store {args.store}"
+        elif args.data_dir is not None:
+            where = f"--data-dir {args.data_dir}"
+        else:
+            where = f"data directory {default_data_dir()} (${DATA_DIR_ENV})"
+        given = args.store or args.data_dir or default_data_dir()
+        raise InvalidArgumentError(f"{where}: {_os_reason(error, given)}") from error
+
+
+def _os_reason(error: OSError, given: str | Path) -> str:
+    """Why a host path failed, naming the file when it is not the one the user gave."""
+    reason = error.strerror or str(error)
+    if error.filename is None or os.fsdecode(error.filename) == os.fsdecode(given):
+        return reason
+    return f"{reason}: {os.fsdecode(error.filename)}"
+
+
+def _ingest_argument(argument: str, path: str, store: Store, name: bytes | None = None) -> Node:
+    """Ingest a host path the user named; what cannot be read there is reported as
+    ``argument``'s fault, the argument as the user wrote it."""
+    from builder.castore.fs.ingest import ingest_path
+
+    try:
+        return ingest_path(
+            Path(path), store.blobs, store.directories, name, record=store.import_record()
+        )
+    except OSError as error:
+        raise InvalidArgumentError(f"{argument}: {_os_reason(error, path)}") from error
+
+
+def _load_request(path: str) -> Any:
+    """The request message in a file the user named, or an error naming the file."""
+    from builder.executor.request_file import load_request_message
+
+    try:
+        return load_request_message(Path(path))
+    except OSError as error:
+        raise InvalidArgumentError(f"request file {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise InvalidArgumentError(f"request file {path}: not UTF-8 text: {error}") from error
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an unusable ``--out`` before the build spends any time."""
+    from builder.executor.outputs import check_export_target
+
+    if args.out is not None:
+        try:
+            check_export_target(args.out)
+        except InvalidArgumentError as error:
+            raise InvalidArgumentError(f"--out: {error}") from error
 
 
 def _node_json(node: Node) -> str:
     from google.protobuf import json_format
 
     return json.dumps(json_format.MessageToDict(node_to_proto(node)), sort_keys=True)
-
-
-def _describe(node: Node) -> str:
-    if isinstance(node, DirectoryNode):
-        return f"directory {node.digest} size={node.size}"
-    if isinstance(node, FileNode):
-        mode = " executable" if node.executable else ""
-        return f"file {node.digest} size={node.size}{mode}"
-    return f"symlink -> {os.fsdecode(node.target)}"
 
 
 def _resolve_digest(store: Store, text: str) -> Node:
@@ -64,17 +119,13 @@ def _resolve_digest(store: Store, text: str) -> Node:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from builder.castore.fs.ingest import ingest_path
-
     with _store(args) as store:
         for path in args.paths:
-            node = ingest_path(
-                Path(path), store.blobs, store.directories, record=store.import_record()
-            )
+            node = _ingest_argument(path, path, store)
             if args.json:
                 print(_node_json(node))
             else:
-                print(f"{path}\t{_describe(node)}")
+                print(f"{path}\t{describe_node(node)}")
 
 
 def cmd_materialise(args: argparse.Namespace) -> None:
@@ -84,7 +135,12 @@ def cmd_materialise(args: argparse.Namespace) -> None:
         node = _resolve_digest(store, args.digest)
         if isinstance(node, FileNode) and args.executable:
             node = FileNode(node.name, node.digest, node.size, True)
-        materialise_node(node, Path(args.dest), store.blobs, store.directories)
+        try:
+            materialise_node(node, Path(args.dest), store.blobs, store.directories)
+        except OSError as error:
+            raise InvalidArgumentError(
+                f"DEST {args.dest}: {_os_reason(error, args.dest)}"
+            ) from error
 
 
 def cmd_cat(args: argparse.Namespace) -> None:
@@ -92,6 +148,11 @@ def cmd_cat(args: argparse.Namespace) -> None:
         digest = Digest.parse(args.digest)
         reader = store.blobs.open_read(digest)
         if reader is None:
+            if store.directories.get(digest) is not None:
+                raise InvalidArgumentError(
+                    f"{digest} is a directory; cat writes a blob (use castore materialise "
+                    "or castore nar)"
+                )
             raise NotFoundError(f"blob {digest} not found")
         with reader:
             shutil.copyfileobj(reader, sys.stdout.buffer, READ_CHUNK_SIZE)
@@ -99,7 +160,6 @@ def cmd_cat(args: argparse.Namespace) -> None:
 
 
 def cmd_nar(args: argparse.Namespace) -> None:
-    from builder.castore.fs.ingest import ingest_path
     from builder.castore.fs.nar import nar_hash, write_nar
     from builder.store import nixbase32
 
@@ -107,9 +167,14 @@ def cmd_nar(args: argparse.Namespace) -> None:
         target = Path(args.path_or_digest)
         node: Node
         if target.exists() or target.is_symlink():
-            node = ingest_path(target, store.blobs, store.directories, record=store.import_record())
+            node = _ingest_argument(args.path_or_digest, args.path_or_digest, store)
         else:
-            node = _resolve_digest(store, args.path_or_digest)
+            try:
+                node = _resolve_digest(store, args.path_or_digest)
+            except InvalidArgumentError as error:
+                raise InvalidArgumentError(
+                    f"PATH_OR_DIGEST {args.path_or_digest}: no such path, and {error}"
+                ) from error
         if args.hash:
             digest, size = nar_hash(node, store.blobs, store.directories)
             print(f"sha256:{nixbase32.encode(digest)}\t{size}")
@@ -211,7 +276,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise InvalidArgumentError("--max-directory-entries must be at least 1")
     token = None
     if args.token_file:
-        token = args.token_file.read_text().strip()
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as error:
+            raise InvalidArgumentError(
+                f"--token-file {args.token_file}: {error.strerror or error}"
+            ) from error
     with (
         _local_builds(args, args.allow_network, one_shot=False) as (store, builds),
         contextlib.ExitStack() as nix,
@@ -226,21 +296,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> BuildRequest:
     """Ingest each ``NAME=PATH`` and make it the input NAME, replacing one of that name."""
-    from builder.castore.fs.ingest import ingest_path
-
     imported = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name:
             raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
-        node = ingest_path(
-            Path(path),
-            store.blobs,
-            store.directories,
-            os.fsencode(name),
-            record=store.import_record(),
-        )
-        print(f"imported {path} as {name}: {_describe(node)}", file=sys.stderr)
+        node = _ingest_argument(f"--import {spec}", path, store, os.fsencode(name))
+        print(f"imported {path} as {name}: {describe_node(node)}", file=sys.stderr)
         imported.append(node)
     if not imported:
         return request
@@ -265,19 +327,22 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto, snix_response
-    from builder.executor.request_file import load_request_message
 
-    message = load_request_message(Path(args.request))
+    message = _load_request(args.request)
+    _check_out(args)
     # The user runs this on their own machine, as with Nix: fixed-output
     # builds fetch from the network.
     with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
         request = _with_imports(request_from_proto(message), args.imports, store)
         outcome = builds.build(request, _print_event)
+        nodes = [o.node for o in outcome.outputs]
         if args.out:
-            nodes = [o.node for o in outcome.outputs]
             export_outputs(nodes, args.out, store.blobs, store.directories)
-        response = json_format.MessageToDict(snix_response(outcome.outputs))
-        print(json.dumps(response, indent=2, sort_keys=True))
+        if args.json:
+            response = json_format.MessageToDict(snix_response(outcome.outputs))
+            print(json.dumps(response, indent=2, sort_keys=True))
+        else:
+            print(outputs_table(request.outputs, nodes, [o.needles for o in outcome.outputs]))
 
 
 def _flag(setting: str) -> str:
@@ -293,11 +358,11 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto
-    from builder.executor.request_file import load_request_message
     from builder.remote.client import RemoteBuilder
 
-    message = load_request_message(Path(args.request))
+    message = _load_request(args.request)
     security = _channel_security(args)
+    _check_out(args)
     store = _store(args)
     try:
         request = request_from_proto(message)
@@ -308,8 +373,12 @@ def cmd_build(args: argparse.Namespace) -> None:
             if args.out:
                 remote.fetch(outcome.outputs, store.blobs, store.directories)
                 export_outputs(outcome.outputs, args.out, store.blobs, store.directories)
-        response = json_format.MessageToDict(outcome.response)
-        print(json.dumps(response, indent=2, sort_keys=True))
+        if args.json:
+            response = json_format.MessageToDict(outcome.response)
+            print(json.dumps(response, indent=2, sort_keys=True))
+        else:
+            needles = [tuple(o.needles) for o in outcome.response.outputs]
+            print(outputs_table(request.outputs, outcome.outputs, needles))
     finally:
         store.close()
 
@@ -350,38 +419,76 @@ def _remote(args: argparse.Namespace, store: Store) -> Iterator[BuildExecutor]:
 
 
 def _build_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--work-dir", type=Path, help="sandboxes and materialisation cache")
     parser.add_argument(
-        "--system", action="append", default=[], help="supported system (repeatable)"
+        "--work-dir",
+        type=Path,
+        help="directory for sandboxes and the materialisation cache (default: build/ in the "
+        "data directory)",
+    )
+    parser.add_argument(
+        "--system",
+        action="append",
+        default=[],
+        help="a system builds may ask for, such as x86_64-linux (repeatable; default: this host's)",
     )
     parser.add_argument(
         "--allow-ro-path",
         action="append",
         default=[],
-        help="host path builds may ask for in available_ro_paths (repeatable)",
+        help="host path builds may ask for in available_ro_paths (repeatable; default: none)",
     )
-    parser.add_argument("--shell", help="static shell provided as /bin/sh (default: busybox)")
-    parser.add_argument("--jobs", type=int, help="job slots (default: number of cores)")
-    parser.add_argument("--queue", type=int, default=64, help="builds waiting for a slot")
-    parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="wall time per build")
-    parser.add_argument("--memory-limit", type=int, help="memory per build, bytes")
-    parser.add_argument("--no-result-cache", action="store_true")
     parser.add_argument(
-        "--cache-max-bytes", type=int, default=20 << 30, help="materialisation cache bound"
+        "--shell", help="static shell provided as /bin/sh when asked for (default: busybox)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, metavar="N", help="builds run at once (default: number of cores)"
+    )
+    parser.add_argument(
+        "--queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="builds that may wait for a job slot (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=4 * 3600.0,
+        metavar="SECONDS",
+        help="wall time per build, in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=int,
+        metavar="BYTES",
+        help="memory per build, in bytes (default: no limit)",
+    )
+    parser.add_argument(
+        "--no-result-cache",
+        action="store_true",
+        help="build every request again instead of answering repeats from the result cache",
+    )
+    parser.add_argument(
+        "--cache-max-bytes",
+        type=int,
+        default=20 << 30,
+        metavar="BYTES",
+        help="size bound of the materialisation cache, in bytes (default: %(default)s)",
     )
     parser.add_argument(
         "--log-retention",
         type=float,
         default=3600.0,
         metavar="SECONDS",
-        help="how long logs of finished builds stay available to GetLog",
+        help="how long logs of finished builds stay available to GetLog, in seconds "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-input-size",
         type=int,
         metavar="SIZE",
-        help="largest castore directory size (the size rule: about two per name) of a "
-        "build's inputs together (default: 8388608)",
+        help="largest castore directory size (the size rule: about two per name, in "
+        "entries) of a build's inputs together (default: 8388608)",
     )
     parser.epilog = (
         "Run as root, builds get host uids from $SANDBOX_UID_BASE (default 2000000000), "
@@ -402,15 +509,30 @@ def _request_file_options(parser: argparse.ArgumentParser, out_help: str) -> Non
         metavar="NAME=PATH",
         help="ingest a host path as input NAME before the build (repeatable)",
     )
-    parser.add_argument("--out", type=Path, help=out_help)
+    parser.add_argument("--out", type=Path, metavar="DIR", help=out_help)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the response as protobuf JSON instead of one line per output",
+    )
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-ca", type=Path, help="CA certificates (PEM) to check the server by")
-    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM)")
-    parser.add_argument("--tls-key", type=Path, help="client private key (PEM)")
     parser.add_argument(
-        "--token-file", type=Path, help="send 'authorization: Bearer <token>' from this file"
+        "--tls-ca",
+        type=Path,
+        help="CA certificates (PEM) to check the server by (default: the system's)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="client certificate (PEM), with --tls-key (default: none)"
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, help="client private key (PEM), with --tls-cert (default: none)"
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="send 'authorization: Bearer <token>' from this file (default: no token)",
     )
 
 
@@ -419,7 +541,8 @@ def _listen_options(parser: argparse.ArgumentParser) -> None:
         "--listen",
         action="append",
         required=True,
-        help="grpc+unix:///PATH or grpc+http://HOST:PORT; may be repeated",
+        help="address to listen on, grpc+unix:///PATH or grpc+http://HOST:PORT (repeatable; "
+        "required)",
     )
 
 
@@ -434,34 +557,58 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help=f"embedded store directory (default: ${DATA_DIR_ENV} or $XDG_DATA_HOME/builder)",
+        help=f"embedded store directory (default: ${DATA_DIR_ENV}, else "
+        "$XDG_DATA_HOME/builder, else ~/.local/share/builder)",
     )
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        try:
+            version = importlib.metadata.version("sandboxed-builder")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        parser.exit(message=f"{parser.prog} {version}\n")
+
+
+DIGEST_HELP = "digest as blake3-<base64>, bare base64 (as in --json output) or 64 hex digits"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="builder", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="builder",
+        description=__doc__,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     castore = commands.add_parser("castore", help="work with the content-addressed store")
     sub = castore.add_subparsers(dest="castore_command", required=True)
 
     p = sub.add_parser("import", help="ingest host paths and print their root nodes")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory or symlink to ingest")
     p.add_argument("--json", action="store_true", help="print each node as protobuf JSON")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("materialise", help="write a stored directory or blob to DEST")
-    p.add_argument("digest")
-    p.add_argument("dest")
+    p.add_argument("digest", help=DIGEST_HELP)
+    p.add_argument("dest", help="path to create; it must not exist yet")
     p.add_argument("--executable", action="store_true", help="mark a blob executable")
     p.set_defaults(func=cmd_materialise)
 
     p = sub.add_parser("cat", help="write a blob to standard output")
-    p.add_argument("digest")
+    p.add_argument("digest", help=DIGEST_HELP)
     p.set_defaults(func=cmd_cat)
 
     p = sub.add_parser("nar", help="render a host path or stored digest as a NAR")
-    p.add_argument("path_or_digest")
+    p.add_argument("path_or_digest", help="host path to ingest and render, or " + DIGEST_HELP)
     p.add_argument("--hash", action="store_true", help="print the NAR's sha256 and size instead")
     p.set_defaults(func=cmd_nar)
 
@@ -474,10 +621,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", help="serve builds and the store over gRPC")
     _listen_options(p)
-    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM) for TCP listeners")
-    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
-    p.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="server certificate (PEM) for TCP listeners, with --tls-key (default: no TLS)",
+    )
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM) (default: no TLS)")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates from this CA (default: none required)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="require 'authorization: Bearer <token>' with the token in this file "
+        "(default: no token)",
+    )
     p.add_argument(
         "--max-directory-entries",
         type=int,
@@ -509,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     _build_options(p)
 
     p = commands.add_parser("run", help="execute one BuildRequest from a file")
-    _request_file_options(p, "materialise the outputs into this directory")
+    _request_file_options(p, "write the outputs into this directory (default: nowhere)")
     p.set_defaults(func=cmd_run)
     _store_options(p)
     _build_options(p)
@@ -521,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="grpc+unix:///PATH, grpc+http://HOST:PORT or grpc+https://HOST:PORT",
     )
-    _request_file_options(p, "fetch the outputs into this directory")
+    _request_file_options(p, "fetch the outputs into this directory (default: nowhere)")
     _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
@@ -539,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--remote",
         metavar="ADDR",
-        help="build on this server (grpc+unix://, grpc+http://, grpc+https://) instead of here",
+        help="build on this server (grpc+unix://, grpc+http://, grpc+https://) instead of "
+        "here (default: build here)",
     )
     p.set_defaults(func=cmd_nix_build)
     _store_options(p)
@@ -549,13 +710,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; its exit status says how it ended (``EXIT_CODES_HELP``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="builder: %(message)s")
     try:
         args.func(args)
     except BuilderError as exc:
-        print(f"builder: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)
     except BrokenPipeError:
         return 1
+    except KeyboardInterrupt:
+        print("builder: error: interrupted by SIGINT", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report_unexpected(exc)
     return 0

@@ -32,6 +32,14 @@ class CancelledError(BuilderError):
     """The work was cancelled before it finished."""
 
 
+class SignalledError(CancelledError):
+    """A signal (Ctrl-C, a kill) stopped a command; ``signum`` says which, for its exit status."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class BuildFailedError(BuilderError):
     """The build ran and did not succeed."""
 

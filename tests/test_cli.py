@@ -122,17 +122,19 @@ def test_nar_matches_nix_store_dump(env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["cat", "blake3-AAAA"], "digest must be 32 bytes"),
-        (["cat", "0" * 64], "not found"),
-        (["materialise", "1" * 64, "/nonexistent/x"], "neither a stored directory nor"),
-        (["import", "--store", "tape://x", "."], "'tape://x' is not a blob service URL"),
+        (["cat", "blake3-AAAA"], "digest must be 32 bytes", 2),
+        (["cat", "0" * 64], "not found", 1),
+        (["materialise", "1" * 64, "/nonexistent/x"], "neither a stored directory nor", 1),
+        (["import", "--store", "tape://x", "."], "'tape://x' is not a blob service URL", 2),
     ],
 )
-def test_errors_are_reported_clearly(env: dict[str, str], args: list[str], message: str) -> None:
+def test_errors_are_reported_clearly(
+    env: dict[str, str], args: list[str], message: str, code: int
+) -> None:
     result = builder("castore", *args, env=env, check=False)
-    assert result.returncode == 1
+    assert result.returncode == code, result.stderr
     assert message in result.stderr.decode()
 
 
@@ -140,7 +142,7 @@ def test_import_rejects_fifo(env: dict[str, str], tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     result = builder("castore", "import", str(fifo), env=env, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "pipe" in result.stderr.decode()
 
 

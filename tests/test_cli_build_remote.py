@@ -127,7 +127,9 @@ def _request_file(tmp: Path, script: str, name: str = "req.json", network: bool 
 
 def test_hello(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = build(server.address, str(EXAMPLES / "hello.json"), "--out", str(out), data=tmp_path)
+    result = build(
+        server.address, str(EXAMPLES / "hello.json"), "--json", "--out", str(out), data=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert b"Hello, world!" in result.stderr
     response = json.loads(result.stdout)
@@ -136,7 +138,7 @@ def test_hello(server: Server, tmp_path: Path) -> None:
     assert subprocess.run([hello], capture_output=True).stdout == b"Hello, world!\n"
     assert hello.stat().st_mode & 0o777 == 0o555
 
-    again = build(server.address, str(EXAMPLES / "hello.json"), data=tmp_path)
+    again = build(server.address, str(EXAMPLES / "hello.json"), "--json", data=tmp_path)
     assert again.returncode == 0, again.stderr
     assert b"answered from the result cache" in again.stderr
     assert json.loads(again.stdout) == response
@@ -207,7 +209,7 @@ def test_shared_subtrees_travel_leaves_first(server: Server, tmp_path: Path) -> 
 def test_failed_build_exits_non_zero_with_message(server: Server, tmp_path: Path) -> None:
     request = _request_file(tmp_path, "echo oops; exit 4")
     result = build(server.address, str(request), data=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 100
     assert result.stdout == b""
     stderr = result.stderr.decode()
     assert "oops" in stderr
@@ -218,7 +220,7 @@ def test_invalid_request_is_refused_before_anything_is_sent(server: Server, tmp_
     request = tmp_path / "req.json"
     request.write_text('{"commandArgs": ["true"], "workingDir": "/abs"}')
     result = build(server.address, str(request), data=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "working_dir" in result.stderr.decode()
 
 
@@ -246,7 +248,7 @@ def test_signal_cancels_the_remote_build(
         _, stderr = client.communicate(timeout=60)
     finally:
         client.kill()
-    assert client.returncode == 1
+    assert client.returncode == 128 + signum
     assert f"interrupted by {signum.name}" in stderr.decode()
     wait_for(lambda: not processes_with(marker), "the remote build to end with its client")
 
@@ -271,7 +273,7 @@ def test_bad_remote_options(
     tmp_path: Path, remote: str, options: tuple[str, ...], message: str
 ) -> None:
     result = build(remote, str(EXAMPLES / "hello.json"), *options, data=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert message in result.stderr.decode()
 
 
@@ -572,5 +574,5 @@ def test_store_configuration_reaches_a_tls_and_token_server(pki: Pki, tmp_path: 
         assert (restored / "share" / "greeting.txt").read_text() == "Hello, World!\n"
 
         missing = castore("import", "--store", str(store(token_file=str(tmp_path / "nope"))), ".")
-        assert missing.returncode == 1
+        assert missing.returncode == 2
         assert "token_file" in missing.stderr.decode()

@@ -36,7 +36,9 @@ def run(*args: str, data: Path) -> subprocess.CompletedProcess:
 
 
 def test_hello_builds_and_runs(tmp_path: Path) -> None:
-    result = run(str(EXAMPLES / "hello.json"), "--out", str(tmp_path / "out"), data=tmp_path)
+    result = run(
+        str(EXAMPLES / "hello.json"), "--json", "--out", str(tmp_path / "out"), data=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert b"Hello, world!" in result.stderr
     response = json.loads(result.stdout)
@@ -47,7 +49,9 @@ def test_hello_builds_and_runs(tmp_path: Path) -> None:
 
     assert hello.stat().st_mtime == 1
 
-    again = run(str(EXAMPLES / "hello.json"), "--out", str(tmp_path / "out"), data=tmp_path)
+    again = run(
+        str(EXAMPLES / "hello.json"), "--json", "--out", str(tmp_path / "out"), data=tmp_path
+    )
     assert again.returncode == 0, again.stderr
     assert b"answered from the result cache" in again.stderr
     assert json.loads(again.stdout) == response
@@ -55,7 +59,7 @@ def test_hello_builds_and_runs(tmp_path: Path) -> None:
 
 
 def test_multi_output_text_format_with_needles(tmp_path: Path) -> None:
-    result = run(str(EXAMPLES / "multi-output.txtpb"), data=tmp_path)
+    result = run(str(EXAMPLES / "multi-output.txtpb"), "--json", data=tmp_path)
     assert result.returncode == 0, result.stderr
     outputs = json.loads(result.stdout)["outputs"]
     assert len(outputs) == 2
@@ -65,7 +69,11 @@ def test_multi_output_text_format_with_needles(tmp_path: Path) -> None:
 
 def test_additional_files_and_needles(tmp_path: Path) -> None:
     result = run(
-        str(EXAMPLES / "additional-files.json"), "--out", str(tmp_path / "o"), data=tmp_path
+        str(EXAMPLES / "additional-files.json"),
+        "--json",
+        "--out",
+        str(tmp_path / "o"),
+        data=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     (output,) = json.loads(result.stdout)["outputs"]
@@ -109,7 +117,7 @@ def test_bad_request_files(tmp_path: Path, body: str, message: str) -> None:
     request = tmp_path / "req.json"
     request.write_text(body)
     result = run(str(request), data=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert message in result.stderr.decode()
 
 
@@ -121,7 +129,7 @@ def test_failed_build_exits_non_zero(tmp_path: Path) -> None:
         'constraints { system: "x86_64-linux" provide_bin_sh: true }'
     )
     result = run(str(request), data=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 100
     assert "exited with code 4" in result.stderr.decode()
 
 
@@ -165,7 +173,7 @@ def test_signal_ends_a_local_build_cleanly(tmp_path: Path, signum: signal.Signal
         _, stderr = command.communicate(timeout=60)
     finally:
         command.kill()
-    assert command.returncode == 1, stderr
+    assert command.returncode == 128 + signum, stderr
     assert f"interrupted by {signum.name}" in stderr.decode()
     assert b"Traceback" not in stderr
     wait_for(lambda: not processes_with(marker), "the build to end with its command")

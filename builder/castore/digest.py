@@ -11,6 +11,7 @@ from builder.errors import InvalidArgumentError
 
 DIGEST_SIZE = 32
 TEXT_PREFIX = "blake3-"
+_URL_SAFE = str.maketrans("-_", "+/")
 
 
 class Digest(bytes):
@@ -37,17 +38,30 @@ class Digest(bytes):
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        """Accept the ``blake3-<base64>`` form and, for convenience, 64 hex digits."""
+        """The one reader of a digest a user typed, in every form the product prints.
+
+        ``blake3-<base64>`` is what commands print; bare base64 is how protobuf
+        JSON (``--json``) shows a digest field; 64 hex digits is how other
+        BLAKE3 tools show one. Base64 may be standard or URL-safe, since JSON
+        readers accept both.
+        """
+        body = text.removeprefix(TEXT_PREFIX)
+        if len(body) == 2 * DIGEST_SIZE and body == text:
+            try:
+                return cls(bytes.fromhex(body))
+            except ValueError as exc:
+                raise InvalidArgumentError(f"malformed digest {text!r}: {exc}") from exc
         try:
-            if text.startswith(TEXT_PREFIX):
-                return cls(base64.b64decode(text[len(TEXT_PREFIX) :], validate=True))
-            if len(text) == 2 * DIGEST_SIZE:
-                return cls(bytes.fromhex(text))
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidArgumentError(f"malformed digest {text!r}: {exc}") from exc
-        raise InvalidArgumentError(
-            f"malformed digest {text!r}: expected blake3-<base64> or 64 hex digits"
-        )
+            raw = base64.b64decode(body.translate(_URL_SAFE), validate=True)
+        except binascii.Error as exc:
+            raise InvalidArgumentError(
+                f"malformed digest {text!r}: expected blake3-<base64>, base64 or 64 hex digits"
+            ) from exc
+        if len(raw) != DIGEST_SIZE:
+            raise InvalidArgumentError(
+                f"malformed digest {text!r}: digest must be {DIGEST_SIZE} bytes, got {len(raw)}"
+            )
+        return cls(raw)
 
     def __str__(self) -> str:
         return TEXT_PREFIX + base64.b64encode(self).decode()

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Protocol
 
-from builder.errors import CancelledError
+from builder.errors import SignalledError
 
 
 class Cancellable(Protocol):
@@ -50,7 +50,7 @@ class CancelToken:
 
 @contextmanager
 def signals_cancel() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into ``CancelledError`` raised wherever a command waits.
+    """Turn SIGINT and SIGTERM into ``SignalledError`` raised wherever a command waits.
 
     The exception unwinds through whatever the command holds open, whose
     cleanup stops the build (a remote call is cancelled, a local launcher
@@ -60,7 +60,7 @@ def signals_cancel() -> Iterator[None]:
     """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise CancelledError(f"interrupted by {signal.Signals(signum).name}")
+        raise SignalledError(f"interrupted by {signal.Signals(signum).name}", signum)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

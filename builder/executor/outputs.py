@@ -182,6 +182,30 @@ def export_outputs(
         os.close(fd)
 
 
+def check_export_target(out_dir: Path) -> None:
+    """Refuse, before a build runs, a directory ``export_outputs`` would refuse afterwards.
+
+    An existing directory must pass the same checks as at export; a missing
+    one must be creatable: its nearest existing ancestor is a directory this
+    user may write to. Nothing is created, so a build that fails leaves no
+    empty directory behind.
+    """
+    try:
+        os.lstat(out_dir)
+    except FileNotFoundError:
+        ancestor = out_dir.absolute().parent
+        while not os.path.lexists(ancestor):
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise InvalidArgumentError(
+                f"cannot create {out_dir}: {ancestor} is not a directory this user may write to"
+            ) from None
+        return
+    except OSError as error:
+        raise InvalidArgumentError(f"cannot export into {out_dir}: {error.strerror}") from None
+    os.close(_open_own_directory(out_dir))
+
+
 def _open_own_directory(path: Path) -> int:
     try:
         fd = os.open(path, DIRECTORY_FLAGS)

@@ -249,7 +249,7 @@ def test_cli_builds_checks_and_imports_into_nix(corpus: Corpus, tmp_path: Path) 
 
 def test_cli_failure_exits_non_zero(corpus: Corpus, tmp_path: Path) -> None:
     failed = _cli("build", corpus.drvs["failing"], data=tmp_path)
-    assert failed.returncode == 1
+    assert failed.returncode == 100
     assert corpus.drvs["failing"] in failed.stderr
     assert "failing> about to fail" in failed.stderr
 
@@ -281,7 +281,7 @@ def test_cli_builds_on_a_remote_server(corpus: Corpus, tmp_path: Path) -> None:
         refused = _cli(
             "build", drv, "--check", "--remote", f"grpc+unix://{socket}", data=tmp_path / "c2"
         )
-        assert refused.returncode == 1
+        assert refused.returncode == 2
         assert "--check builds here" in refused.stderr
     finally:
         server.terminate()
