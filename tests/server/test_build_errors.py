@@ -13,15 +13,24 @@ from typing import Any
 import grpc
 import pytest
 
+from builder.castore.blobs.fs import FsBlobService
+from builder.castore.composition import Composition, Registry
 from builder.castore.digest import Digest
+from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.grpc.channel import open_channel
 from builder.castore.grpc.stubs import castore_rpc
 from builder.castore.wire import Family
+from builder.executor.config import BuildConfig
 from builder.executor.request import request_to_proto
+from builder.executor.service import BuildService
+from builder.server.app import create_server
 from builder.server.assembly import assemble_server
 from builder.server.status import INTERNAL_MESSAGE, rpc_errors
+from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.store import Store
 from sandbox import Launcher
 from tests.server.test_build_grpc import Served, _request, _serve, launcher  # noqa: F401
+from tests.server.test_castore_disk_full import SPACE, small_disk  # noqa: F401
 
 BUILD_ID = "[0-9a-f]{32}"
 
@@ -122,6 +131,36 @@ def test_a_missing_output_is_a_failed_event_on_the_stream(
     assert "'nix/store/out' was not produced" in failed.message
     assert failed.exit_code == 0
     _logged(logs, rf"^build {events[0].started.build_id}: .*was not produced")
+
+
+def test_an_output_larger_than_the_store_is_resource_exhausted_naming_the_store(
+    tmp_path: Path,
+    small_disk: Path,  # noqa: F811
+    launcher: Launcher,  # noqa: F811
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    """The build ran fine; storing its output did not, which is the store's bound, not a bug."""
+    blobs = FsBlobService(small_disk / "blobs")
+    directories = SqliteDirectoryService(tmp_path / "directories.sqlite")
+    pathinfos = SqlitePathInfoService(tmp_path / "pathinfo.sqlite")
+    store = Store(blobs, directories, pathinfos, Composition({}, Registry()))
+    service = BuildService(BuildConfig(work_dir=tmp_path / "work"), blobs, directories, launcher)
+    socket = tmp_path / "builder.sock"
+    bound = create_server(store, service, [f"grpc+unix://{socket}"])
+    bound.server.start()
+    channel = open_channel(f"grpc+unix://{socket}")
+    try:
+        served = Served(channel, store, service, tmp_path / "work")
+        script = f"head -c {2 * SPACE} /dev/urandom > /nix/store/out"
+        error = _do_build_fails(served, _request(script))
+    finally:
+        channel.close()
+        bound.server.stop(5).wait()
+        service.close()
+        pathinfos.close()
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert str(small_disk / "blobs") in error.details()
+    _logged(logs, rf"^build {BUILD_ID}: .*RESOURCE_EXHAUSTED")
 
 
 @pytest.mark.parametrize(
