@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
@@ -569,11 +568,14 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import importlib.metadata
+
         try:
             version = importlib.metadata.version("sandboxed-builder")
         except importlib.metadata.PackageNotFoundError:
             version = "unknown (not installed)"
-        parser.exit(message=f"{parser.prog} {version}\n")
+        print(f"{parser.prog} {version}")
+        parser.exit()
 
 
 DIGEST_HELP = "digest as blake3-<base64>, bare base64 (as in --json output) or 64 hex digits"
