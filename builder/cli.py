@@ -485,7 +485,7 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-input-size",
         type=int,
-        metavar="SIZE",
+        metavar="ENTRIES",
         help="largest castore directory size (the size rule: about two per name, in "
         "entries) of a build's inputs together (default: 8388608)",
     )
@@ -506,7 +506,7 @@ def _request_file_options(parser: argparse.ArgumentParser, out_help: str) -> Non
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="ingest a host path as input NAME before the build (repeatable)",
+        help="ingest a host path as input NAME before the build (repeatable; default: none)",
     )
     parser.add_argument("--out", type=Path, metavar="DIR", help=out_help)
     parser.add_argument(
@@ -656,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="unix socket taking Nix connections from builder-nix-serve "
-        "--store handoff+unix://PATH; whoever can connect can build (mode from the umask)",
+        "--store handoff+unix://PATH; whoever can connect can build (mode from the umask; "
+        "default: none)",
     )
     p.add_argument(
         "--nix-sessions",
