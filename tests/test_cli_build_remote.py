@@ -27,6 +27,7 @@ from builder.castore.grpc.channel import open_channel
 from tests.isolation import sleep_marker
 from tests.processes import processes_with
 from tests.server.test_build_constraints import NETWORK_PROBE, host_listener
+from tests.test_cli_output import check_readable_outputs, shapes_request  # noqa: F401
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +215,28 @@ def test_failed_build_exits_non_zero_with_message(server: Server, tmp_path: Path
     stderr = result.stderr.decode()
     assert "oops" in stderr
     assert "builder: error: build failed: exited with code 4" in stderr
+
+
+def test_a_missing_output_fails_the_build_with_exit_100(server: Server, tmp_path: Path) -> None:
+    request = _request_file(tmp_path, "true")
+    result = build(server.address, str(request), data=tmp_path)
+    assert result.returncode == 100, result.stderr
+    assert "'nix/store/out' was not produced" in result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+
+
+def test_readable_results_and_json(
+    server: Server,
+    tmp_path: Path,
+    shapes_request: Path,  # noqa: F811
+) -> None:
+    out = tmp_path / "out"
+    readable = build(server.address, str(shapes_request), "--out", str(out), data=tmp_path)
+    assert readable.returncode == 0, readable.stderr
+    as_json = build(server.address, str(shapes_request), "--json", data=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    check_readable_outputs(readable.stdout.decode(), as_json.stdout.decode())
+    assert (out / "b-file").stat().st_size == 2048
 
 
 def test_invalid_request_is_refused_before_anything_is_sent(server: Server, tmp_path: Path) -> None:
