@@ -73,6 +73,17 @@ def _ingest_argument(argument: str, path: str, store: Store, name: bytes | None 
         raise InvalidArgumentError(f"{argument}: {_os_reason(error, path)}") from error
 
 
+def _check_readable(flag: str, path: Path | None) -> None:
+    """A file a server reads at start: a missing one is the option's fault, said at once."""
+    if path is None:
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise InvalidArgumentError(f"{flag} {path}: {error.strerror or error}") from error
+
+
 def _load_request(path: str) -> Any:
     """The request message in a file the user named, or an error naming the file."""
     from builder.executor.request_file import load_request_message
@@ -195,6 +206,7 @@ def _build_service(
     from builder.executor.config import BuildConfig, BuildLimits
     from builder.executor.service import BuildService
 
+    _check_build_numbers(args)
     data_dir = args.data_dir or default_data_dir()
     defaults = BuildConfig(work_dir=args.work_dir or data_dir / "build")
     config = BuildConfig(
@@ -211,7 +223,32 @@ def _build_service(
         max_input_size=args.max_input_size or defaults.max_input_size,
         allow_network=allow_network,
     )
-    return BuildService(config, store.blobs, store.directories, launcher)
+    try:
+        return BuildService(config, store.blobs, store.directories, launcher)
+    except OSError as error:
+        where = "--work-dir" if args.work_dir else "work directory"
+        reason = _os_reason(error, config.work_dir)
+        raise InvalidArgumentError(f"{where} {config.work_dir}: {reason}") from error
+
+
+def _check_build_numbers(args: argparse.Namespace) -> None:
+    """Refuse a count or bound that would make no build possible or mean nothing."""
+    least = (
+        ("--jobs", args.jobs, 1),
+        ("--queue", args.queue, 0),
+        ("--memory-limit", args.memory_limit, 1),
+        ("--cache-max-bytes", args.cache_max_bytes, 0),
+        ("--max-input-size", args.max_input_size, 1),
+    )
+    for flag, value, minimum in least:
+        if value is not None and value < minimum:
+            raise InvalidArgumentError(f"{flag} must be at least {minimum}, got {value}")
+    if not args.timeout > 0:
+        raise InvalidArgumentError(f"--timeout must be more than 0 seconds, got {args.timeout}")
+    if not args.log_retention >= 0:
+        raise InvalidArgumentError(
+            f"--log-retention must be 0 seconds or more, got {args.log_retention}"
+        )
 
 
 def _launcher(one_shot: bool) -> Launcher:
@@ -271,6 +308,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if not (args.tls_cert and args.tls_key):
             raise InvalidArgumentError("--tls-cert and --tls-key go together")
         tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+        for flag, path in (
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+            ("--tls-client-ca", args.tls_client_ca),
+        ):
+            _check_readable(flag, path)
     if args.max_directory_entries < 1:
         raise InvalidArgumentError("--max-directory-entries must be at least 1")
     token = None

@@ -234,3 +234,38 @@ def test_help_lists_the_exit_codes(data: Path) -> None:
     assert "exit status:" in result.stdout
     for code in ("100", "130", "  2 ", "  1 "):
         assert code in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--jobs", "0", "--jobs must be at least 1, got 0"),
+        ("--timeout", "-1", "--timeout must be more than 0 seconds"),
+        ("--timeout", "nan", "--timeout must be more than 0 seconds"),
+        ("--memory-limit", "0", "--memory-limit must be at least 1"),
+    ],
+)
+def test_numbers_that_allow_no_build(data: Path, option: str, value: str, expected: str) -> None:
+    one_line_error(builder("run", HELLO, option, value, data=data), 2, expected)
+
+
+def test_work_dir_that_cannot_be_created(data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bad = str(blocker / "work")
+    one_line_error(builder("run", HELLO, "--work-dir", bad, data=data), 2, f"--work-dir {bad}")
+
+
+def test_missing_tls_files_of_a_server(data: Path, tmp_path: Path) -> None:
+    cert = str(tmp_path / "cert.pem")
+    result = builder(
+        "serve",
+        "--listen",
+        "grpc+http://127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        str(tmp_path / "key.pem"),
+        data=data,
+    )
+    one_line_error(result, 2, f"--tls-cert {cert}", "No such file")
