@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -176,6 +177,46 @@ def test_signal_ends_a_local_build_cleanly(tmp_path: Path, signum: signal.Signal
     assert command.returncode == 128 + signum, stderr
     assert f"interrupted by {signum.name}" in stderr.decode()
     assert b"Traceback" not in stderr
+    wait_for(lambda: not processes_with(marker), "the build to end with its command")
+    assert not list((tmp_path / "data" / "build" / "builds").iterdir())
+
+
+def test_ctrl_c_at_the_terminal_ends_a_local_build_with_130(tmp_path: Path) -> None:
+    """A terminal sends SIGINT to the whole process group, launcher included, once the
+    build has started: the command still ends with 130, one line, nothing left behind."""
+    marker = sleep_marker(4300)
+    request = tmp_path / "req.json"
+    request.write_text(
+        json.dumps(
+            {
+                "commandArgs": ["/bin/sh", "-c", f"{marker}; echo x > x"],
+                "workingDir": "build",
+                "scratchPaths": ["build"],
+                "inputsDir": "build/in",
+                "outputs": ["build/x"],
+                "constraints": {"system": "x86_64-linux", "provideBinSh": True},
+            }
+        )
+    )
+    command = subprocess.Popen(
+        [sys.executable, "-m", "builder", "run", str(request)],
+        env={**os.environ, "BUILDER_DATA_DIR": str(tmp_path / "data")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        assert command.stderr is not None
+        first = command.stderr.readline().decode()
+        assert re.fullmatch(r"builder: build [0-9a-f]{32} started\n", first), first
+        wait_for(lambda: processes_with(marker), "the build command to run")
+        os.killpg(command.pid, signal.SIGINT)
+        _, rest = command.communicate(timeout=60)
+    finally:
+        command.kill()
+    assert command.returncode == 130, rest
+    assert rest.decode() == "builder: error: interrupted by SIGINT\n"
     wait_for(lambda: not processes_with(marker), "the build to end with its command")
     assert not list((tmp_path / "data" / "build" / "builds").iterdir())
 
