@@ -627,7 +627,8 @@ DIGEST_HELP = "digest as blake3-<base64>, bare base64 (as in --json output) or 6
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="builder",
-        description=__doc__,
+        description="Run builds in a sandbox, here or on a server, and work with the\n"
+        "content-addressed store they read and write (Tvix and Snix protocols).",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
