@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -269,3 +270,26 @@ def test_missing_tls_files_of_a_server(data: Path, tmp_path: Path) -> None:
         data=data,
     )
     one_line_error(result, 2, f"--tls-cert {cert}", "No such file")
+
+
+def test_ctrl_c_outside_a_build_exits_130(data: Path, tmp_path: Path) -> None:
+    """``castore cat`` of a blob larger than a pipe holds blocks writing until interrupted."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(4 << 20))
+    digest = _digest_of(blob, data)
+    cat = subprocess.Popen(
+        [sys.executable, "-m", "builder", "castore", "cat", digest],
+        env={**os.environ, "BUILDER_DATA_DIR": str(data)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert cat.stdout is not None
+        assert cat.stdout.read(1), "cat wrote nothing"
+        cat.send_signal(signal.SIGINT)
+        _, stderr = cat.communicate(timeout=60)
+    finally:
+        cat.kill()
+    assert cat.returncode == 130, stderr
+    assert stderr == b"builder: error: interrupted by SIGINT\n"
