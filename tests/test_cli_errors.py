@@ -194,6 +194,14 @@ def test_out_through_a_symlink(data: Path, tmp_path: Path) -> None:
     _refused_before_the_build(result, "symlink")
 
 
+def test_out_of_a_remote_build_is_checked_before_connecting(data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    remote = f"grpc+unix://{tmp_path}/none.sock"
+    result = builder("build", "--remote", remote, HELLO, "--out", str(blocker / "o"), data=data)
+    _refused_before_the_build(result, "Not a directory")
+
+
 def test_remote_that_nobody_serves(data: Path, tmp_path: Path) -> None:
     result = builder("build", "--remote", f"grpc+unix://{tmp_path}/none.sock", HELLO, data=data)
     one_line_error(result, 1, "UNAVAILABLE")
