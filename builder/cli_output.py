@@ -115,10 +115,8 @@ def report_unexpected(error: BaseException, stream: TextIO = sys.stderr) -> int:
         print(f"builder: error: {error}", file=stream)
     else:
         hint = "" if debugging else f"; set {DEBUG_ENV}=1 for the traceback"
-        print(
-            f"builder: error: {type(error).__name__}: {error} (this is a bug{hint})",
-            file=stream,
-        )
+        what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        print(f"builder: error: {what} (this is a bug{hint})", file=stream)
     if debugging:
         traceback.print_exception(error, file=stream)
     return EXIT_FAILURE

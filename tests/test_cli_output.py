@@ -128,6 +128,13 @@ def test_a_bug_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch) -> 
     assert "_raised" in loud.getvalue()
 
 
+def test_a_bug_without_a_message_is_named_by_its_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BUILDER_DEBUG", raising=False)
+    out = io.StringIO()
+    report_unexpected(_raised(AssertionError()), out)
+    assert out.getvalue().startswith("builder: error: AssertionError (this is a bug;")
+
+
 def test_a_host_error_that_escaped_is_not_called_a_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BUILDER_DEBUG", raising=False)
     out = io.StringIO()
