@@ -25,6 +25,7 @@ from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
     from builder.executor.request import BuildRequest
+    from builder.executor.request_file import RequestFile
     from builder.executor.service import BuildExecutor, BuildService, Event
     from sandbox import Launcher
 
@@ -224,17 +225,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve(store, builds, args.listen, tls, token, args.max_directory_entries)
 
 
-def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> BuildRequest:
-    """Ingest each ``NAME=PATH`` and make it the input NAME, replacing one of that name."""
-    from builder.castore.fs.ingest import ingest_path
-
-    imported = []
+def _imports(loaded: RequestFile, specs: list[str]) -> list[tuple[str, Path]]:
+    """The request file's host paths, then each ``--import NAME=PATH``, which replaces one."""
+    flags = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name:
             raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
+        flags.append((name, Path(path)))
+    named = {name for name, _ in flags}
+    return [(i.name, i.path) for i in loaded.imports if i.name not in named] + flags
+
+
+def _with_imports(
+    request: BuildRequest, imports: list[tuple[str, Path]], store: Store
+) -> BuildRequest:
+    """Ingest each host path and make it the input NAME, replacing one of that name."""
+    from builder.castore.fs.ingest import ingest_path
+
+    imported = []
+    for name, path in imports:
         node = ingest_path(
-            Path(path),
+            path,
             store.blobs,
             store.directories,
             os.fsencode(name),
@@ -265,19 +277,29 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto, snix_response
-    from builder.executor.request_file import load_request_message
+    from builder.executor.request_file import load_request_file
 
-    message = load_request_message(Path(args.request))
+    loaded = load_request_file(Path(args.request))
+    imports = _imports(loaded, args.imports)
     # The user runs this on their own machine, as with Nix: fixed-output
     # builds fetch from the network.
     with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
-        request = _with_imports(request_from_proto(message), args.imports, store)
+        request = _with_imports(request_from_proto(loaded.message), imports, store)
         outcome = builds.build(request, _print_event)
         if args.out:
             nodes = [o.node for o in outcome.outputs]
             export_outputs(nodes, args.out, store.blobs, store.directories)
         response = json_format.MessageToDict(snix_response(outcome.outputs))
         print(json.dumps(response, indent=2, sort_keys=True))
+
+
+def cmd_request_show(args: argparse.Namespace) -> None:
+    from builder.executor.request import request_from_proto
+    from builder.executor.request_file import load_request_file, render_request_file
+
+    loaded = load_request_file(Path(args.request))
+    request_from_proto(loaded.message).validate()
+    sys.stdout.write(render_request_file(loaded, args.format))
 
 
 def _flag(setting: str) -> str:
@@ -293,17 +315,18 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto
-    from builder.executor.request_file import load_request_message
+    from builder.executor.request_file import load_request_file
     from builder.remote.client import RemoteBuilder
 
-    message = load_request_message(Path(args.request))
+    loaded = load_request_file(Path(args.request))
+    imports = _imports(loaded, args.imports)
     security = _channel_security(args)
     store = _store(args)
     try:
-        request = request_from_proto(message)
+        request = request_from_proto(loaded.message)
         request.validate()
         with signals_cancel(), RemoteBuilder(args.remote, security) as remote:
-            request = _with_imports(request, args.imports, store)
+            request = _with_imports(request, imports, store)
             outcome = remote.build(request, store.blobs, store.directories, _print_event)
             if args.out:
                 remote.fetch(outcome.outputs, store.blobs, store.directories)
@@ -393,7 +416,7 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
 
 def _request_file_options(parser: argparse.ArgumentParser, out_help: str) -> None:
     """What ``run`` and ``build --remote`` share: a request file, inputs to import, outputs."""
-    parser.add_argument("request", help="request as .json, .txtpb or .pb (either family)")
+    parser.add_argument("request", help="request as .toml, .json, .txtpb or .pb (either family)")
     parser.add_argument(
         "--import",
         dest="imports",
@@ -525,6 +548,21 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
+
+    request = commands.add_parser("request", help="work with build request files")
+    request_commands = request.add_subparsers(dest="request_command", required=True)
+    p = request_commands.add_parser(
+        "show", help="check a request file and print it in another form"
+    )
+    p.add_argument("request", help="request as .toml, .json, .txtpb or .pb (either family)")
+    p.add_argument(
+        "--format",
+        choices=("toml", "json", "txtpb"),
+        default="toml",
+        help="form to print: toml (written by hand), json or txtpb (protobuf) "
+        "(default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_request_show)
 
     nix = commands.add_parser("nix", help="build Nix derivations")
     nix_commands = nix.add_subparsers(dest="nix_command", required=True)
