@@ -431,3 +431,15 @@ def test_any_message_round_trips_through_toml(
             node.file.executable = True
     text = render_request_toml(message)
     assert parse_request_toml(text, Path("/")).message == message
+
+
+def test_the_readme_example_reads(tmp_path: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme[readme.index("### Writing a request") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 10)]
+    (tmp_path / "hello.c").write_text("int main(void) { return 0; }\n")
+    loaded = load_toml(tmp_path, example)
+    request_from_proto(loaded.message).validate()
+    assert [i.name for i in loaded.imports] == ["bin", "hello.c"]
+    assert loaded.imports[1].path == tmp_path / "hello.c"
+    assert loaded.message.environment_vars[0].value == b"\xca\xfe\xff"
