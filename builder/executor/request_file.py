@@ -42,8 +42,7 @@ def load_request_file(path: Path) -> RequestFile:
     message = snix_build.BuildRequest()
     try:
         if path.suffix in TOML_SUFFIXES:
-            loaded = parse_request_toml(path.read_text(), path.parent)
-            return RequestFile(loaded.message, loaded.imports)
+            return RequestFile(*parse_request_toml(path.read_text(), path.parent))
         if path.suffix in JSON_SUFFIXES:
             parse_json_strictly(path.read_text(), message)
         elif path.suffix in TEXT_SUFFIXES:

@@ -76,14 +76,8 @@ class HostImport:
     path: Path
 
 
-@dataclass(frozen=True)
-class TomlRequest:
-    message: Any
-    imports: tuple[HostImport, ...]
-
-
-def parse_request_toml(text: str, base: Path) -> TomlRequest:
-    """Read the TOML form; relative host paths are taken against ``base``."""
+def parse_request_toml(text: str, base: Path) -> tuple[Any, tuple[HostImport, ...]]:
+    """The message and the host paths to import, relative ones taken against ``base``."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -123,7 +117,7 @@ def parse_request_toml(text: str, base: Path) -> TomlRequest:
     for path, contents in files.items():
         where = f"additional_files.{_key(path)}"
         message.additional_files.add(path=path, contents=_bytes(contents, where))
-    return TomlRequest(message, tuple(imports))
+    return message, tuple(imports)
 
 
 def _input(message: Any, name: str, spec: Any, where: str, base: Path) -> HostImport | None:
@@ -137,7 +131,10 @@ def _input(message: Any, name: str, spec: Any, where: str, base: Path) -> HostIm
     (kind,) = kinds
     _check_keys(spec, f"{where}.", (kind, *_INPUT_KINDS[kind]))
     if kind == "path":
-        path = base / _string(spec, "path", f"{where}.")
+        text = _string(spec, "path", f"{where}.")
+        if not text:
+            raise InvalidArgumentError(f"{where}.path: empty")
+        path = base / text
         if not os.path.lexists(path):
             raise InvalidArgumentError(f"{where}.path: {path} does not exist")
         return HostImport(name, path)
