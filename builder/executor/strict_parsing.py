@@ -22,7 +22,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from builder.errors import InvalidArgumentError
 
-FRIENDLY_FORM = "write the request as TOML (.toml) to give plain text; see 'Writing a request'"
+FRIENDLY_FORM = (
+    "write the request as TOML (.toml) to give plain text; see 'Writing a request' in the README"
+)
 
 _TO_STANDARD_ALPHABET = str.maketrans("-_", "+/")
 _TO_URLSAFE_ALPHABET = str.maketrans("+/", "-_")
