@@ -42,7 +42,8 @@ def load_request_file(path: Path) -> RequestFile:
     message = snix_build.BuildRequest()
     try:
         if path.suffix in TOML_SUFFIXES:
-            return RequestFile(*parse_request_toml(path.read_text(), path.parent))
+            # Absolute, so that the paths still hold when the request is shown elsewhere.
+            return RequestFile(*parse_request_toml(path.read_text(), path.parent.absolute()))
         if path.suffix in JSON_SUFFIXES:
             parse_json_strictly(path.read_text(), message)
         elif path.suffix in TEXT_SUFFIXES:

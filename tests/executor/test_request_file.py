@@ -242,6 +242,19 @@ def test_host_paths_are_taken_from_the_files_directory(tmp_path: Path) -> None:
     assert not loaded.message.inputs
 
 
+def test_host_paths_are_absolute_when_the_file_is_named_relatively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that ``request show`` prints paths that hold wherever its output is saved."""
+    (tmp_path / "project" / "src").mkdir(parents=True)
+    write(tmp_path / "project", "req.toml", MINIMAL + '[inputs]\nsrc = { path = "src" }\n')
+    monkeypatch.chdir(tmp_path)
+    loaded = load_request_file(Path("project/req.toml"))
+    assert loaded.imports == (HostImport("src", tmp_path / "project" / "src"),)
+    rendered = render_request_file(loaded, "toml")
+    assert f'src = {{ path = "{tmp_path}/project/src" }}' in rendered
+
+
 def test_a_missing_host_path_is_named(tmp_path: Path) -> None:
     message = refusal(tmp_path, MINIMAL + '[inputs]\nsrc = { path = "gone" }\n')
     assert f"inputs.src.path: {tmp_path}/gone does not exist" in message
