@@ -38,6 +38,8 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 # What a TOML basic string cannot hold as itself: the quote, the backslash and
 # control characters other than tab.
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x08\x0a-\x1f\x7f]')
+# What a TOML literal string cannot hold: its quote and those control characters.
+_NOT_LITERAL = re.compile(r"['\x00-\x08\x0a-\x1f\x7f]")
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 _TOP_KEYS = (
@@ -96,15 +98,18 @@ def parse_request_toml(text: str, base: Path) -> tuple[Any, tuple[HostImport, ..
         value = _bytes(environment[key], f"environment_vars.{_key(key)}")
         message.environment_vars.add(key=key, value=value)
 
-    constraints = _table(document, "constraints")
-    _check_keys(constraints, "constraints.", _CONSTRAINT_KEYS)
-    message.constraints.system = _string(constraints, "system", "constraints.")
-    message.constraints.min_memory = _uint64(constraints, "min_memory", "constraints.")
-    message.constraints.available_ro_paths.extend(
-        _strings(constraints, "available_ro_paths", "constraints.")
-    )
-    message.constraints.network_access = _bool(constraints, "network_access", "constraints.")
-    message.constraints.provide_bin_sh = _bool(constraints, "provide_bin_sh", "constraints.")
+    if "constraints" in document:
+        # Only when given: an absent table is an absent message, as in protobuf JSON.
+        constraints = _table(document, "constraints")
+        _check_keys(constraints, "constraints.", _CONSTRAINT_KEYS)
+        message.constraints.SetInParent()
+        message.constraints.system = _string(constraints, "system", "constraints.")
+        message.constraints.min_memory = _uint64(constraints, "min_memory", "constraints.")
+        message.constraints.available_ro_paths.extend(
+            _strings(constraints, "available_ro_paths", "constraints.")
+        )
+        message.constraints.network_access = _bool(constraints, "network_access", "constraints.")
+        message.constraints.provide_bin_sh = _bool(constraints, "provide_bin_sh", "constraints.")
 
     imports = []
     inputs = _table(document, "inputs")
@@ -271,10 +276,10 @@ def _render_lines(message: Any, imports: tuple[HostImport, ...]) -> Iterator[str
         for var in message.environment_vars:
             yield f"{_key(var.key)} = {_bytes_value(var.value)}\n"
 
-    constraints = message.constraints
-    yield "\n[constraints]\n"
-    for key in _CONSTRAINT_KEYS:
-        yield from _assignment(key, getattr(constraints, key))
+    if message.HasField("constraints"):
+        yield "\n[constraints]\n"
+        for key in _CONSTRAINT_KEYS:
+            yield from _assignment(key, getattr(message.constraints, key))
 
     entries = [_input_entry(node, i) for i, node in enumerate(message.inputs)]
     entries += [(host.name, f"{{ path = {_string_literal(str(host.path))} }}") for host in imports]
@@ -338,6 +343,10 @@ def _bytes_value(value: bytes) -> str:
 
 
 def _string_literal(text: str) -> str:
+    """A basic string, or a literal one where that spares escaping quotes and backslashes."""
+    if _NEEDS_ESCAPE.search(text) and not _NOT_LITERAL.search(text):
+        return f"'{text}'"
+
     def escape(match: re.Match[str]) -> str:
         char = match.group()
         return _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"

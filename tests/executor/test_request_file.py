@@ -400,7 +400,7 @@ names = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=1
     files=st.dictionaries(names, st.binary(max_size=20)),
     links=st.dictionaries(names, st.binary(min_size=1, max_size=20)),
     memory=st.integers(0, 2**63 - 1),
-    flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
 )
 def test_any_message_round_trips_through_toml(
     args: list[str],
@@ -408,7 +408,7 @@ def test_any_message_round_trips_through_toml(
     files: dict[str, bytes],
     links: dict[str, bytes],
     memory: int,
-    flags: tuple[bool, bool, bool],
+    flags: tuple[bool, bool, bool, bool],
 ) -> None:
     """Whatever the strings and bytes, the TOML written reads back as the same message."""
     message = snix_build.BuildRequest(
@@ -443,6 +443,8 @@ def test_any_message_round_trips_through_toml(
             node.file.name = name
             node.file.digest = EMPTY_DIGEST
             node.file.executable = True
+    if flags[3]:
+        message.ClearField("constraints")
     text = render_request_toml(message)
     assert parse_request_toml(text, Path("/"))[0] == message
 
@@ -457,3 +459,20 @@ def test_the_readme_example_reads(tmp_path: Path) -> None:
     assert [i.name for i in loaded.imports] == ["bin", "hello.c"]
     assert loaded.imports[1].path == tmp_path / "hello.c"
     assert loaded.message.environment_vars[0].value == b"\xca\xfe\xff"
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [
+        ("plain", '"plain"'),
+        ('grep "\\d+" C:\\dir', "'grep \"\\d+\" C:\\dir'"),
+        ("it's", '"it\'s"'),
+        ("it's \\", '"it\'s \\\\"'),
+        ("tab\tand\x7f\n", '"tab\tand\\u007f\\n"'),
+    ],
+)
+def test_strings_are_written_the_simplest_way_toml_allows(text: str, written: str) -> None:
+    message = snix_build.BuildRequest(command_args=[text])
+    rendered = render_request_toml(message)
+    assert rendered.startswith(f"command_args = [{written}]\n")
+    assert parse_request_toml(rendered, Path("/"))[0] == message
