@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import os
 import re
 import tomllib
@@ -178,8 +179,22 @@ def _check_keys(table: dict[str, Any], prefix: str, allowed: tuple[str, ...]) ->
             )
 
 
+# Types by the names TOML gives them, which the person writing the file knows.
+_TOML_TYPES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    list: "an array",
+    dict: "a table",
+    datetime.datetime: "a date-time",
+    datetime.date: "a date",
+    datetime.time: "a time",
+}
+
+
 def _type_error(where: str, expected: str, value: Any) -> InvalidArgumentError:
-    return InvalidArgumentError(f"{where}: expected {expected}, got {type(value).__name__}")
+    return InvalidArgumentError(f"{where}: expected {expected}, got {_TOML_TYPES[type(value)]}")
 
 
 def _string(table: dict[str, Any], key: str, prefix: str = "") -> str:
@@ -192,7 +207,7 @@ def _string(table: dict[str, Any], key: str, prefix: str = "") -> str:
 def _strings(table: dict[str, Any], key: str, prefix: str = "") -> list[str]:
     values = table.get(key, [])
     if not isinstance(values, list):
-        raise _type_error(prefix + key, "a list of strings", values)
+        raise _type_error(prefix + key, "an array of strings", values)
     for i, value in enumerate(values):
         if not isinstance(value, str):
             raise _type_error(f"{prefix}{key}[{i}]", "a string", value)
