@@ -33,6 +33,7 @@ from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
     from builder.executor.request import BuildRequest
+    from builder.executor.request_file import RequestFile
     from builder.executor.service import BuildExecutor, BuildService, Event
     from sandbox import Launcher
 
@@ -84,16 +85,14 @@ def _check_readable(flag: str, path: Path | None) -> None:
         raise InvalidArgumentError(f"{flag} {path}: {error.strerror or error}") from error
 
 
-def _load_request(path: str) -> Any:
-    """The request message in a file the user named, or an error naming the file."""
-    from builder.executor.request_file import load_request_message
+def _load_request(path: str) -> RequestFile:
+    """The request in a file the user named, or an error naming the file."""
+    from builder.executor.request_file import load_request_file
 
     try:
-        return load_request_message(Path(path))
-    except OSError as error:
-        raise InvalidArgumentError(f"request file {path}: {error.strerror or error}") from error
-    except UnicodeDecodeError as error:
-        raise InvalidArgumentError(f"request file {path}: not UTF-8 text: {error}") from error
+        return load_request_file(Path(path))
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(f"request file {error}") from error
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -336,14 +335,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve(store, builds, args.listen, tls, token, args.max_directory_entries)
 
 
-def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> BuildRequest:
-    """Ingest each ``NAME=PATH`` and make it the input NAME, replacing one of that name."""
-    imported = []
+def _imports(loaded: RequestFile, specs: list[str]) -> list[tuple[str, Path]]:
+    """The request file's host paths, then each ``--import NAME=PATH``, which replaces one."""
+    flags = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name:
             raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
-        node = _ingest_argument(f"--import {spec}", path, store, os.fsencode(name))
+        flags.append((name, Path(path)))
+    named = {name for name, _ in flags}
+    return [(i.name, i.path) for i in loaded.imports if i.name not in named] + flags
+
+
+def _with_imports(
+    request: BuildRequest, imports: list[tuple[str, Path]], store: Store
+) -> BuildRequest:
+    """Ingest each host path and make it the input NAME, replacing one of that name."""
+    imported = []
+    for name, path in imports:
+        node = _ingest_argument(f"input {name} ({path})", str(path), store, os.fsencode(name))
         print(f"imported {path} as {name}: {describe_node(node)}", file=sys.stderr)
         imported.append(node)
     if not imported:
@@ -370,12 +380,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto, snix_response
 
-    message = _load_request(args.request)
+    loaded = _load_request(args.request)
+    imports = _imports(loaded, args.imports)
     _check_out(args)
     # The user runs this on their own machine, as with Nix: fixed-output
     # builds fetch from the network.
     with signals_cancel(), _local_builds(args, allow_network=True) as (store, builds):
-        request = _with_imports(request_from_proto(message), args.imports, store)
+        request = _with_imports(request_from_proto(loaded.message), imports, store)
         outcome = builds.build(request, _print_event)
         nodes = [o.node for o in outcome.outputs]
         if args.out:
@@ -385,6 +396,15 @@ def cmd_run(args: argparse.Namespace) -> None:
             print(json.dumps(response, indent=2, sort_keys=True))
         else:
             print(outputs_table(request.outputs, nodes, [o.needles for o in outcome.outputs]))
+
+
+def cmd_request_show(args: argparse.Namespace) -> None:
+    from builder.executor.request import request_from_proto
+    from builder.executor.request_file import render_request_file
+
+    loaded = _load_request(args.request)
+    request_from_proto(loaded.message).validate()
+    sys.stdout.write(render_request_file(loaded, args.format))
 
 
 def _flag(setting: str) -> str:
@@ -402,15 +422,16 @@ def cmd_build(args: argparse.Namespace) -> None:
     from builder.executor.request import request_from_proto
     from builder.remote.client import RemoteBuilder
 
-    message = _load_request(args.request)
+    loaded = _load_request(args.request)
+    imports = _imports(loaded, args.imports)
     security = _channel_security(args)
     _check_out(args)
     store = _store(args)
     try:
-        request = request_from_proto(message)
+        request = request_from_proto(loaded.message)
         request.validate()
         with signals_cancel(), RemoteBuilder(args.remote, security) as remote:
-            request = _with_imports(request, args.imports, store)
+            request = _with_imports(request, imports, store)
             outcome = remote.build(request, store.blobs, store.directories, _print_event)
             if args.out:
                 remote.fetch(outcome.outputs, store.blobs, store.directories)
@@ -542,7 +563,7 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
 
 def _request_file_options(parser: argparse.ArgumentParser, out_help: str) -> None:
     """What ``run`` and ``build --remote`` share: a request file, inputs to import, outputs."""
-    parser.add_argument("request", help="request as .json, .txtpb or .pb (either family)")
+    parser.add_argument("request", help="request as .toml, .json, .txtpb or .pb (either family)")
     parser.add_argument(
         "--import",
         dest="imports",
@@ -732,6 +753,21 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
+
+    request = commands.add_parser("request", help="work with build request files")
+    request_commands = request.add_subparsers(dest="request_command", required=True)
+    p = request_commands.add_parser(
+        "show", help="check a request file and print it in another form"
+    )
+    p.add_argument("request", help="request as .toml, .json, .txtpb or .pb (either family)")
+    p.add_argument(
+        "--format",
+        choices=("toml", "json", "txtpb"),
+        default="toml",
+        help="form to print: toml (written by hand), json or txtpb (protobuf) "
+        "(default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_request_show)
 
     nix = commands.add_parser("nix", help="build Nix derivations")
     nix_commands = nix.add_subparsers(dest="nix_command", required=True)

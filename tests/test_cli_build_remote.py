@@ -129,7 +129,7 @@ def _request_file(tmp: Path, script: str, name: str = "req.json", network: bool 
 def test_hello(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = build(
-        server.address, str(EXAMPLES / "hello.json"), "--json", "--out", str(out), data=tmp_path
+        server.address, str(EXAMPLES / "hello.toml"), "--json", "--out", str(out), data=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert b"Hello, world!" in result.stderr
@@ -139,10 +139,34 @@ def test_hello(server: Server, tmp_path: Path) -> None:
     assert subprocess.run([hello], capture_output=True).stdout == b"Hello, world!\n"
     assert hello.stat().st_mode & 0o777 == 0o555
 
+    # The same request in protobuf JSON.
     again = build(server.address, str(EXAMPLES / "hello.json"), "--json", data=tmp_path)
     assert again.returncode == 0, again.stderr
     assert b"answered from the result cache" in again.stderr
     assert json.loads(again.stdout) == response
+
+
+def test_host_paths_of_a_toml_request_are_uploaded(server: Server, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "msg").write_text("named by the request\n")
+    request = project / "req.toml"
+    request.write_text(
+        """
+command_args = ["/bin/sh", "-c", "cat /nix/store/src/msg > /nix/store/out"]
+working_dir = "build"
+scratch_paths = ["build", "nix/store"]
+inputs_dir = "nix/store"
+outputs = ["nix/store/out"]
+constraints = { system = "x86_64-linux", provide_bin_sh = true }
+inputs = { src = { path = "src" } }
+"""
+    )
+    out = tmp_path / "o"
+    result = build(server.address, str(request), "--out", str(out), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert b"uploaded 1 blobs (21 bytes) and 1 directories" in result.stderr
+    assert (out / "out").read_text() == "named by the request\n"
 
 
 def test_import_uploads_only_what_the_server_lacks(server: Server, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def run(*args: str, data: Path) -> subprocess.CompletedProcess:
 
 def test_hello_builds_and_runs(tmp_path: Path) -> None:
     result = run(
-        str(EXAMPLES / "hello.json"), "--json", "--out", str(tmp_path / "out"), data=tmp_path
+        str(EXAMPLES / "hello.toml"), "--json", "--out", str(tmp_path / "out"), data=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert b"Hello, world!" in result.stderr
@@ -50,6 +50,7 @@ def test_hello_builds_and_runs(tmp_path: Path) -> None:
 
     assert hello.stat().st_mtime == 1
 
+    # The same request in protobuf JSON: the result cache answers it.
     again = run(
         str(EXAMPLES / "hello.json"), "--json", "--out", str(tmp_path / "out"), data=tmp_path
     )
@@ -70,7 +71,7 @@ def test_multi_output_text_format_with_needles(tmp_path: Path) -> None:
 
 def test_additional_files_and_needles(tmp_path: Path) -> None:
     result = run(
-        str(EXAMPLES / "additional-files.json"),
+        str(EXAMPLES / "additional-files.toml"),
         "--json",
         "--out",
         str(tmp_path / "o"),
@@ -107,11 +108,101 @@ def test_import_host_path_as_input(tmp_path: Path) -> None:
     assert (tmp_path / "imports.sqlite").is_file(), "imports consult the data dir's record"
 
 
+def test_host_paths_in_a_toml_request_are_taken_from_its_directory(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "msg").write_text("from the host\n")
+    request = project / "req.toml"
+    request.write_text(
+        """
+command_args = ["/bin/sh", "-c", "cat /nix/store/src/msg > /nix/store/out"]
+working_dir = "build"
+scratch_paths = ["build", "nix/store"]
+inputs_dir = "nix/store"
+outputs = ["nix/store/out"]
+constraints = { system = "x86_64-linux", provide_bin_sh = true }
+inputs = { src = { path = "src" } }
+"""
+    )
+    result = run(str(request), "--out", str(tmp_path / "o"), data=tmp_path)  # cwd is ROOT
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "out").read_text() == "from the host\n"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "msg").write_text("from the flag\n")
+    flag = f"src={other}"
+    result = run(str(request), "--import", flag, "--out", str(tmp_path / "p"), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "p" / "out").read_text() == "from the flag\n"
+
+
+def test_stored_inputs_by_the_digest_the_cli_prints(tmp_path: Path) -> None:
+    imported = subprocess.run(
+        [sys.executable, "-m", "builder", "castore", "import", str(EXAMPLES / "hello-tree")],
+        env={**os.environ, "BUILDER_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    kind, digest, size = imported.stdout.decode().split("\t")[1].split()
+    assert kind == "directory"
+    request = tmp_path / "req.toml"
+    request.write_text(
+        f"""
+command_args = ["/bin/sh", "-c", "cat /nix/store/tree/greeting > /nix/store/out"]
+working_dir = "build"
+scratch_paths = ["build", "nix/store"]
+inputs_dir = "nix/store"
+outputs = ["nix/store/out"]
+constraints = {{ system = "x86_64-linux", provide_bin_sh = true }}
+inputs = {{ tree = {{ directory = "{digest}", {size.replace("=", " = ")} }} }}
+"""
+    )
+    result = run(str(request), "--out", str(tmp_path / "o"), data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    greeting = (EXAMPLES / "hello-tree" / "greeting").read_bytes()
+    assert (tmp_path / "o" / "out").read_bytes() == greeting
+
+
+def show(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "builder", "request", "show", *args],
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_request_show_converts_between_forms(tmp_path: Path) -> None:
+    as_toml = show(str(EXAMPLES / "hello.json"))
+    assert as_toml.returncode == 0, as_toml.stderr
+    assert b'PATH = "/bin"' in as_toml.stdout
+    (tmp_path / "hello.toml").write_bytes(as_toml.stdout)
+    as_json = show(str(tmp_path / "hello.toml"), "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == json.loads((EXAMPLES / "hello.json").read_text())
+
+
+def test_request_show_checks_the_request(tmp_path: Path) -> None:
+    request = tmp_path / "req.toml"
+    request.write_text('command_args = ["true"]\nworking_dir = "/abs"\n')
+    result = show(str(request))
+    assert result.returncode != 0
+    assert b"working_dir: '/abs' must be relative" in result.stderr
+    assert not result.stdout
+
+    host_path = show(str(EXAMPLES / "compile-c.toml"), "--format", "txtpb")
+    assert host_path.returncode != 0
+    assert b"a host path to import has no txtpb form" in host_path.stderr
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         ("{not json", "req.json"),
         ('{"commandArgs": ["true"], "workingDir": "/abs"}', "working_dir"),
+        ('{"environmentVars": [{"key": "out", "value": "/nix/store/x-out"}]}', "environmentVars"),
     ],
 )
 def test_bad_request_files(tmp_path: Path, body: str, message: str) -> None:
@@ -239,24 +330,14 @@ def test_a_launcher_that_cannot_start_is_an_error_not_a_traceback(
     assert b"Traceback" not in result.stderr
 
 
-COMPILE_C_IMPORTS = (
-    "bin=/usr/bin",
-    "include=/usr/include",
-    "gcc=/usr/lib/gcc",
-    "x86_64-linux-gnu=/usr/lib/x86_64-linux-gnu",
-    f"hello.c={EXAMPLES / 'hello.c'}",
-)
-
-
 @pytest.mark.skipif(
     platform.machine() != "x86_64", reason="the example imports the x86_64 toolchain"
 )
 def test_compile_c_with_the_hosts_toolchain(tmp_path: Path) -> None:
     if not os.path.isdir("/usr/lib/gcc/x86_64-linux-gnu"):
         missing("the host's gcc (/usr/lib/gcc/x86_64-linux-gnu; Debian package gcc)")
-    imports = [arg for spec in COMPILE_C_IMPORTS for arg in ("--import", spec)]
     out = tmp_path / "out"
-    result = run(str(EXAMPLES / "compile-c.json"), *imports, "--out", str(out), data=tmp_path)
+    result = run(str(EXAMPLES / "compile-c.toml"), "--out", str(out), data=tmp_path)
     assert result.returncode == 0, result.stderr
     expected = b"Hello from C! 1 + 2 + ... + 100 = 5050\n"
     assert (out / "stdout").read_bytes() == expected

@@ -1,7 +1,13 @@
-"""Reading a BuildRequest from a file, in whichever encoding it was saved."""
+"""Reading a BuildRequest from a file, in whichever encoding it was saved.
+
+The file's extension alone says which encoding it is in, and every reader is
+strict, so a file is never read as another form than its author meant: a
+request in the wrong form fails to parse rather than meaning something else.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,25 +15,66 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
 from builder.errors import InvalidArgumentError
+from builder.executor.request_toml import HostImport, parse_request_toml, render_request_toml
+from builder.executor.strict_parsing import parse_json_strictly, parse_text_strictly
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 
+TOML_SUFFIXES = (".toml",)
+JSON_SUFFIXES = (".json",)
+TEXT_SUFFIXES = (".txtpb", ".textproto", ".txt")
+BINARY_SUFFIXES = (".pb", ".binpb")
 
-def load_request_message(path: Path) -> Any:
-    """Protobuf JSON (.json), text format (.txtpb) or binary (.pb).
+
+@dataclass(frozen=True)
+class RequestFile:
+    """A request message and the host paths its file names as inputs (TOML only)."""
+
+    message: Any
+    imports: tuple[HostImport, ...] = ()
+
+
+def load_request_file(path: Path) -> RequestFile:
+    """TOML (.toml), protobuf JSON (.json), text format (.txtpb) or binary (.pb).
 
     The two families share field names and numbers, so one message type reads
     files written for either.
     """
     message = snix_build.BuildRequest()
     try:
-        if path.suffix == ".json":
-            json_format.Parse(path.read_text(), message)
-        elif path.suffix in (".txtpb", ".textproto", ".txt"):
-            text_format.Parse(path.read_text(), message)
-        elif path.suffix in (".pb", ".binpb"):
+        if path.suffix in TOML_SUFFIXES:
+            # Absolute, so that the paths still hold when the request is shown elsewhere.
+            return RequestFile(*parse_request_toml(path.read_text(), path.parent.absolute()))
+        if path.suffix in JSON_SUFFIXES:
+            parse_json_strictly(path.read_text(), message)
+        elif path.suffix in TEXT_SUFFIXES:
+            parse_text_strictly(path.read_text(), message)
+        elif path.suffix in BINARY_SUFFIXES:
             message.ParseFromString(path.read_bytes())
         else:
-            raise InvalidArgumentError(f"{path}: unknown request format; use .json, .txtpb or .pb")
-    except (json_format.ParseError, text_format.ParseError, DecodeError) as exc:
+            raise InvalidArgumentError("unknown request format; use .toml, .json, .txtpb or .pb")
+    except OSError as exc:
+        raise InvalidArgumentError(f"{path}: {exc.strerror}") from exc
+    except (
+        json_format.ParseError,
+        text_format.ParseError,
+        DecodeError,
+        UnicodeDecodeError,
+        InvalidArgumentError,
+    ) as exc:
         raise InvalidArgumentError(f"{path}: {exc}") from exc
-    return message
+    return RequestFile(message)
+
+
+def render_request_file(loaded: RequestFile, form: str) -> str:
+    """The request as toml, json or txtpb; the protobuf forms cannot carry host paths."""
+    if form == "toml":
+        return render_request_toml(loaded.message, loaded.imports)
+    if loaded.imports:
+        name = loaded.imports[0].name
+        raise InvalidArgumentError(
+            f"inputs.{name}: a host path to import has no {form} form; import it first "
+            "(builder castore import) and give the printed digest and size instead"
+        )
+    if form == "json":
+        return json_format.MessageToJson(loaded.message, indent=2) + "\n"
+    return text_format.MessageToString(loaded.message, as_utf8=True)
