@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
@@ -335,25 +335,29 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve(store, builds, args.listen, tls, token, args.max_directory_entries)
 
 
-def _imports(loaded: RequestFile, specs: list[str]) -> list[tuple[str, Path]]:
-    """The request file's host paths, then each ``--import NAME=PATH``, which replaces one."""
+def _imports(loaded: RequestFile, specs: list[str]) -> list[tuple[str, Path, str]]:
+    """The request file's host paths, then each ``--import NAME=PATH``, which replaces one.
+
+    Each comes with the words that name it to the user if it cannot be read.
+    """
     flags = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name:
             raise InvalidArgumentError(f"--import {spec!r}: expected NAME=PATH")
-        flags.append((name, Path(path)))
-    named = {name for name, _ in flags}
-    return [(i.name, i.path) for i in loaded.imports if i.name not in named] + flags
+        flags.append((name, Path(path), f"--import {spec}"))
+    named = {name for name, _, _ in flags}
+    from_file = [(i.name, i.path, f"inputs.{i.name}") for i in loaded.imports]
+    return [i for i in from_file if i[0] not in named] + flags
 
 
 def _with_imports(
-    request: BuildRequest, imports: list[tuple[str, Path]], store: Store
+    request: BuildRequest, imports: list[tuple[str, Path, str]], store: Store
 ) -> BuildRequest:
     """Ingest each host path and make it the input NAME, replacing one of that name."""
     imported = []
-    for name, path in imports:
-        node = _ingest_argument(f"input {name} ({path})", str(path), store, os.fsencode(name))
+    for name, path, argument in imports:
+        node = _ingest_argument(argument, str(path), store, os.fsencode(name))
         print(f"imported {path} as {name}: {describe_node(node)}", file=sys.stderr)
         imported.append(node)
     if not imported:

@@ -145,8 +145,8 @@ def test_stored_inputs_by_the_digest_the_cli_prints(tmp_path: Path) -> None:
         check=True,
         timeout=120,
     )
-    kind, digest, size = imported.stdout.decode().split("\t")[1].split()
-    assert kind == "directory"
+    kind, digest, size, unit = imported.stdout.decode().split("\t")[1].split()
+    assert (kind, unit) == ("directory", "entries")
     request = tmp_path / "req.toml"
     request.write_text(
         f"""
@@ -156,7 +156,7 @@ scratch_paths = ["build", "nix/store"]
 inputs_dir = "nix/store"
 outputs = ["nix/store/out"]
 constraints = {{ system = "x86_64-linux", provide_bin_sh = true }}
-inputs = {{ tree = {{ directory = "{digest}", {size.replace("=", " = ")} }} }}
+inputs = {{ tree = {{ directory = "{digest}", size = {size} }} }}
 """
     )
     result = run(str(request), "--out", str(tmp_path / "o"), data=tmp_path)

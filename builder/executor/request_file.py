@@ -54,11 +54,12 @@ def load_request_file(path: Path) -> RequestFile:
             raise InvalidArgumentError("unknown request format; use .toml, .json, .txtpb or .pb")
     except OSError as exc:
         raise InvalidArgumentError(f"{path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"{path}: not UTF-8 text: {exc}") from exc
     except (
         json_format.ParseError,
         text_format.ParseError,
         DecodeError,
-        UnicodeDecodeError,
         InvalidArgumentError,
     ) as exc:
         raise InvalidArgumentError(f"{path}: {exc}") from exc
