@@ -100,7 +100,6 @@ class Draining:
             self._admitting = False
             self._cancelling = True
             tokens = list(self._running.values())
-        logger.warning("builds: cancelling those still running", extra={"cancelled": len(tokens)})
         for token in tokens:
             token.cancel()
         return len(tokens)

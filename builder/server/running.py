@@ -109,7 +109,9 @@ def _drain(builds: DrainableBuilds, signals: _Signals, deadline: float) -> None:
             why = "second signal" if signals.second.is_set() else "grace period over"
             cancelled = builds.cancel_running()
             logger.warning(
-                "shutting down: builds cancelled", extra={"reason": why, "cancelled": cancelled}
+                "shutting down: %s, running builds cancelled",
+                why,
+                extra={"reason": why, "cancelled": cancelled},
             )
             if not builds.wait_idle(CANCEL_SECONDS):
                 logger.error(
