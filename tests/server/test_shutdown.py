@@ -182,6 +182,7 @@ def test_sigterm_drains_a_running_build_and_refuses_new_ones(start: Start) -> No
     assert server.wait() == 0
     assert _gone(children)
     assert _no_work_trees(server.data)
+    assert not server.socket.exists()
     log = server.log.read_text()
     assert "shutting down" in log
     assert "every build has ended" in log
