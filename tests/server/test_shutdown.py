@@ -30,6 +30,7 @@ from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from tests.isolation import sleep_marker
+from tests.nixserve.serve_client import ServeClient, add_busybox, settings, shell_derivation
 from tests.processes import processes_with
 from tests.server.test_build_grpc import _request
 from tests.waiting import wait_for
@@ -41,7 +42,7 @@ EXIT_TIMEOUT = 120.0
 class Server:
     """``builder serve --config FILE`` on a unix socket, its log kept in a file."""
 
-    def __init__(self, tmp_path: Path, grace: float) -> None:
+    def __init__(self, tmp_path: Path, grace: float, settings: str = "") -> None:
         self.socket = tmp_path / "builder.sock"
         self.data = tmp_path / "data"
         config = tmp_path / "serve.toml"
@@ -49,7 +50,7 @@ class Server:
             f'listen = ["grpc+unix://{self.socket}"]\n'
             'data_dir = "data"\n'
             "no_result_cache = true\n"
-            f"shutdown_grace = {grace}\n"
+            f"shutdown_grace = {grace}\n{settings}"
         )
         self.log = tmp_path / "serve.log"
         with self.log.open("wb") as log:
@@ -89,15 +90,15 @@ class Server:
         self.channel.close()
 
 
-Start = Callable[[float], Server]
+Start = Callable[..., Server]
 
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Start]:
     started: list[Server] = []
 
-    def server(grace: float) -> Server:
-        started.append(Server(tmp_path, grace))
+    def server(grace: float, settings: str = "") -> Server:
+        started.append(Server(tmp_path, grace, settings))
         return started[-1]
 
     yield server
@@ -122,6 +123,13 @@ def _rest(stream: Iterator[object]) -> tuple[list[object], grpc.RpcError | None]
     except grpc.RpcError as error:
         return events, error
     return events, None
+
+
+def _end_sleep(marker: str) -> None:
+    """Kill the build's sleep, not the shell whose command line carries the marker too,
+    so that the build goes on to its next command."""
+    (sleeping,) = [p for p in processes_with(marker) if os.path.basename(p.cmdline()[0]) == "sleep"]
+    sleeping.kill()
 
 
 def _gone(processes: list[psutil.Process]) -> bool:
@@ -173,9 +181,7 @@ def test_sigterm_drains_a_running_build_and_refuses_new_ones(start: Start) -> No
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert server.process.poll() is None
 
-    # The sleep alone, not the shell whose command line carries the marker too.
-    (sleeping,) = [p for p in processes_with(marker) if os.path.basename(p.cmdline()[0]) == "sleep"]
-    sleeping.kill()
+    _end_sleep(marker)
     events, error = _rest(stream)
     assert error is None, error
     assert events[-1].WhichOneof("event") == "completed"  # type: ignore[attr-defined]
@@ -231,3 +237,34 @@ def test_builds_still_running_after_the_grace_are_cancelled(start: Start) -> Non
     assert processes_with(marker) == []
     assert _gone(children)
     assert "grace period over" in server.log.read_text()
+
+
+def test_nix_handoff_builds_are_refused_while_builds_drain(start: Start, tmp_path: Path) -> None:
+    server = start(60, 'nix_handoff = "nix.sock"\n')
+    client = ServeClient(f"handoff+unix://{tmp_path / 'nix.sock'}")
+    marker = sleep_marker(600)
+    try:
+        client.handshake()
+        busybox = add_busybox(client)
+        drv_path, out, drv = shell_derivation(busybox, "echo built > $out")
+        stream = _stream(server, f"{marker}; echo drained > /nix/store/out")
+        _started(stream)
+        wait_for(lambda: processes_with(marker), "the build to run")
+
+        server.signal(signal.SIGTERM)
+        wait_for(
+            lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING, "NOT_SERVING"
+        )
+        result = client.build_derivation(drv_path, drv, settings())
+        assert result.status != 0
+        assert "server is shutting down" in result.message
+        # The session itself is still served: the store answers.
+        assert client.query_valid([busybox, out]) == [busybox]
+        assert client.finish()[0] == 0
+    finally:
+        client.kill()
+    _end_sleep(marker)
+    _, error = _rest(stream)
+    assert error is None, error
+    assert server.wait() == 0
+    assert not (tmp_path / "nix.sock").exists()
