@@ -21,6 +21,9 @@ command line:
 
 An unknown key or a value of the wrong kind is an ``InvalidArgumentError``
 naming the file and the key.
+
+argparse offers no public view of a parser's flags, so their actions are
+read through ``_actions`` and told apart by their (long stable) classes.
 """
 
 from __future__ import annotations

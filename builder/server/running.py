@@ -83,12 +83,11 @@ def run_until_signalled(
             checker.enter_graceful_shutdown()
         if builds is not None:
             _drain(builds, signals, deadline)
-        left = max(deadline - time.monotonic(), REPLY_SECONDS)
-        if signals.second.is_set():
-            left = REPLY_SECONDS
+        hurried = signals.second.is_set()
+        left = REPLY_SECONDS if hurried else max(deadline - time.monotonic(), REPLY_SECONDS)
         logger.info("shutting down: stopping the server", extra={"grace_seconds": round(left, 1)})
         stopped = server.stop(left)
-        cut_off = signals.second.is_set()
+        cut_off = hurried
         while not stopped.wait(_POLL_SECONDS):
             if signals.second.is_set() and not cut_off:
                 logger.warning("shutting down: second signal, calls in flight are cut off")
