@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import sys
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePath
@@ -62,18 +63,22 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv`` like ``parser.parse_args``, then fill flags not given from ``--config``.
 
-    A required flag may come from the file, so required flags are checked only
-    once the file has been read (with argparse's usage message and exit status).
+    A required flag may come from the file, so with ``--config`` on the line
+    required flags are checked only once the file has been read (with
+    argparse's usage message and exit status); without it argparse checks
+    them, and its help shows them as required.
     """
-    with _required_relaxed(parser):
-        args = parser.parse_args(argv)
+    line = sys.argv[1:] if argv is None else list(argv)
+    relax = any(_names_config(arg) for arg in line)
+    with _required_relaxed(parser) if relax else contextlib.nullcontext():
+        args = parser.parse_args(line)
     command: argparse.ArgumentParser | None = getattr(args, _PARSER_DEST, None)
     if command is None:
         return args
     delattr(args, _PARSER_DEST)
     path: Path | None = getattr(args, CONFIG_DEST)
     if path is not None:
-        given = _given_on_command_line(parser, command, argv)
+        given = _given_on_command_line(parser, command, line)
         for dest, value in read_config_file(command, path).items():
             if dest not in given:
                 setattr(args, dest, value)
@@ -85,6 +90,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     if missing:
         command.error(f"the following arguments are required: {', '.join(missing)}")
     return args
+
+
+def _names_config(arg: str) -> bool:
+    """Whether ``arg`` is ``--config`` or an abbreviation argparse would take for it."""
+    name = arg.partition("=")[0]
+    return len(name) > 2 and "--config".startswith(name)
 
 
 def config_key(action: argparse.Action) -> str | None:

@@ -204,3 +204,17 @@ def test_the_example_names_every_flag_of_serve_and_every_line_of_it_loads(
     assert args.tls_cert == tmp_path / "conf" / "tls" / "server.pem"
     assert args.jobs == 4
     assert args.allow_network is False
+
+
+def test_an_abbreviated_config_flag_is_read_too(tmp_path: Path) -> None:
+    config = _config(tmp_path, f'listen = ["{LISTEN}"]\n')
+    args = parse_args(build_parser(), ["serve", "--conf", str(config)])
+    assert args.listen == [LISTEN]
+    args = parse_args(build_parser(), ["serve", f"--config={config}"])
+    assert args.listen == [LISTEN]
+
+
+def test_help_shows_required_flags_as_required() -> None:
+    done = _builder("serve", "--help")
+    assert done.returncode == 0
+    assert "[-h] --listen LISTEN" in done.stdout
