@@ -38,10 +38,6 @@ class Draining:
         self._next = 0
 
     @property
-    def admitting(self) -> bool:
-        return self._admitting
-
-    @property
     def running(self) -> int:
         """Builds entered and not yet ended, queued ones included."""
         return len(self._running)
