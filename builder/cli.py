@@ -27,8 +27,10 @@ from builder.cli_output import (
     report_error,
     report_unexpected,
 )
+from builder.config_file import add_config_option, parse_args
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError, UnavailableError
 from builder.executor.cancel import signals_cancel
+from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 def _store(args: argparse.Namespace) -> Store:
     """The store the options name; a path that cannot be used is the option's fault."""
     try:
-        return Store.open(args.store, args.data_dir)
+        return Store.open(None if args.store is None else str(args.store), args.data_dir)
     except OSError as error:
         if args.store is not None:
             where = f"--store {args.store}"
@@ -104,6 +106,11 @@ def _check_out(args: argparse.Namespace) -> None:
             check_export_target(args.out)
         except InvalidArgumentError as error:
             raise InvalidArgumentError(f"--out: {error}") from error
+
+
+def _store_location(text: str) -> str | Path:
+    """A store URL as given, or a composition file as a path (relative to a config file)."""
+    return text if "://" in text else Path(text)
 
 
 def _node_json(node: Node) -> str:
@@ -196,7 +203,13 @@ def cmd_castore_serve(args: argparse.Namespace) -> None:
     from builder.server.castore_server import serve_castore
 
     with _store(args) as store:
-        serve_castore(store.blobs, store.directories, args.listen, pathinfos=store.pathinfos)
+        serve_castore(
+            store.blobs,
+            store.directories,
+            args.listen,
+            grace=args.shutdown_grace,
+            pathinfos=store.pathinfos,
+        )
 
 
 def _build_service(
@@ -332,7 +345,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
             handoff = HandoffServer(args.nix_handoff, store, builds, args.nix_sessions)
             nix.enter_context(handoff)
-        serve(store, builds, args.listen, tls, token, args.max_directory_entries)
+        serve(
+            store, builds, args.listen, tls, token, args.max_directory_entries, args.shutdown_grace
+        )
 
 
 def _imports(loaded: RequestFile, specs: list[str]) -> list[tuple[str, Path, str]]:
@@ -603,7 +618,15 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _listen_options(parser: argparse.ArgumentParser) -> None:
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0")
+    return seconds
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    """Where a server listens, how it stops, and a file holding its other flags."""
     parser.add_argument(
         "--listen",
         action="append",
@@ -611,12 +634,22 @@ def _listen_options(parser: argparse.ArgumentParser) -> None:
         help="address to listen on, grpc+unix:///PATH or grpc+http://HOST:PORT (repeatable; "
         "required)",
     )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=DEFAULT_SHUTDOWN_GRACE,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, how long running builds and other calls may go on "
+        "before they are cancelled; a second signal cancels at once (default: %(default)s)",
+    )
+    add_config_option(parser)
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         metavar="CONFIG_OR_URL",
+        type=_store_location,
         help="composition file (.toml/.json) or store URL (memory://, fs:///DIR, "
         "objectstore+file:///DIR, grpc+unix:///SOCKET, grpc+http://HOST:PORT); "
         "default: the embedded store in the data directory",
@@ -684,14 +717,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_nar)
 
     p = sub.add_parser("serve", help="serve the store over gRPC (Tvix and Snix families)")
-    _listen_options(p)
+    _server_options(p)
     p.set_defaults(func=cmd_castore_serve)
 
     for subparser in sub.choices.values():
         _store_options(subparser)
 
     p = commands.add_parser("serve", help="serve builds and the store over gRPC")
-    _listen_options(p)
+    _server_options(p)
     p.add_argument(
         "--tls-cert",
         type=Path,
@@ -798,9 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; its exit status says how it ended (``EXIT_CODES_HELP``)."""
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="builder: %(message)s")
     try:
+        args = parse_args(build_parser(), argv)
         args.func(args)
     except BuilderError as exc:
         return report_error(exc)

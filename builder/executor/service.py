@@ -20,6 +20,7 @@ from builder.executor.admission import Admission
 from builder.executor.cancel import CancelToken
 from builder.executor.config import BuildConfig
 from builder.executor.constraints import check_constraints
+from builder.executor.draining import Draining
 from builder.executor.inputs import check_input_sizes, missing_inputs, require_inputs
 from builder.executor.logs import LogStore
 from builder.executor.matcache.cache import MaterialisationCache
@@ -97,6 +98,7 @@ class BuildService:
         self._slots = JobSlots(config.job_slots, config.queue_length)
         self._results = ResultCache(config.work_dir / "results.sqlite")
         self.logs = LogStore(config.log_retention_seconds)
+        self._draining = Draining()
         self._followers = Admission(
             config.log_followers,
             lambda held: f"{held} clients already follow build logs; try again later",
@@ -145,6 +147,23 @@ class BuildService:
         with self._followers.hold():
             yield from self.logs.get(build_id).follow(stop)
 
+    def stop_admitting(self) -> None:
+        """Refuse every new build with UnavailableError; those in progress go on."""
+        self._draining.stop_admitting()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether no build is in progress, waiting at most ``timeout`` seconds for it."""
+        return self._draining.wait_idle(timeout)
+
+    def cancel_running(self) -> int:
+        """Cancel every build in progress (they fail with UnavailableError); how many."""
+        return self._draining.cancel_running()
+
+    @property
+    def running(self) -> int:
+        """Builds in progress, from their first check to their result, queued ones included."""
+        return self._draining.running
+
     def build(
         self,
         request: BuildRequest,
@@ -152,8 +171,18 @@ class BuildService:
         cancel: CancelToken | None = None,
         build_id: str | None = None,
     ) -> BuildOutcome:
-        emit = on_event or (lambda event: None)
         cancel = cancel or CancelToken()
+        with self._draining.build(cancel):
+            return self._build(request, on_event, cancel, build_id)
+
+    def _build(
+        self,
+        request: BuildRequest,
+        on_event: EventSink | None,
+        cancel: CancelToken,
+        build_id: str | None,
+    ) -> BuildOutcome:
+        emit = on_event or (lambda event: None)
         build_id = build_id or new_build_id()
         request.validate()
         check_constraints(request.constraints, self.config)

@@ -69,6 +69,10 @@ class JobSlots:
                         self._cond.wait(0.1)
                 finally:
                     self._waiting -= 1
+            if cancel.cancelled:
+                # Cancelled as a slot came free (every queued build cancelled at once,
+                # say): the slot goes to a build that will still run.
+                raise CancelledError("build cancelled while queued")
             self._free -= 1
         try:
             yield

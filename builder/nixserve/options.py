@@ -53,8 +53,9 @@ options:
                       grpc+https://HOST:PORT, or a server's hand-off socket:
                       handoff+unix:///SOCKET (default: the default data directory)
   --config FILE       TOML with tls_ca, tls_cert, tls_key, token_file for the
-                      server (else $BUILDER_TLS_CA, $BUILDER_TLS_CERT,
-                      $BUILDER_TLS_KEY, $BUILDER_TOKEN_FILE)
+                      server, relative to the file's directory (else
+                      $BUILDER_TLS_CA, $BUILDER_TLS_CERT, $BUILDER_TLS_KEY,
+                      $BUILDER_TOKEN_FILE)
 """
 _FLAGS = ("--serve", "--write")
 _VALUED = ("--store", "--config")

@@ -1,7 +1,10 @@
 """A ``builder serve`` as ``builder-nix-serve``'s backend: every path, blob and build lives there.
 
 TLS material and a token for the server come from ``--config`` or the
-environment.
+environment. The file follows the rules of ``builder serve --config``:
+snake_case keys, each checked, and relative paths relative to the file's
+directory (the account's home, where ssh starts the program, says nothing
+about where the file's neighbours are).
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ class RemoteBackend:
 
 def security_settings(config: Path | None, environ: Mapping[str, str]) -> ChannelSecurity:
     """TLS material and token for the server: from ``--config`` if given, else the environment."""
+    base = None
     if config is not None:
+        base = config.absolute().parent
         try:
             with config.open("rb") as file:
                 settings = tomllib.load(file)
@@ -78,7 +83,14 @@ def security_settings(config: Path | None, environ: Mapping[str, str]) -> Channe
         def name(setting: str) -> str:
             return f"BUILDER_{setting.upper()}"
 
-    paths = {key: Path(value) if value else None for key, value in values.items()}
+    paths = {key: _path(value, base) for key, value in values.items()}
     return read_channel_security(
         paths["tls_ca"], paths["tls_cert"], paths["tls_key"], paths["token_file"], name
     )
+
+
+def _path(value: str | None, base: Path | None) -> Path | None:
+    """A setting's file, relative to ``base`` (the config file's directory) if given."""
+    if not value:
+        return None
+    return base / value if base is not None else Path(value)

@@ -12,7 +12,7 @@ from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, TlsConfig,
 from builder.server.build_servicers import add_build_services
 from builder.server.castore_server import add_castore_services
 from builder.server.pathinfo_servicers import add_pathinfo_services
-from builder.server.running import run_until_signalled
+from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
 from builder.store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,10 @@ def serve(
     tls: TlsConfig | None = None,
     token: str | None = None,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    shutdown_grace: float = DEFAULT_GRACE_SECONDS,
 ) -> None:
     bound = create_server(
         store, builds, listen, tls, token, max_directory_entries=max_directory_entries
     )
     logger.info("listening on %s", ", ".join(bound.addresses))
-    run_until_signalled(bound.server, bound.health)
+    run_until_signalled(bound.server, bound.health, shutdown_grace, builds)

@@ -41,7 +41,8 @@ def _client(server: Server, tmp_path: Path) -> ServeClient:
     token = tmp_path / "token"
     token.write_text(TOKEN)
     config = tmp_path / "serve.toml"
-    config.write_text(f'token_file = "{token}"\n')
+    # Beside the file: a relative path is relative to it, not to the client's directory.
+    config.write_text('token_file = "token"\n')
     client = ServeClient(server.address, "--config", str(config))
     client.handshake()
     return client
