@@ -201,6 +201,7 @@ def _local_builds(
 def cmd_serve(args: argparse.Namespace) -> None:
     from builder.server.app import serve
     from builder.server.assembly import TlsConfig
+    from builder.server.metrics import parse_metrics_address
 
     tls = None
     if args.tls_cert or args.tls_key:
@@ -209,6 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
     if args.max_directory_entries < 1:
         raise InvalidArgumentError("--max-directory-entries must be at least 1")
+    metrics_address = parse_metrics_address(args.metrics_listen) if args.metrics_listen else None
     token = None
     if args.token_file:
         token = args.token_file.read_text().strip()
@@ -221,7 +223,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
             handoff = HandoffServer(args.nix_handoff, store, builds, args.nix_sessions)
             nix.enter_context(handoff)
-        serve(store, builds, args.listen, tls, token, args.max_directory_entries)
+        serve(
+            store,
+            builds,
+            args.listen,
+            tls,
+            token,
+            args.max_directory_entries,
+            metrics_address,
+        )
 
 
 def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> BuildRequest:
@@ -503,6 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="Nix connections served at once through --nix-handoff; more wait "
         "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics, "
+        "without authentication ([::1]:PORT for IPv6; port 0 picks a free one and "
+        "logs it; default: no metrics)",
     )
     p.set_defaults(func=cmd_serve)
     _store_options(p)
