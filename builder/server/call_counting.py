@@ -38,7 +38,11 @@ class CallCountingInterceptor(grpc.ServerInterceptor):
 
 
 class _Call:
-    """One call's end, told once: by the handler's end or by the call's termination."""
+    """One call, reported once when grpc ends it; the handler only says how it left.
+
+    grpc runs the termination callback after the status went out, or as soon
+    as the client went away, which may be while the handler still runs.
+    """
 
     def __init__(self, method: str, context: grpc.ServicerContext, ended: CallEnded) -> None:
         self._method = method
