@@ -268,3 +268,21 @@ def test_a_bad_metrics_address_is_refused_naming_the_flag(tmp_path: Path) -> Non
     )
     assert result.returncode != 0
     assert b"--metrics-listen 'localhost': expected HOST:PORT" in result.stderr
+
+
+def test_a_build_stopped_by_a_limit_counts_as_limit(tmp_path: Path) -> None:
+    socket = tmp_path / "builder.sock"
+    options = ("--metrics-listen", "127.0.0.1:0", "--timeout", "1")
+    with serving(tmp_path, f"grpc+unix://{socket}", *options) as server:
+        found = METRICS_AT.search(server.log.read_text())
+        assert found is not None, server.log.read_text()
+        with grpc.insecure_channel(f"unix:{socket}") as channel:
+            metered = Metered(server, f"http://{found.group(1)}/metrics", channel)
+            with pytest.raises(grpc.RpcError) as stopped:
+                metered.build(_request(sleep_marker(300)))
+            assert "wall_time limit" in (stopped.value.details() or "")
+            after = metered.scrape()
+    assert finished(after, "limit") == 1
+    assert finished(after, "failed") == 0
+    assert value(after, "builder_build_duration_seconds_count", outcome="limit") == 1
+    assert value(after, "builder_build_duration_seconds_sum", outcome="limit") >= 1
