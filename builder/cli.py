@@ -314,6 +314,7 @@ def _local_builds(
 def cmd_serve(args: argparse.Namespace) -> None:
     from builder.server.app import serve
     from builder.server.assembly import TlsConfig
+    from builder.server.metrics import parse_metrics_address
 
     tls = None
     if args.tls_cert or args.tls_key:
@@ -328,6 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             _check_readable(flag, path)
     if args.max_directory_entries < 1:
         raise InvalidArgumentError("--max-directory-entries must be at least 1")
+    metrics_address = parse_metrics_address(args.metrics_listen) if args.metrics_listen else None
     token = None
     if args.token_file:
         try:
@@ -346,7 +348,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
             handoff = HandoffServer(args.nix_handoff, store, builds, args.nix_sessions)
             nix.enter_context(handoff)
         serve(
-            store, builds, args.listen, tls, token, args.max_directory_entries, args.shutdown_grace
+            store,
+            builds,
+            args.listen,
+            tls,
+            token,
+            args.max_directory_entries,
+            args.shutdown_grace,
+            metrics_address,
         )
 
 
@@ -768,6 +777,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="Nix connections served at once through --nix-handoff; more wait "
         "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics, "
+        "without authentication ([::1]:PORT for IPv6; port 0 picks a free one and "
+        "logs it; default: no metrics)",
     )
     p.set_defaults(func=cmd_serve)
     _store_options(p)

@@ -8,22 +8,27 @@ records the result.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
+from builder.errors import ResourceExhaustedError
 from builder.executor.admission import Admission
 from builder.executor.cancel import CancelToken
 from builder.executor.config import BuildConfig
 from builder.executor.constraints import check_constraints
 from builder.executor.draining import Draining
+from builder.executor.hit_counts import HitCounts
 from builder.executor.inputs import check_input_sizes, missing_inputs, require_inputs
 from builder.executor.logs import LogStore
 from builder.executor.matcache.cache import MaterialisationCache
+from builder.executor.observer import BuildObserver
+from builder.executor.outcome import Outcome, outcome_of
 from builder.executor.outputs import CollectedOutput
 from builder.executor.request import BuildRequest
 from builder.executor.results import ResultCache
@@ -97,6 +102,8 @@ class BuildService:
         self._runner = BuildRunner(config, blobs, directories, launcher, self.cache)
         self._slots = JobSlots(config.job_slots, config.queue_length)
         self._results = ResultCache(config.work_dir / "results.sqlite")
+        self.result_cache_counts = HitCounts()
+        self._observers: list[BuildObserver] = []
         self.logs = LogStore(config.log_retention_seconds)
         self._draining = Draining()
         self._followers = Admission(
@@ -125,13 +132,33 @@ class BuildService:
     def queued(self) -> int:
         return self._slots.waiting
 
-    def admit(self) -> AbstractContextManager[None]:
+    @property
+    def busy_slots(self) -> int:
+        """Job slots held now by builds setting up their sandbox or running."""
+        return self._slots.busy
+
+    def observe(self, observer: BuildObserver) -> None:
+        """Report every build's start and end to ``observer`` from now on."""
+        self._observers.append(observer)
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
         """Hold a place for one build from the moment its caller turns up, or refuse it.
 
         Raises ResourceExhaustedError at once when running and queued builds
-        fill every job slot and the queue.
+        fill every job slot and the queue. A refused build never reaches
+        ``build``, so it is reported to the observers here, as a build that
+        started and ended ``rejected`` at once.
         """
-        return self._slots.admit()
+        with ExitStack() as held:
+            try:
+                held.enter_context(self._slots.admit())
+            except ResourceExhaustedError:
+                for observer in self._observers:
+                    observer.build_started()
+                    observer.build_finished(Outcome.REJECTED, 0.0)
+                raise
+            yield
 
     @property
     def log_followers(self) -> int:
@@ -171,9 +198,29 @@ class BuildService:
         cancel: CancelToken | None = None,
         build_id: str | None = None,
     ) -> BuildOutcome:
+        """Build ``request``, reporting its start and its outcome to every observer once.
+
+        A build refused because the service is stopping never started, so
+        observers hear only of builds admitted; one cancelled by the shutdown
+        ends ``cancelled``.
+        """
         cancel = cancel or CancelToken()
         with self._draining.build(cancel):
-            return self._build(request, on_event, cancel, build_id)
+            began = time.monotonic()
+            for observer in self._observers:
+                observer.build_started()
+            try:
+                outcome = self._build(request, on_event, cancel, build_id)
+            except BaseException as error:
+                self._finished(outcome_of(error), began)
+                raise
+            self._finished(outcome_of(None, outcome.cached), began)
+            return outcome
+
+    def _finished(self, outcome: Outcome, began: float) -> None:
+        seconds = time.monotonic() - began
+        for observer in self._observers:
+            observer.build_finished(outcome, seconds)
 
     def _build(
         self,
@@ -191,9 +238,12 @@ class BuildService:
 
         if self.config.result_cache:
             recorded = self._results.lookup(request)
-            if recorded is not None and not missing_inputs(
+            if recorded is not None and missing_inputs(
                 tuple(o.node.renamed(b"o") for o in recorded), self.blobs, self.directories
             ):
+                recorded = None
+            self.result_cache_counts.count(recorded is not None)
+            if recorded is not None:
                 emit(Started(build_id, cached=True))
                 return BuildOutcome(build_id, recorded, cached=True)
 

@@ -27,6 +27,7 @@ class JobSlots:
             raise ValueError("at least one job slot is needed")
         if queue_length < 0:
             raise ValueError("the queue length cannot be negative")
+        self._slots = slots
         self._free = slots
         self._queue_length = queue_length
         self._waiting = 0
@@ -84,6 +85,11 @@ class JobSlots:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def busy(self) -> int:
+        """Slots held now; the rest are free."""
+        return self._slots - self._free
 
     @property
     def admitted(self) -> int:

@@ -11,6 +11,7 @@ from builder.executor.service import BuildService
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, TlsConfig, assemble_server
 from builder.server.build_servicers import add_build_services
 from builder.server.castore_server import add_castore_services
+from builder.server.metrics import MetricsAddress, MetricsServer, ServerMetrics
 from builder.server.pathinfo_servicers import add_pathinfo_services
 from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
 from builder.store.store import Store
@@ -26,6 +27,7 @@ def create_server(
     token: str | None = None,
     reserve_workers: int = DEFAULT_MAX_WORKERS,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    metrics: ServerMetrics | None = None,
 ) -> BoundServer:
     """Assemble the server with one thread per admitted build and log follower, plus
     ``reserve_workers``.
@@ -34,13 +36,15 @@ def create_server(
     a GetLog call until the build it follows ends; callers past either bound
     are refused on arrival. Sizing the pool this way leaves the reserve to
     health, castore and other calls under any build load, instead of letting
-    them wait behind builds.
+    them wait behind builds. With ``metrics``, the server's calls and blob
+    traffic are counted into them.
     """
     castore = partial(
         add_castore_services,
         blobs=store.blobs,
         directories=store.directories,
         max_directory_entries=max_directory_entries,
+        traffic=metrics.traffic if metrics else None,
     )
     pathinfos = partial(
         add_pathinfo_services,
@@ -54,6 +58,7 @@ def create_server(
         builds.capacity + builds.config.log_followers + reserve_workers,
         tls,
         token,
+        metrics.call_ended if metrics else None,
     )
 
 
@@ -65,9 +70,23 @@ def serve(
     token: str | None = None,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     shutdown_grace: float = DEFAULT_GRACE_SECONDS,
+    metrics_address: MetricsAddress | None = None,
 ) -> None:
+    """Serve until signalled; with ``metrics_address``, Prometheus metrics there too."""
+    metrics = ServerMetrics(builds) if metrics_address else None
     bound = create_server(
-        store, builds, listen, tls, token, max_directory_entries=max_directory_entries
+        store,
+        builds,
+        listen,
+        tls,
+        token,
+        max_directory_entries=max_directory_entries,
+        metrics=metrics,
     )
+    exporter = MetricsServer(metrics, metrics_address) if metrics and metrics_address else None
     logger.info("listening on %s", ", ".join(bound.addresses))
-    run_until_signalled(bound.server, bound.health, shutdown_grace, builds)
+    try:
+        run_until_signalled(bound.server, bound.health, shutdown_grace, builds)
+    finally:
+        if exporter is not None:
+            exporter.stop()

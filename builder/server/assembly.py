@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from builder.castore.grpc.channel import CHANNEL_OPTIONS
 from builder.castore.grpc.endpoint import UNIX_SCHEME
 from builder.server.auth import BearerTokenInterceptor
+from builder.server.call_counting import CallCountingInterceptor, CallEnded
 from builder.server.decoding import RequestDecodingInterceptor
 from builder.server.listen import bind_all
 
@@ -67,13 +68,18 @@ def assemble_server(
     max_workers: int = DEFAULT_MAX_WORKERS,
     tls: TlsConfig | None = None,
     token: str | None = None,
+    call_ended: CallEnded | None = None,
 ) -> BoundServer:
     """A bound server offering every service ``add_services`` register.
 
     Requests are decoded inside each call, after the token check, so a call
-    without the token is refused before its request is even parsed.
+    without the token is refused before its request is even parsed. With
+    ``call_ended``, every call is reported when it ends, calls refused for
+    their token included, since the counting comes first.
     """
     interceptors: list[grpc.ServerInterceptor] = [BearerTokenInterceptor(token)] if token else []
+    if call_ended is not None:
+        interceptors.insert(0, CallCountingInterceptor(call_ended))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
         options=SERVER_OPTIONS,

@@ -15,6 +15,7 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, assemble_server
+from builder.server.blob_traffic import BlobTraffic
 from builder.server.castore_servicers import (
     CANCEL_GRACE,
     BlobBatchesServicer,
@@ -35,22 +36,25 @@ def add_castore_services(
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     extensions: bool = True,
     cancel_grace: float = CANCEL_GRACE,
+    traffic: BlobTraffic | None = None,
 ) -> list[str]:
     """Register Blob and Directory services of both families; return their full names.
 
     Without ``extensions`` the server offers only what a Tvix or Snix castore
     server does (no batched blob calls, no directory end marker), which is how
-    clients' fallback is exercised.
+    clients' fallback is exercised. Blob calls of every kind count into
+    ``traffic``, when given.
     """
+    traffic = traffic or BlobTraffic()
     names: list[str] = []
     for family in Family:
-        names.append(BlobServicer(blobs, family, cancel_grace).register(server))
+        names.append(BlobServicer(blobs, family, cancel_grace, traffic).register(server))
         servicer = DirectoryServicer(
             directories, family, max_directory_entries, extensions, cancel_grace
         )
         names.append(servicer.register(server))
     if extensions:
-        names.append(BlobBatchesServicer(blobs).register(server))
+        names.append(BlobBatchesServicer(blobs, traffic).register(server))
     return names
 
 

@@ -29,6 +29,7 @@ from builder.castore.wire import (
 from builder.errors import CancelledError, InvalidArgumentError, NotFoundError
 from builder.proto.builder.v1 import blob_batches_pb2 as batches_pb2
 from builder.proto.builder.v1 import blob_batches_pb2_grpc as batches_grpc
+from builder.server.blob_traffic import BlobTraffic
 from builder.server.status import rpc_errors
 
 # Read streams at most this much per message: far below gRPC's 4 MiB default
@@ -43,11 +44,16 @@ CANCEL_GRACE = 0.002
 
 class BlobServicer:
     def __init__(
-        self, blobs: BlobService, family: Family, cancel_grace: float = CANCEL_GRACE
+        self,
+        blobs: BlobService,
+        family: Family,
+        cancel_grace: float = CANCEL_GRACE,
+        traffic: BlobTraffic | None = None,
     ) -> None:
         self._blobs = blobs
         self._family = family
         self._cancel_grace = cancel_grace
+        self._traffic = traffic or BlobTraffic()
         self._messages = castore_rpc(family).blobstore
 
     def register(self, server: grpc.Server) -> str:
@@ -78,6 +84,7 @@ class BlobServicer:
             raise NotFoundError(f"blob {digest} not found")
         with reader:
             while data := reader.read(BLOB_CHUNK_SIZE):
+                self._traffic.sent(len(data))
                 yield self._messages.BlobChunk(data=data)
 
     @rpc_errors
@@ -86,6 +93,7 @@ class BlobServicer:
         marked = False
         try:
             for chunk in request_iterator:
+                self._traffic.received(len(chunk.data))
                 writer.write(chunk.data)
                 marked = not chunk.data
             if not marked:
@@ -93,14 +101,17 @@ class BlobServicer:
         except BaseException:
             writer.abort()
             raise
-        return self._messages.PutBlobResponse(digest=writer.close())
+        digest = writer.close()
+        self._traffic.stored(1)
+        return self._messages.PutBlobResponse(digest=digest)
 
 
 class BlobBatchesServicer:
     """Our own batched blob calls over the same store as the castore services."""
 
-    def __init__(self, blobs: BlobService) -> None:
+    def __init__(self, blobs: BlobService, traffic: BlobTraffic | None = None) -> None:
         self._blobs = blobs
+        self._traffic = traffic or BlobTraffic()
 
     def register(self, server: grpc.Server) -> str:
         batches_grpc.add_BlobBatchesServicer_to_server(self, server)
@@ -113,12 +124,15 @@ class BlobBatchesServicer:
 
     @rpc_errors
     def BatchPutBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._traffic.received(sum(len(blob.data) for blob in request.blobs))
         batches.put_batch(self._blobs, [(blob.digest, blob.data) for blob in request.blobs])
+        self._traffic.stored(len(request.blobs))
         return batches_pb2.BatchPutBlobsResponse()
 
     @rpc_errors
     def BatchReadBlobs(self, request: Any, context: grpc.ServicerContext) -> Any:
         found, missing = batches.read_batch(self._blobs, request.digests)
+        self._traffic.sent(sum(len(data) for _, data in found))
         blobs = [batches_pb2.Blob(digest=digest, data=data) for digest, data in found]
         return batches_pb2.BatchReadBlobsResponse(blobs=blobs, missing=missing)
 

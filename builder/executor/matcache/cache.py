@@ -123,6 +123,7 @@ class CacheStats:
     in_use: int
     fills: int
     hits: int
+    misses: int
     evictions: int
 
 
@@ -181,7 +182,7 @@ class MaterialisationCache:
         self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()
         self._pending: dict[EntryKey, _Pending] = {}
         self._tree_bytes = 0
-        self._fills = self._hits = self._evictions = 0
+        self._fills = self._hits = self._misses = self._evictions = 0
         for directory in (self._trees_dir, self._tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._clear_tmp()
@@ -205,6 +206,7 @@ class MaterialisationCache:
                 self._entries.move_to_end(key)
                 self._hits += 1
             else:
+                self._misses += 1
                 pending = self._pending.get(key)
                 owner = pending is None
                 if pending is None:
@@ -254,6 +256,7 @@ class MaterialisationCache:
                 in_use=sum(1 for e in self._entries.values() if e.refs),
                 fills=self._fills,
                 hits=self._hits,
+                misses=self._misses,
                 evictions=self._evictions,
             )
 
