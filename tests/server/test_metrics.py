@@ -160,7 +160,7 @@ def test_builds_count_by_outcome_with_their_caches(metered: Metered) -> None:
     metered.build(succeeding)
     with pytest.raises(grpc.RpcError) as failed:
         metered.build(failing)
-    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert failed.value.code() == grpc.StatusCode.ABORTED
     metered.build(succeeding)
     with pytest.raises(grpc.RpcError) as invalid:
         metered.build(_request("true", system="no-such-system"))
@@ -183,7 +183,7 @@ def test_builds_count_by_outcome_with_their_caches(metered: Metered) -> None:
     assert change(before, after, "builder_materialisation_cache_hits_total") == 1
     assert value(after, "builder_materialisation_cache_bytes") >= node.size
     assert change(before, after, "builder_grpc_calls_total", method=DO_BUILD, code="OK") == 2
-    assert calls(after, DO_BUILD, "INTERNAL") - calls(before, DO_BUILD, "INTERNAL") == 1
+    assert calls(after, DO_BUILD, "ABORTED") - calls(before, DO_BUILD, "ABORTED") == 1
     precondition = "FAILED_PRECONDITION"
     assert calls(after, DO_BUILD, precondition) - calls(before, DO_BUILD, precondition) == 1
 
