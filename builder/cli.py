@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import sys
@@ -21,6 +20,7 @@ from builder.castore.nodes import DirectoryNode, FileNode, Node
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, node_to_proto
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError, UnavailableError
 from builder.executor.cancel import signals_cancel
+from builder.logging_setup import FORMATS, LEVELS, configure_logging
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
@@ -438,6 +438,26 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _log_options(parser: argparse.ArgumentParser, default_format: str) -> None:
+    """``--log-level`` and ``--log-format``; servers default to ``text``, one-shot commands
+    to ``plain``, whose lines read as messages to the user at the terminal."""
+    parser.add_argument(
+        "--log-level",
+        choices=list(LEVELS),
+        default="info",
+        help="least severe log lines shown (default: %(default)s); debug also lets "
+        "gRPC's own C-core log through",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=default_format,
+        help="log lines on stderr: text (timestamp, level, logger, message, key=value "
+        "fields), json (one object per line) or plain (message and fields) "
+        "(default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="builder", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -469,8 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     _listen_options(p)
     p.set_defaults(func=cmd_castore_serve)
 
-    for subparser in sub.choices.values():
+    for name, subparser in sub.choices.items():
         _store_options(subparser)
+        _log_options(subparser, "text" if name == "serve" else "plain")
 
     p = commands.add_parser("serve", help="serve builds and the store over gRPC")
     _listen_options(p)
@@ -507,12 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     _store_options(p)
     _build_options(p)
+    _log_options(p, "text")
 
     p = commands.add_parser("run", help="execute one BuildRequest from a file")
     _request_file_options(p, "materialise the outputs into this directory")
     p.set_defaults(func=cmd_run)
     _store_options(p)
     _build_options(p)
+    _log_options(p, "plain")
 
     p = commands.add_parser("build", help="execute one BuildRequest on a remote server")
     p.add_argument(
@@ -525,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
+    _log_options(p, "plain")
 
     nix = commands.add_parser("nix", help="build Nix derivations")
     nix_commands = nix.add_subparsers(dest="nix_command", required=True)
@@ -545,12 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p)
     _build_options(p)
     _client_options(p)
+    _log_options(p, "plain")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="builder: %(message)s")
+    # Before any command imports grpc, which reads its log settings on import.
+    configure_logging(args.log_level, args.log_format)
     try:
         args.func(args)
     except BuilderError as exc:
