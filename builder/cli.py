@@ -221,7 +221,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
             handoff = HandoffServer(args.nix_handoff, store, builds, args.nix_sessions)
             nix.enter_context(handoff)
-        serve(store, builds, args.listen, tls, token, args.max_directory_entries)
+        store_url = args.store or f"fs://{(args.data_dir or default_data_dir()).resolve()}"
+        serve(store, builds, args.listen, tls, token, args.max_directory_entries, store_url)
 
 
 def _with_imports(request: BuildRequest, specs: list[str], store: Store) -> BuildRequest:

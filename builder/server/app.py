@@ -64,9 +64,22 @@ def serve(
     tls: TlsConfig | None = None,
     token: str | None = None,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
+    store_url: str = "",
 ) -> None:
+    """Serve until signalled; ``store_url`` is how the start line names the store."""
     bound = create_server(
         store, builds, listen, tls, token, max_directory_entries=max_directory_entries
     )
-    logger.info("listening on %s", ", ".join(bound.addresses))
+    logger.info(
+        "listening on %s",
+        ", ".join(bound.addresses),
+        extra={
+            "listen": bound.addresses,
+            "store": store_url,
+            "jobs": builds.job_slots,
+            "queue": builds.config.queue_length,
+            "tls": tls is not None,
+            "token": token is not None,
+        },
+    )
     run_until_signalled(bound.server, bound.health)

@@ -34,10 +34,13 @@ def run_until_signalled(
     try:
         server.start()
         stop.wait()
-        logger.info("stopping, %.1f s grace for running calls", grace)
+        logger.info(
+            "stopping, %.1f s grace for running calls", grace, extra={"grace_seconds": grace}
+        )
         if checker is not None:
             checker.enter_graceful_shutdown()
         server.stop(grace).wait()
+        logger.info("server stopped")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
