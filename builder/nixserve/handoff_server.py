@@ -295,7 +295,7 @@ def _peer(conn: socket.socket) -> str:
     tells it (the relay runs as the user whose Nix offloads the build)."""
     raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CREDENTIALS.size)
     pid, uid, _ = _PEER_CREDENTIALS.unpack(raw)
-    return f"nix-handoff:pid={pid},uid={uid}"
+    return f"nix-handoff:pid:{pid}:uid:{uid}"
 
 
 def _stale(path: Path) -> bool:
