@@ -49,24 +49,24 @@ _PLAIN_PREFIX = "builder: "
 EventDict = MutableMapping[str, Any]
 
 
-def quiet_grpc_core(level: int, environ: MutableMapping[str, str] = os.environ) -> None:
+def quiet_grpc_core(level: int) -> None:
     """Keep gRPC's C core silent below debug, unless the operator set its verbosity.
 
     Must run before ``grpc`` is imported: the core reads the variable then.
     """
     if level > logging.DEBUG:
-        environ.setdefault(GRPC_VERBOSITY, GRPC_SILENT)
+        os.environ.setdefault(GRPC_VERBOSITY, GRPC_SILENT)
 
 
-def configure_logging(level_name: str, log_format: str, stream: TextIO | None = None) -> None:
-    """Route every record of ``level_name`` and above to ``stream`` (stderr) in ``log_format``.
+def configure_logging(level_name: str, log_format: str) -> None:
+    """Route every record of ``level_name`` and above to stderr in ``log_format``.
 
     Calling it again replaces the handler it installed before and leaves any
     other handler of the root logger (a test's capture, say) in place.
     """
     level = LEVELS[level_name]
     quiet_grpc_core(level)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(_formatter(log_format))
     root = logging.getLogger()
@@ -74,6 +74,19 @@ def configure_logging(level_name: str, log_format: str, stream: TextIO | None = 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a line is written, not as it was at set-up:
+    whoever runs commands in-process (tests) swaps it and closes the old one."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        """``StreamHandler`` sets its stream once; this handler has none of its own."""
 
 
 def _formatter(log_format: str) -> logging.Formatter:

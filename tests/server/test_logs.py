@@ -289,6 +289,28 @@ def test_uploads_are_summarised_per_batch_and_closure(json_server: Running) -> N
     assert not json_server.events_where(digest=str(Digest.of(single)))
 
 
+def test_one_shot_commands_print_plain_lines_unless_asked(
+    json_server: Running, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(BEARER)
+    hello = str(ROOT / "examples" / "hello.json")
+    remote = ("build", "--remote", json_server.address, "--token-file", str(token_file), hello)
+    plain = _builder(*remote, data=tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr
+    assert re.search(r"^builder: uploaded \d+ blobs", plain.stderr, re.MULTILINE), plain.stderr
+    assert not TEXT_LINE.search(plain.stderr)
+
+    structured = _builder(*remote, "--log-format", "json", data=tmp_path / "json")
+    assert structured.returncode == 0, structured.stderr
+    uploaded = [
+        json.loads(line)
+        for line in structured.stderr.splitlines()
+        if line.startswith("{") and "uploaded" in line
+    ]
+    assert [(e["logger"], e["level"]) for e in uploaded] == [("builder.remote.client", "info")]
+
+
 def test_every_line_is_json(json_server: Running) -> None:
     lines = [line for line in json_server.text().splitlines() if line]
     assert lines
