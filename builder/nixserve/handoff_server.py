@@ -193,7 +193,7 @@ class HandoffServer:
 
     def start(self) -> HandoffServer:
         self._acceptor.start()
-        logger.info("Nix hand-off on %s", self.path)
+        logger.info("Nix hand-off on %s", self.path, extra={"path": str(self.path)})
         return self
 
     def close(self) -> None:
