@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import sys
@@ -31,6 +30,7 @@ from builder.config_file import add_config_option, parse_args
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError, UnavailableError
 from builder.executor.cancel import signals_cancel
 from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
+from builder.logging_setup import FORMATS, LEVELS, configure_logging
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 if TYPE_CHECKING:
@@ -347,6 +347,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
             handoff = HandoffServer(args.nix_handoff, store, builds, args.nix_sessions)
             nix.enter_context(handoff)
+        store_url = str(args.store or f"fs://{(args.data_dir or default_data_dir()).resolve()}")
         serve(
             store,
             builds,
@@ -356,6 +357,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             args.max_directory_entries,
             args.shutdown_grace,
             metrics_address,
+            store_url,
         )
 
 
@@ -691,6 +693,26 @@ class _VersionAction(argparse.Action):
 DIGEST_HELP = "digest as blake3-<base64>, bare base64 (as in --json output) or 64 hex digits"
 
 
+def _log_options(parser: argparse.ArgumentParser, default_format: str) -> None:
+    """``--log-level`` and ``--log-format``; servers default to ``text``, one-shot commands
+    to ``plain``, whose lines read as messages to the user at the terminal."""
+    parser.add_argument(
+        "--log-level",
+        choices=list(LEVELS),
+        default="info",
+        help="least severe log lines shown (default: %(default)s); debug also lets "
+        "gRPC's own C-core log through",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=default_format,
+        help="log lines on stderr: text (timestamp, level, logger, message, key=value "
+        "fields), json (one object per line) or plain (message and fields) "
+        "(default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="builder",
@@ -729,8 +751,9 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(p)
     p.set_defaults(func=cmd_castore_serve)
 
-    for subparser in sub.choices.values():
+    for name, subparser in sub.choices.items():
         _store_options(subparser)
+        _log_options(subparser, "text" if name == "serve" else "plain")
 
     p = commands.add_parser("serve", help="serve builds and the store over gRPC")
     _server_options(p)
@@ -788,12 +811,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     _store_options(p)
     _build_options(p)
+    _log_options(p, "text")
 
     p = commands.add_parser("run", help="execute one BuildRequest from a file")
     _request_file_options(p, "write the outputs into this directory (default: nowhere)")
     p.set_defaults(func=cmd_run)
     _store_options(p)
     _build_options(p)
+    _log_options(p, "plain")
 
     p = commands.add_parser("build", help="execute one BuildRequest on a remote server")
     p.add_argument(
@@ -806,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
+    _log_options(p, "plain")
 
     request = commands.add_parser("request", help="work with build request files")
     request_commands = request.add_subparsers(dest="request_command", required=True)
@@ -842,14 +868,19 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p)
     _build_options(p)
     _client_options(p)
+    _log_options(p, "plain")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; its exit status says how it ended (``EXIT_CODES_HELP``)."""
-    logging.basicConfig(level=logging.INFO, format="builder: %(message)s")
     try:
         args = parse_args(build_parser(), argv)
+    except BuilderError as exc:
+        return report_error(exc)
+    # Before any command imports grpc, which reads its log settings on import.
+    configure_logging(args.log_level, args.log_format)
+    try:
         args.func(args)
     except BuilderError as exc:
         return report_error(exc)

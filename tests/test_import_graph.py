@@ -232,9 +232,18 @@ def test_nix_serve_sits_on_nix_store_executor_and_remote() -> None:
             "builder.remote",
             "builder.castore",
             "builder.errors",
+            "builder.logging_setup",
         ),
     )
     assert not offending, "\n".join(offending)
+
+
+def test_only_the_entry_points_set_logging_up() -> None:
+    """Every other module logs through ``logging`` and leaves the rendering to the entry point."""
+    graph = _graph()
+    importers = sorted(m for m, targets in graph.items() if "builder.logging_setup" in targets)
+    assert importers == ["builder.cli", "builder.nixserve.main"]
+    assert not [t for t in graph["builder.logging_setup"] if t.startswith(PACKAGES)]
 
 
 def test_only_the_command_line_imports_nix_serve() -> None:

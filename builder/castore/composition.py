@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
+from builder.castore.grpc.endpoint import did_you_mean
 from builder.errors import InvalidArgumentError
 
 Kind = Literal["blob", "directory", "pathinfo"]
@@ -154,7 +155,7 @@ class Registry:
         scheme = url_scheme(url)
         found = self._find(kind, lambda backend: backend.accepts(scheme))
         if found is None:
-            raise ConfigError(f"{url!r} is not a {kind} service URL")
+            raise ConfigError(f"{url!r} is not a {kind} service URL{did_you_mean(url)}")
         return {"type": found.type_name, **found.from_url(url)}
 
     def _find(self, kind: Kind, matches: Callable[[Backend], bool]) -> Backend | None:
@@ -188,7 +189,15 @@ class Composition:
     @classmethod
     def from_file(cls, path: str | Path, registry: Registry) -> Composition:
         path = Path(path)
-        text = path.read_bytes()
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            # A store given without "://" is read as a file; an address in
+            # gRPC's own form (host:port, unix:/path) lands here.
+            raise ConfigError(
+                f"{str(path)!r}: cannot read the store configuration file: "
+                f"{exc.strerror or exc}{did_you_mean(str(path))}"
+            ) from exc
         try:
             config = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
         except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

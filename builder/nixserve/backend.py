@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from builder.castore.grpc.endpoint import did_you_mean
 from builder.errors import InvalidArgumentError
 from builder.nixserve.options import GRPC_PREFIXES
 
@@ -50,7 +51,7 @@ def open_backend(
     if store is not None and not os.path.isabs(store):
         raise InvalidArgumentError(
             f"--store {store!r}: expected an absolute data directory or "
-            f"{', '.join(p + '...' for p in GRPC_PREFIXES)}"
+            f"{', '.join(p + '...' for p in GRPC_PREFIXES)}{did_you_mean(store)}"
         )
     from builder.nixserve.embedded_backend import EmbeddedBackend
     from builder.store.store import default_data_dir

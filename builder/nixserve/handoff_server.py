@@ -19,11 +19,23 @@ import errno
 import logging
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 
+from builder.castore.blobs.service import BlobService
+from builder.castore.directories.service import DirectoryService
 from builder.errors import InvalidArgumentError
-from builder.executor.service import BuildExecutor, BuildService
+from builder.executor.cancel import CancelToken
+from builder.executor.reporting import Caller, reported_build
+from builder.executor.request import BuildRequest
+from builder.executor.service import (
+    BuildExecutor,
+    BuildOutcome,
+    BuildService,
+    EventSink,
+    new_build_id,
+)
 from builder.nixserve.connection import report_error, run_session
 from builder.nixserve.handoff_relay import (
     FLAG_WRITE,
@@ -44,16 +56,51 @@ HEADER_TIMEOUT = 10.0
 _BACKLOG = 128
 _SLOT_WAIT = 0.5
 _FD_SIZE = array.array("i").itemsize
+# struct ucred: pid, uid, gid.
+_PEER_CREDENTIALS = struct.Struct("3i")
+FAMILY = "nix"
+
+
+class ReportedBuilds:
+    """The server's build service as one session uses it: each build is logged like a
+    gRPC caller's, naming the session's peer."""
+
+    def __init__(self, builds: BuildService, caller: Caller) -> None:
+        self.blobs: BlobService = builds.blobs
+        self.directories: DirectoryService = builds.directories
+        self._builds = builds
+        self._caller = caller
+
+    @property
+    def job_slots(self) -> int:
+        return self._builds.job_slots
+
+    @property
+    def build_cores(self) -> int:
+        return self._builds.build_cores
+
+    def build(
+        self,
+        request: BuildRequest,
+        on_event: EventSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> BuildOutcome:
+        build_id = new_build_id()
+        with reported_build(build_id, self._caller) as report:
+            report.start()
+            outcome = self._builds.build(request, on_event, cancel, build_id)
+            report.cached = outcome.cached
+            return outcome
 
 
 class SharedBackend:
     """The server's own store and build service, shared by every session; closed by the server."""
 
-    def __init__(self, store: Store, builds: BuildService) -> None:
+    def __init__(self, store: Store, builds: BuildService, peer: str) -> None:
         self.blobs = store.blobs
         self.directories = store.directories
         self.pathinfos = store.pathinfos
-        self._builds = builds
+        self._builds = ReportedBuilds(builds, Caller(peer, FAMILY))
 
     def executor(self) -> BuildExecutor:
         return self._builds
@@ -120,7 +167,8 @@ class HandoffServer:
         if max_sessions < 1:
             raise InvalidArgumentError("--nix-sessions must be at least 1")
         self.path = path
-        self._backend = SharedBackend(store, builds)
+        self._store = store
+        self._builds = builds
         self._slots = threading.BoundedSemaphore(max_sessions)
         self._closing = threading.Event()
         self._listener = self._listen(path)
@@ -145,7 +193,7 @@ class HandoffServer:
 
     def start(self) -> HandoffServer:
         self._acceptor.start()
-        logger.info("Nix hand-off on %s", self.path)
+        logger.info("Nix hand-off on %s", self.path, extra={"path": str(self.path)})
         return self
 
     def close(self) -> None:
@@ -209,7 +257,8 @@ class HandoffServer:
             for fd in (protocol_in, protocol_out):
                 os.set_blocking(fd, True)
             write = bool(flags & FLAG_WRITE)
-            return self._run(protocol_in, protocol_out, log_fd, write, client_version)
+            backend = SharedBackend(self._store, self._builds, _peer(conn))
+            return self._run(backend, protocol_in, protocol_out, log_fd, write, client_version)
         except (HandoffError, OSError) as exc:
             logger.warning("Nix hand-off refused: %s", exc)
             return 1
@@ -219,13 +268,19 @@ class HandoffServer:
                     os.close(fd)
 
     def _run(
-        self, protocol_in: int, protocol_out: int, log_fd: int, write: bool, client_version: int
+        self,
+        backend: SharedBackend,
+        protocol_in: int,
+        protocol_out: int,
+        log_fd: int,
+        write: bool,
+        client_version: int,
     ) -> int:
         """The session, the relay having answered the handshake already."""
         reader, writer = WireReader(protocol_in), WireWriter(protocol_out)
         try:
             return run_session(
-                reader, writer, self._backend, client_version, protocol_in, log_fd, os.environ,
+                reader, writer, backend, client_version, protocol_in, log_fd, os.environ,
                 write,
             )  # fmt: skip
         except Exception as exc:
@@ -233,6 +288,14 @@ class HandoffServer:
             logger.exception("Nix hand-off session failed")
             report_error(log_fd, f"internal error of the builder, see its log: {exc!r}")
             return 1
+
+
+def _peer(conn: socket.socket) -> str:
+    """How build lines name a session: the hand-off and the relaying process, as the kernel
+    tells it (the relay runs as the user whose Nix offloads the build)."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CREDENTIALS.size)
+    pid, uid, _ = _PEER_CREDENTIALS.unpack(raw)
+    return f"nix-handoff:pid:{pid}:uid:{uid}"
 
 
 def _stale(path: Path) -> bool:

@@ -58,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if handoff_socket is not None:
         return relay(handoff_socket, protocol_in, protocol_out, options.write, version)
+    from builder.logging_setup import configure_logging
+
+    # Nix shows stderr to its user as the build's log: warnings and errors only,
+    # and gRPC's C core (imported below) silent.
+    configure_logging("warning", "plain")
     from builder.nixserve.launching import early_launcher
 
     launcher = early_launcher(options)

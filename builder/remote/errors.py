@@ -21,6 +21,9 @@ def remote_error(error: grpc.RpcError, address: str) -> BuilderError:
     """
     translated = error_from_rpc(error)
     code = status_code_of(error)
+    if code in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN):
+        # No status to name: the message says so itself.
+        return type(translated)(f"{address}: {translated}")
     return type(translated)(f"{address}: {code.name}: {translated}")
 
 

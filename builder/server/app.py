@@ -71,8 +71,12 @@ def serve(
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     shutdown_grace: float = DEFAULT_GRACE_SECONDS,
     metrics_address: MetricsAddress | None = None,
+    store_url: str = "",
 ) -> None:
-    """Serve until signalled; with ``metrics_address``, Prometheus metrics there too."""
+    """Serve until signalled; with ``metrics_address``, Prometheus metrics there too.
+
+    ``store_url`` is how the start line names the store.
+    """
     metrics = ServerMetrics(builds) if metrics_address else None
     bound = create_server(
         store,
@@ -84,7 +88,18 @@ def serve(
         metrics=metrics,
     )
     exporter = MetricsServer(metrics, metrics_address) if metrics and metrics_address else None
-    logger.info("listening on %s", ", ".join(bound.addresses))
+    logger.info(
+        "listening on %s",
+        ", ".join(bound.addresses),
+        extra={
+            "listen": bound.addresses,
+            "store": store_url,
+            "jobs": builds.job_slots,
+            "queue": builds.config.queue_length,
+            "tls": tls is not None,
+            "token": token is not None,
+        },
+    )
     try:
         run_until_signalled(bound.server, bound.health, shutdown_grace, builds)
     finally:

@@ -7,7 +7,6 @@ client hangs up, and the outcome becomes the family's response message.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -17,21 +16,24 @@ import grpc
 
 from builder.errors import CommandFailedError
 from builder.executor.cancel import CancelToken
+from builder.executor.reporting import BuildReport, Caller, reported_build
 from builder.executor.request import request_from_proto, snix_response, tvix_response
 from builder.executor.service import BuildOutcome, BuildService, LogData, Started, new_build_id
 from builder.proto.builder.v1 import build_events_pb2 as events_pb2
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
-from builder.server.status import call_description, rpc_errors, translated_errors
-
-logger = logging.getLogger(__name__)
+from builder.server.status import rpc_errors, translated_errors
 
 
 def _cancel_on_hangup(context: grpc.ServicerContext) -> CancelToken:
     cancel = CancelToken()
     context.add_callback(cancel.cancel)
     return cancel
+
+
+def _caller(context: grpc.ServicerContext, family: str) -> Caller:
+    return Caller(context.peer(), family)
 
 
 TVIX_SERVICE = "tvix.build.v1.BuildService"
@@ -47,21 +49,29 @@ class BuildServicer:
     """
 
     def __init__(
-        self, service: BuildService, name: str, respond: Callable[[Any, BuildOutcome], Any]
+        self,
+        service: BuildService,
+        name: str,
+        family: str,
+        respond: Callable[[Any, BuildOutcome], Any],
     ) -> None:
         self._service = service
         self._method = f"/{name}/DoBuild"
+        self._family = family
         self._respond = respond
 
     def DoBuild(self, request: Any, context: grpc.ServicerContext) -> Any:
         build_id = new_build_id()
         with (
             translated_errors(context, self._method, f"build {build_id}"),
+            reported_build(build_id, _caller(context, self._family)) as report,
             self._service.admit(),
         ):
+            report.start()
             outcome = self._service.build(
                 request_from_proto(request), cancel=_cancel_on_hangup(context), build_id=build_id
             )
+            report.cached = outcome.cached
             return self._respond(request, outcome)
 
 
@@ -93,17 +103,22 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
         method = f"/{EVENTS_SERVICE}/StreamBuild"
         build_id = new_build_id()
         subject = f"build {build_id}"
-        with translated_errors(context, method, subject), self._service.admit():
-            for item in self._relay(request, context, build_id):
+        with (
+            translated_errors(context, method, subject),
+            reported_build(build_id, _caller(context, "stream")) as report,
+            self._service.admit(),
+        ):
+            report.start()
+            for item in self._relay(request, context, build_id, report):
                 if isinstance(item, CommandFailedError):
-                    logger.warning(
-                        "%s failed: %s", call_description(context, method, subject), item
-                    )
+                    report.settle(item)
                     yield _failed_event(item)
                 else:
                     yield item
 
-    def _relay(self, request: Any, context: grpc.ServicerContext, build_id: str) -> Iterator[Any]:
+    def _relay(
+        self, request: Any, context: grpc.ServicerContext, build_id: str, report: BuildReport
+    ) -> Iterator[Any]:
         """Run the build on its own thread and relay its events as they happen.
 
         A command that failed arrives as its error, for the caller to report;
@@ -126,6 +141,8 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
         def run() -> None:
             try:
                 outcome = self._service.build(build_request, on_event, cancel, build_id)
+                report.cached = outcome.cached
+                report.settle()
                 events.put(
                     events_pb2.BuildEvent(
                         completed=events_pb2.Completed(response=snix_response(outcome.outputs))
@@ -156,13 +173,14 @@ def add_build_services(server: grpc.Server, service: BuildService) -> list[str]:
         BuildServicer(
             service,
             TVIX_SERVICE,
+            "tvix",
             lambda request, outcome: tvix_response(request, outcome.outputs),
         ),
         server,
     )
     snix_rpc.add_BuildServiceServicer_to_server(
         BuildServicer(
-            service, SNIX_SERVICE, lambda request, outcome: snix_response(outcome.outputs)
+            service, SNIX_SERVICE, "snix", lambda request, outcome: snix_response(outcome.outputs)
         ),
         server,
     )

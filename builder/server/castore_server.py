@@ -96,5 +96,7 @@ def serve_castore(
     pathinfos: PathInfoService | None = None,
 ) -> None:
     bound = create_castore_server(blobs, directories, listen, max_workers, pathinfos=pathinfos)
-    logger.info("castore listening on %s", ", ".join(bound.addresses))
+    logger.info(
+        "castore listening on %s", ", ".join(bound.addresses), extra={"listen": bound.addresses}
+    )
     run_until_signalled(bound.server, bound.health, grace)

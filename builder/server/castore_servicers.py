@@ -7,6 +7,7 @@ instance per family is registered on the same backing store.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,13 @@ from builder.server.status import rpc_errors
 # limit, so any client accepts it, and large enough to keep per-message
 # overhead negligible.
 BLOB_CHUNK_SIZE = READ_CHUNK_SIZE
+
+logger = logging.getLogger(__name__)
+
+# A blob stored by a Put of its own is a debug line below this size and an
+# info line from it: clients upload trees blob by blob, and a tree of ten
+# thousand files must not make ten thousand lines.
+LARGE_BLOB = 16 << 20
 
 # How long a finished-looking upload that carries no end marker waits for a
 # cancellation still on its way; marked uploads never wait.
@@ -91,10 +99,12 @@ class BlobServicer:
     def Put(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         writer = self._blobs.open_write()
         marked = False
+        size = 0
         try:
             for chunk in request_iterator:
                 self._traffic.received(len(chunk.data))
                 writer.write(chunk.data)
+                size += len(chunk.data)
                 marked = not chunk.data
             if not marked:
                 _still_wanted(context, self._cancel_grace)
@@ -103,6 +113,11 @@ class BlobServicer:
             raise
         digest = writer.close()
         self._traffic.stored(1)
+        logger.log(
+            logging.INFO if size >= LARGE_BLOB else logging.DEBUG,
+            "blob stored",
+            extra={"digest": str(digest), "bytes": size, "peer": context.peer()},
+        )
         return self._messages.PutBlobResponse(digest=digest)
 
 
@@ -127,6 +142,14 @@ class BlobBatchesServicer:
         self._traffic.received(sum(len(blob.data) for blob in request.blobs))
         batches.put_batch(self._blobs, [(blob.digest, blob.data) for blob in request.blobs])
         self._traffic.stored(len(request.blobs))
+        logger.info(
+            "blob batch stored",
+            extra={
+                "count": len(request.blobs),
+                "bytes": sum(len(blob.data) for blob in request.blobs),
+                "peer": context.peer(),
+            },
+        )
         return batches_pb2.BatchPutBlobsResponse()
 
     @rpc_errors
@@ -180,6 +203,7 @@ class DirectoryServicer:
         marked = self._end_marker and announces_end_marker(context.invocation_metadata())
         putter = self._directories.put_multiple_start()
         held: list[tuple[int, Any]] = []
+        count = size = 0
         for item in enumerate(request_iterator):
             held.append(item)
             if len(held) > (1 if marked else 0):
@@ -190,11 +214,23 @@ class DirectoryServicer:
                 except InvalidArgumentError as exc:
                     raise InvalidArgumentError(f"directory #{index}: {exc}") from exc
                 putter.put(directory)
+                count += 1
+                size += message.ByteSize()
         if not marked:
             _still_wanted(context, self._cancel_grace)
         elif not held or not is_end_marker(held[0][1]):
             raise CancelledError("directory upload ended before its end marker")
-        return self._messages.PutDirectoryResponse(root_digest=putter.close())
+        root = putter.close()
+        logger.info(
+            "directories stored",
+            extra={
+                "root": str(root),
+                "count": count,
+                "bytes": size,
+                "peer": context.peer(),
+            },
+        )
+        return self._messages.PutDirectoryResponse(root_digest=root)
 
 
 def _still_wanted(context: grpc.ServicerContext, grace: float) -> None:

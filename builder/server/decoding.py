@@ -38,7 +38,14 @@ def _decoder(decode: Decode, method: str) -> Callable[[bytes, grpc.ServicerConte
         try:
             return decode(data)
         except DecodeError as error:
-            logger.warning("%s from %s: undecodable request: %s", method, context.peer(), error)
+            peer = context.peer()
+            logger.warning(
+                "%s from %s: undecodable request: %s",
+                method,
+                peer,
+                error,
+                extra={"method": method, "peer": peer},
+            )
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{method}: the request is not a valid protobuf message ({error})",

@@ -47,7 +47,11 @@ def bind(server: grpc.Server, url: str, credentials: grpc.ServerCredentials | No
         else:
             port = server.add_insecure_port(endpoint.target)
     except RuntimeError as exc:
-        raise UnavailableError(f"cannot listen on {url}: {exc}") from exc
+        # gRPC's message only says to raise its verbosity, which --log-level debug does.
+        raise UnavailableError(
+            f"cannot listen on {url}: the address is in use or cannot be bound "
+            "(--log-level debug shows gRPC's reason)"
+        ) from exc
     if port == 0 and endpoint.unix_path is None:
         raise UnavailableError(f"cannot listen on {url}")
     if endpoint.unix_path is not None:

@@ -53,17 +53,14 @@ def translated_errors(
 ) -> Iterator[None]:
     """Abort the call with the status an exception raised inside stands for.
 
-    Bugs are always logged, with their traceback. With a ``subject`` (a build
-    and its id), every failure is logged under it, since an operator asked
-    about a failed build has nothing else to find it by.
+    Bugs are always logged, with their traceback, under ``subject`` (a build
+    and its id) when there is one; how every build ended is logged where it
+    ends (``builder.executor.reporting``).
     """
     where = call_description(context, method, subject)
     try:
         yield
     except BuilderError as error:
-        if subject:
-            code, message = status_of(error)
-            logger.warning("%s failed: %s %s", where, code.name, message)
         _abort(context, error)
     except grpc.RpcError as error:
         # Only the request iterator raises this in a servicer: the client went
@@ -74,18 +71,9 @@ def translated_errors(
         if context.code() is not None:
             # context.abort raised this after setting the call's status, which
             # is the answer the code inside chose; replacing it would hide why.
-            if subject:
-                logger.warning("%s failed: %s", where, _chosen_status(context))
             raise
         logger.exception("%s failed unexpectedly", where)
         _abort(context, error)
-
-
-def _chosen_status(context: grpc.ServicerContext) -> str:
-    details = context.details()
-    if isinstance(details, bytes):
-        details = details.decode(errors="replace")
-    return f"{context.code().name} {details}"
 
 
 Method = TypeVar("Method", bound=Callable[..., Any])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import hashlib
 import os
+import re
 import socket
 import struct
 import threading
@@ -88,6 +89,13 @@ def test_add_build_query_and_dump(handoff: Handoff) -> None:
         code, stderr = client.finish()
         assert code == 0
         assert "relayed\n" in stderr
+        # The server logs the build like a gRPC caller's, naming the relay as its peer.
+        peer = f"nix-handoff:pid:{client.process.pid}:uid:{os.geteuid()}"
+        ended = re.compile(
+            rf"build finished build_id=[0-9a-f]{{32}} peer={re.escape(peer)} family=nix "
+            r"outcome=succeeded duration_seconds="
+        )
+        assert ended.search(handoff.server.log.read_text()), handoff.server.log.read_text()
     finally:
         client.kill()
     # The next connection sees what the server stored for the first.

@@ -3,6 +3,7 @@ that keeps answering health, castore and event calls whatever the build load."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,12 +118,18 @@ def _check_refusals(load: Load, expected: int) -> None:
         assert "at capacity" in call.details()
 
 
-def test_exact_capacity_and_a_responsive_server(served_small: Served, tmp_path: Path) -> None:
+def test_exact_capacity_and_a_responsive_server(
+    served_small: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     served = served_small
     build_id = _finished_build_id(served)
     load = Load(served, sleep_marker(7301), 10)
     try:
         _check_refusals(load, 7)
+        refusals = [r for r in caplog.records if r.getMessage() == "build refused"]
+        assert [(r.levelno, r.outcome) for r in refusals] == [(logging.WARNING, "rejected")] * 7
+        assert {r.family for r in refusals} == {"snix", "tvix", "stream"}
+        assert all("at capacity" in r.error for r in refusals)
         wait_for(lambda: len(processes_with(load.marker)) > 0, "the admitted build to run")
         wait_for(lambda: served.service.queued == 2, "two admitted builds to queue")
         assert served.service.admitted == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -10,6 +11,11 @@ from builder.errors import InvalidArgumentError
 UNIX_SCHEME = "grpc+unix"
 HTTP_SCHEME = "grpc+http"
 HTTPS_SCHEME = "grpc+https"
+
+# Schemes people carry over from gRPC's own target syntax and other tools,
+# and the one of ours each stands for.
+_UNPREFIXED = {"http": HTTP_SCHEME, "https": HTTPS_SCHEME, "grpc": HTTP_SCHEME}
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,34 @@ def parse_endpoint(url: str) -> Endpoint:
         host = parts.hostname
         return Endpoint(url, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     raise InvalidArgumentError(
-        f"{url!r}: unsupported scheme {parts.scheme!r}, expected {UNIX_SCHEME} or {HTTP_SCHEME}"
+        f"{url!r}: unsupported scheme {parts.scheme!r}, expected {UNIX_SCHEME} or "
+        f"{HTTP_SCHEME}{did_you_mean(url)}"
     )
+
+
+def suggested_url(address: str) -> str | None:
+    """The URL of ours an address most likely means, when it is written in another tool's way.
+
+    ``unix:/path``, ``dns:///host:port`` and a bare ``host:port`` are gRPC's
+    own target forms; ``http://`` and ``https://`` are what a browser shows.
+    """
+    if _HOST_PORT.fullmatch(address):
+        return f"{HTTP_SCHEME}://{address}"
+    parts = urlsplit(address)
+    if parts.scheme == "unix" and not parts.netloc and parts.path.startswith("/"):
+        return f"{UNIX_SCHEME}://{parts.path}"
+    if parts.scheme == "dns" and _HOST_PORT.fullmatch(parts.path.lstrip("/")):
+        return f"{HTTP_SCHEME}://{parts.path.lstrip('/')}"
+    scheme = _UNPREFIXED.get(parts.scheme)
+    if scheme is not None and parts.netloc:
+        return parts._replace(scheme=scheme).geturl()
+    return None
+
+
+def did_you_mean(address: str) -> str:
+    """``; did you mean '...'?`` for an error message about ``address``, or nothing."""
+    suggestion = suggested_url(address)
+    return f"; did you mean {suggestion!r}?" if suggestion else ""
 
 
 def parse_client_endpoint(url: str) -> Endpoint:

@@ -7,6 +7,8 @@ from the server's table so the two cannot drift apart.
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from builder.errors import (
@@ -48,6 +50,14 @@ ERROR_OF_CODE: dict[grpc.StatusCode, type[BuilderError]] = {
 }
 
 
+# How gRPC's C core words a channel that could not connect: the last address
+# tried, then a chain of its own error names before the system's reason.
+_CONNECT_FAILED = re.compile(
+    r"failed to connect to all addresses; last error: [A-Z_]+: "
+    r"(?P<address>.+?): (?:.*error: )?(?P<reason>[^:]+)"
+)
+
+
 def status_code_of(error: grpc.RpcError) -> grpc.StatusCode:
     return error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
 
@@ -55,9 +65,26 @@ def status_code_of(error: grpc.RpcError) -> grpc.StatusCode:
 def error_from_rpc(error: grpc.RpcError) -> BuilderError:
     """The product error a failed call stands for, keeping the server's message.
 
-    Codes without a counterpart become the base ``BuilderError``.
+    Codes without a counterpart become the base ``BuilderError``. The message
+    is meant for a user: never the error's ``str()``, which carries gRPC's
+    debug string, and never a bare status name (a call can fail with OK
+    when it broke before any status arrived).
     """
     code = status_code_of(error)
-    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    details = error.details() if isinstance(error, grpc.Call) else None
     cls = ERROR_OF_CODE.get(code, BuilderError)
-    return cls(details or f"remote call failed with {code.name}")
+    return cls(readable_details(details) if details else _without_details(code))
+
+
+def readable_details(details: str) -> str:
+    """The server's message, with gRPC's own wording of a failed connection made short."""
+    failed = _CONNECT_FAILED.fullmatch(details)
+    if failed is None:
+        return details
+    return f"cannot connect to {failed['address']}: {failed['reason'].strip()}"
+
+
+def _without_details(code: grpc.StatusCode) -> str:
+    if code in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN):
+        return "the call ended without a status from the server"
+    return f"the server answered {code.name} without saying why"
