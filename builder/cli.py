@@ -44,6 +44,12 @@ def _store(args: argparse.Namespace) -> Store:
     """The store the options name; a path that cannot be used is the option's fault."""
     try:
         return Store.open(None if args.store is None else str(args.store), args.data_dir)
+    except InvalidArgumentError as error:
+        if args.store is None:
+            raise
+        given = str(args.store)
+        separator = " " if str(error).startswith(given) else f" {given}: "
+        raise InvalidArgumentError(f"--store{separator}{error}") from error
     except OSError as error:
         if args.store is not None:
             where = f"--store {args.store}"
@@ -847,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.set_defaults(func=cmd_request_show)
+    _log_options(p, "plain")
 
     nix = commands.add_parser("nix", help="build Nix derivations")
     nix_commands = nix.add_subparsers(dest="nix_command", required=True)

@@ -195,7 +195,7 @@ class Composition:
             # A store given without "://" is read as a file; an address in
             # gRPC's own form (host:port, unix:/path) lands here.
             raise ConfigError(
-                f"{str(path)!r}: cannot read the store configuration file: "
+                f"{path}: cannot read the store configuration file: "
                 f"{exc.strerror or exc}{did_you_mean(str(path))}"
             ) from exc
         try:

@@ -171,7 +171,7 @@ def test_an_output_larger_than_the_store_is_resource_exhausted_naming_the_store(
         pathinfos.close()
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     assert str(small_disk / "blobs") in error.details()
-    _logged(logs, rf"^build {BUILD_ID}: .*RESOURCE_EXHAUSTED")
+    _build_ended(logs, "snix", "rejected", re.escape(str(small_disk / "blobs")))
 
 
 @pytest.mark.parametrize(
