@@ -69,10 +69,16 @@ class Collectable(RemovalEpoch, Protocol):
     def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
         """Remove each of ``digests`` that was neither stored nor put again since ``before``.
 
-        Returns what was removed. Parts a backend keeps for its objects alone
-        (the chunks of an object store) go too once no remaining object uses
-        them and they are older than ``before``, even if ``digests`` is empty.
-        The removal epoch moves after the last removal, if there was any.
+        Returns what was removed. The removal epoch moves after the last
+        removal, if there was any.
+        """
+        ...
+
+    def remove_orphans(self, before: float) -> int:
+        """Remove parts no object uses any more that are older than ``before``; how many.
+
+        For backends that keep parts beside their objects (the chunks of an
+        object store, some shared by several blobs); others have none.
         """
         ...
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from builder.castore.blobs.service import BlobService
+from builder.castore.collection import Leases
 from builder.castore.directories.service import DirectoryService
 from builder.executor.admission import Admission
 from builder.executor.cancel import CancelToken
@@ -96,6 +97,7 @@ class BuildService:
         self._runner = BuildRunner(config, blobs, directories, launcher, self.cache)
         self._slots = JobSlots(config.job_slots, config.queue_length)
         self._results = ResultCache(config.work_dir / "results.sqlite")
+        self.leases = Leases()
         self.logs = LogStore(config.log_retention_seconds)
         self._followers = Admission(
             config.log_followers,
@@ -105,6 +107,11 @@ class BuildService:
     @property
     def job_slots(self) -> int:
         return self.config.job_slots
+
+    @property
+    def results(self) -> ResultCache:
+        """The result cache, whose entries a garbage collection treats as roots."""
+        return self._results
 
     @property
     def build_cores(self) -> int:
@@ -151,6 +158,17 @@ class BuildService:
         on_event: EventSink | None = None,
         cancel: CancelToken | None = None,
         build_id: str | None = None,
+    ) -> BuildOutcome:
+        """Build, holding the inputs as a lease that a collection in this process keeps."""
+        with self.leases.hold(request.inputs):
+            return self._build(request, on_event, cancel, build_id)
+
+    def _build(
+        self,
+        request: BuildRequest,
+        on_event: EventSink | None,
+        cancel: CancelToken | None,
+        build_id: str | None,
     ) -> BuildOutcome:
         emit = on_event or (lambda event: None)
         cancel = cancel or CancelToken()

@@ -170,10 +170,15 @@ def test_object_store_chunks_go_with_the_last_blob_naming_them(tmp_path: Path) -
         before = _later_than(max(o.touched for o in service.stored()))
         removed = service.remove_untouched([first], before=before)
         assert [o.digest for o in removed] == [first]
-        left = chunk_keys()
-        assert left < all_chunks
+        assert chunk_keys() == all_chunks
+        epoch = service.removal_epoch()
+        assert service.remove_orphans(before) > 0
+        assert service.removal_epoch() != epoch
+        assert chunk_keys() < all_chunks
         assert read_all(service, second) == shared + b"second" * 3000
         service.remove_untouched([second], before=before)
+        assert service.remove_orphans(before) > 0
         assert chunk_keys() == set()
+        assert service.remove_orphans(before) == 0
     finally:
         service.close()

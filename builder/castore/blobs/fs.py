@@ -174,6 +174,10 @@ class FsBlobService:
                 if stat.S_ISREG(status.st_mode):
                     yield StoredObject(digest, status.st_size, status.st_mtime)
 
+    def remove_orphans(self, before: float) -> int:
+        """Nothing is kept beside the objects."""
+        return 0
+
     def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
         removed: list[StoredObject] = []
         shards: set[str] = set()

@@ -73,6 +73,10 @@ class MemoryBlobService:
             ]
         return iter(objects)
 
+    def remove_orphans(self, before: float) -> int:
+        """Nothing is kept beside the objects."""
+        return 0
+
     def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
         removed = []
         with self._lock:

@@ -343,7 +343,6 @@ class ObjectStoreBlobService:
 
     def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
         removed: list[StoredObject] = []
-        chunks_removed: list[Digest] = []
         try:
             for digest in digests:
                 key = index_key(digest)
@@ -353,18 +352,18 @@ class ObjectStoreBlobService:
                 chunks = self._load_index(digest) or []
                 self._delete(key)
                 removed.append(StoredObject(digest, sum(c.size for c in chunks), modified))
-            self._remove_orphan_chunks(before, chunks_removed)
         finally:
-            if removed or chunks_removed:
+            if removed:
                 self._put(EPOCH_KEY, str(new_epoch()).encode())
         return removed
 
-    def _remove_orphan_chunks(self, before: float, removed: list[Digest]) -> None:
-        """Remove chunks no index names that are older than ``before``, adding each to ``removed``.
+    def remove_orphans(self, before: float) -> int:
+        """Remove chunks no index names that are older than ``before``.
 
         Candidates are listed before the indexes are read, so an index written
         meanwhile names only chunks reused young or written anew (see the
-        module's account of ``CHUNK_REUSE_AGE``).
+        module's account of ``CHUNK_REUSE_AGE``). A chunk can be read by its
+        digest, so the removal epoch moves too.
         """
         candidates = {
             digest
@@ -372,14 +371,17 @@ class ObjectStoreBlobService:
             if modified < before and (digest := _digest_of_key(key)) is not None
         }
         if not candidates:
-            return
+            return 0
         for key, _, _ in self._list("blobs/"):
             digest = _digest_of_key(key)
             for chunk in (None if digest is None else self._load_index(digest)) or []:
                 candidates.discard(chunk.digest)
-        for digest in candidates:
-            self._delete(chunk_key(digest))
-            removed.append(digest)
+        try:
+            for digest in candidates:
+                self._delete(chunk_key(digest))
+        finally:
+            self._put(EPOCH_KEY, str(new_epoch()).encode())
+        return len(candidates)
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         with translate_errors(f"{self.url}: list {prefix}"):

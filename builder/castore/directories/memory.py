@@ -48,6 +48,10 @@ class MemoryDirectoryService(ClosureCommitting):
             ]
         return iter(objects)
 
+    def remove_orphans(self, before: float) -> int:
+        """Nothing is kept beside the objects."""
+        return 0
+
     def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
         removed = []
         with self._lock:

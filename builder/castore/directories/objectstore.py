@@ -105,6 +105,10 @@ class ObjectStoreDirectoryService(ClosureCommitting):
                         continue
                     yield StoredObject(digest, meta["size"], meta["last_modified"].timestamp())
 
+    def remove_orphans(self, before: float) -> int:
+        """Nothing is kept beside the objects."""
+        return 0
+
     def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
         removed: list[StoredObject] = []
         try:

@@ -93,6 +93,10 @@ class SqliteDirectoryService(ClosureCommitting):
                 return
             after = rows[-1][0]
 
+    def remove_orphans(self, before: float) -> int:
+        """Nothing is kept beside the objects."""
+        return 0
+
     def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
         removed = []
         with self._db.writing() as conn:
