@@ -6,12 +6,15 @@ a collection runs where the store is, on the backends that hold the data.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import obstore
 
+from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.objectstore import ObjectStoreBlobService
 from builder.castore.blobs.service import BlobService
 from builder.castore.collection import Collectable, StoredObject
@@ -180,5 +183,31 @@ def test_object_store_chunks_go_with_the_last_blob_naming_them(tmp_path: Path) -
         assert service.remove_orphans(before) > 0
         assert chunk_keys() == set()
         assert service.remove_orphans(before) == 0
+    finally:
+        service.close()
+
+
+def _remove_at(
+    start: threading.Barrier, service: FsBlobService, digest: Digest, cutoff: float
+) -> None:
+    start.wait()
+    service.remove_untouched([digest], before=cutoff)
+
+
+def test_an_fs_blob_put_again_while_a_collection_removes_it_is_kept(tmp_path: Path) -> None:
+    """Whichever of the put's touch and the collector's rename comes first, the put holds."""
+    service = FsBlobService(tmp_path / "blobs")
+    try:
+        digest = put_bytes(service, b"contested")
+        for _ in range(100):
+            cutoff = time.time() - 10
+            os.utime(service.local_path(digest), (cutoff - 10, cutoff - 10))
+            start = threading.Barrier(2)
+            collector = threading.Thread(target=_remove_at, args=(start, service, digest, cutoff))
+            collector.start()
+            start.wait()
+            put_bytes(service, b"contested")
+            collector.join()
+            assert read_all(service, digest) == b"contested"
     finally:
         service.close()
