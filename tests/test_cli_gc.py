@@ -80,8 +80,11 @@ def test_a_bounded_server_collects_on_its_own(tmp_path: Path) -> None:
     assert blob_files() == 4
     options = ("--store-max-bytes", "1K", "--gc-interval", "0.1", "--gc-min-age", "0")
     with serving(tmp_path, f"grpc+unix://{tmp_path}/builder.sock", *options) as server:
+        wait_for(
+            lambda: "garbage collection finished" in server.log.read_text(),
+            what="the server's first collection",
+        )
         wait_for(lambda: blob_files() == 2, what="the server's collection")
-        assert "garbage collection finished" in server.log.read_text()
     builder("castore", "materialise", kept, str(tmp_path / "kept-out"), env=env)
     gone = builder("castore", "materialise", lost, str(tmp_path / "gone"), env=env, check=False)
     assert gone.returncode == 1
