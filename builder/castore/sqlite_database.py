@@ -84,11 +84,14 @@ class SqliteDatabase:
     def ensure_column(self, table: str, column: str, definition: str, fill: object) -> None:
         """Add ``column`` to a database made before it existed, setting ``fill`` in every row.
 
-        Checked and added in one write transaction, so that processes opening
-        the same old database at once add it once.
+        Checked again and added in one write transaction, so that processes
+        opening the same old database at once add it once; a database that has
+        it costs one read.
         """
         conn = self._connection()
         with self._serial:
+            if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}

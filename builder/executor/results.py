@@ -49,14 +49,25 @@ class ResultCache:
                 "build BLOB NOT NULL, last_used REAL NOT NULL) WITHOUT ROWID"
             )
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
-            if "last_used" not in columns:
+            if "last_used" not in self._columns():
+                self._add_last_used(clock())
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+
+    def _add_last_used(self, now: float) -> None:
+        """Date the entries of a table made before last use was recorded at the upgrade."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "last_used" not in self._columns():
                 self._conn.execute(
                     "ALTER TABLE results ADD COLUMN last_used REAL NOT NULL DEFAULT 0"
                 )
-                self._conn.execute("UPDATE results SET last_used = ?", (clock(),))
-            self._conn.commit()
+                self._conn.execute("UPDATE results SET last_used = ?", (now,))
+        except BaseException:
+            self._conn.rollback()
+            raise
+        self._conn.commit()
 
     def record(self, request: BuildRequest, outputs: list[CollectedOutput]) -> None:
         build = tvix_response(None, outputs)
