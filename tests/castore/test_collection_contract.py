@@ -75,6 +75,8 @@ def test_blobs_are_listed_and_removed_by_age(blob_service: BlobService) -> None:
     before = _later_than(max(listed[kept].touched, listed[doomed].touched))
     removed = service.remove_untouched([doomed], before=before)
     assert [(o.digest, o.size) for o in removed] == [(doomed, 6000)]
+    # An object store's chunk of a one-chunk blob can be read by the same digest until it goes.
+    service.remove_orphans(before)
     assert not blob_service.has(doomed)
     assert blob_service.open_read(doomed) is None
     assert service.removal_epoch() != epoch
