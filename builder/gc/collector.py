@@ -8,8 +8,10 @@ refers to them and builds on them a moment later. Result-cache entries and
 PathInfos are kept as long as the store fits the bound: they are taken most
 recently used first, and once one would take the store over the bound, it and
 every root used before it are evicted (their records deleted, unless used
-again meanwhile). Objects no kept root reaches and older than the cut-off are
-removed, directories before blobs, in batches.
+again meanwhile). Directories stored since the listing are then listed and
+walked too, since a client may have stored a tree naming old objects it found
+present. Objects no kept root reaches and older than the cut-off are removed,
+directories before blobs, in batches.
 
 The store's size is the sum of the sizes of its blobs (their lengths, each
 blob once however many trees share it) and directories (their encoded
@@ -94,10 +96,10 @@ class _Marks:
                 new.append((False, digest))
 
         def directory(digest: Digest) -> None:
-            size = self.directory_sizes.get(digest)
-            if size is not None and digest not in self.marked_directories:
+            # One stored since the listing is walked too: it may refer to listed objects.
+            if digest not in self.marked_directories:
                 self.marked_directories.add(digest)
-                self.bytes += size
+                self.bytes += self.directory_sizes.get(digest, 0)
                 new.append((True, digest))
                 stack.append(digest)
 
@@ -123,7 +125,7 @@ class _Marks:
         for is_directory, digest in new:
             if is_directory:
                 self.marked_directories.discard(digest)
-                self.bytes -= self.directory_sizes[digest]
+                self.bytes -= self.directory_sizes.get(digest, 0)
             else:
                 self.marked.discard(digest)
                 self.bytes -= self.blob_sizes[digest]
@@ -193,6 +195,10 @@ class Collector:
                 marks.mark((), root.nodes)
                 report.roots_kept += 1
 
+        # Directories stored since the listing may name old objects a client found
+        # present and did not upload again; what they reach stays.
+        late = [o.digest for o in self._directories.stored() if o.digest not in directory_sizes]
+        marks.mark(late, ())
         self._sweep(marks, directory_sizes, self._directories, cutoff, report, directories=True)
         self._sweep(marks, blob_sizes, self._blobs, cutoff, report, directories=False)
         report.store_bytes_after = (

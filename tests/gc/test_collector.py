@@ -238,3 +238,24 @@ def test_leases_taken_after_the_mark_are_handed_to_the_next_batch(world: World) 
                 assert leased == []
         assert world.leases.reset() == [early]
     assert world.leases.reset() == []
+
+
+def test_a_directory_stored_during_the_collection_keeps_what_it_names(
+    world: World, tmp_path: Path
+) -> None:
+    """A tree uploaded while a collection runs may name old objects it did not upload again."""
+    old = world.tree("old")
+    world.clock.advance(2 * HOUR)
+    around = Directory(directories=(DirectoryNode(b"old", old.digest, old.size),))
+
+    def pinned_while_a_client_uploads() -> list[Digest]:
+        # Asked once the store has been listed: the upload lands after the listing.
+        world.directories.put(around)
+        return []
+
+    collector = Collector(
+        world.blobs, world.directories, [], pinned_while_a_client_uploads, clock=world.clock
+    )
+    report = collector.collect(min_age=HOUR)
+    assert (report.blobs_removed, report.directories_removed) == (0, 0)
+    assert world.readable(around.node(b"around"), tmp_path / "around")
