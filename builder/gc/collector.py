@@ -79,8 +79,13 @@ class _Marks:
     marked_directories: set[Digest] = field(default_factory=set)
     bytes: int = 0
 
-    def mark(self, digests: Iterable[Digest], nodes: Iterable[Node]) -> list[tuple[bool, Digest]]:
-        """Mark the closures of ``digests`` (blob or directory) and ``nodes``; what was new.
+    def mark(
+        self,
+        blobs: Iterable[Digest] = (),
+        directories: Iterable[Digest] = (),
+        nodes: Iterable[Node] = (),
+    ) -> list[tuple[bool, Digest]]:
+        """Mark ``blobs`` and the closures of ``directories`` and ``nodes``; what was new.
 
         Returns each newly marked object (whether a directory, its digest), so
         that a trial can be taken back.
@@ -103,8 +108,9 @@ class _Marks:
                 new.append((True, digest))
                 stack.append(digest)
 
-        for digest in digests:
+        for digest in blobs:
             blob(digest)
+        for digest in directories:
             directory(digest)
         for node in nodes:
             if isinstance(node, FileNode):
@@ -175,30 +181,26 @@ class Collector:
         held = self._leases.reset() if self._leases is not None else []
         report = CollectionReport()
 
-        young: list[Digest] = []
-        blob_sizes: dict[Digest, int] = {}
-        directory_sizes: dict[Digest, int] = {}
-        for sizes, service in ((blob_sizes, self._blobs), (directory_sizes, self._directories)):
-            for stored in service.stored():
-                sizes[stored.digest] = stored.size
-                if stored.touched >= cutoff:
-                    young.append(stored.digest)
+        young_blobs, blob_sizes = self._listing(self._blobs, cutoff)
+        young_directories, directory_sizes = self._listing(self._directories, cutoff)
         report.store_bytes_before = sum(blob_sizes.values()) + sum(directory_sizes.values())
 
         marks = _Marks(blob_sizes, directory_sizes, self._directory_reader)
-        marks.mark([*young, *self._pinned()], held)
+        pinned = list(self._pinned())
+        # A pinned digest keeps whichever it names: a blob, a directory tree, or both.
+        marks.mark([*young_blobs, *pinned], [*young_directories, *pinned], held)
         evicted = self._choose(marks, max_bytes, report)
         for source, root in evicted:
             if source.evict(root):
                 report.roots_evicted += 1
             else:
-                marks.mark((), root.nodes)
+                marks.mark(nodes=root.nodes)
                 report.roots_kept += 1
 
         # Directories stored since the listing may name old objects a client found
         # present and did not upload again; what they reach stays.
         late = [o.digest for o in self._directories.stored() if o.digest not in directory_sizes]
-        marks.mark(late, ())
+        marks.mark(directories=late)
         self._sweep(marks, directory_sizes, self._directories, cutoff, report, directories=True)
         self._sweep(marks, blob_sizes, self._blobs, cutoff, report, directories=False)
         report.store_bytes_after = (
@@ -213,6 +215,17 @@ class Collector:
                 extra={"store_bytes": report.store_bytes_after, "max_bytes": max_bytes},
             )
         return report
+
+    @staticmethod
+    def _listing(service: Collectable, cutoff: float) -> tuple[list[Digest], dict[Digest, int]]:
+        """What ``service`` holds younger than ``cutoff``, and the size of everything it holds."""
+        young: list[Digest] = []
+        sizes: dict[Digest, int] = {}
+        for stored in service.stored():
+            sizes[stored.digest] = stored.size
+            if stored.touched >= cutoff:
+                young.append(stored.digest)
+        return young, sizes
 
     def _choose(
         self, marks: _Marks, max_bytes: int | None, report: CollectionReport
@@ -229,7 +242,7 @@ class Collector:
             if evicted:
                 evicted.append((self._roots[index], root))
                 continue
-            new = marks.mark((), root.nodes)
+            new = marks.mark(nodes=root.nodes)
             if max_bytes is not None and marks.bytes > max_bytes:
                 marks.unmark(new)
                 evicted.append((self._roots[index], root))
@@ -255,7 +268,7 @@ class Collector:
                 continue
             with self._leases.frozen() as leased:
                 if leased:
-                    marks.mark((), leased)
+                    marks.mark(nodes=leased)
                 batch = [digest for digest in batch if digest not in marked]
                 self._remove(service, batch, cutoff, report, directories)
         service.remove_orphans(cutoff)
