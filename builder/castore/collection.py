@@ -83,6 +83,20 @@ class Collectable(RemovalEpoch, Protocol):
         ...
 
 
+@runtime_checkable
+class Touchable(Protocol):
+    """A blob service whose objects a caller can vouch for without putting them again."""
+
+    def touch(self, digest: Digest) -> bool:
+        """Date a stored object now, as a put of it would; whether it is stored.
+
+        For a caller that takes an object as stored without uploading it (the
+        import record's unchanged files), so that a collection racing it keeps
+        the object or the caller learns it is gone and stores it again.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class UsedRoot:
     """Something that keeps nodes alive (a result-cache entry, a PathInfo) and when it was used."""

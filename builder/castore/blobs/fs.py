@@ -232,6 +232,14 @@ class FsBlobService:
             os.close(fd)
             self._drop_tmp(tmp)
 
+    def touch(self, digest: Digest) -> bool:
+        """One syscall, no more than a presence check; by name, as a put's touch."""
+        try:
+            os.utime(self.local_path(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
     def _keep_existing(self, final: str, digest: Digest) -> bool:
         """Whether ``final`` holds the blob intact, touched now so that no collection takes it.
 

@@ -57,6 +57,13 @@ class MemoryBlobService:
     def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
         return [] if digest in self._blobs else None
 
+    def touch(self, digest: Digest) -> bool:
+        with self._lock:
+            if digest not in self._blobs:
+                return False
+            self._touched[digest] = self._clock()
+        return True
+
     def remove(self, digest: Digest) -> bool:
         with self._lock:
             removed = self._blobs.pop(digest, None) is not None
