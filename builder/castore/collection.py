@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from builder.castore.blobs.service import BlobService
 from builder.castore.digest import Digest
 from builder.castore.nodes import Node
 from builder.castore.removal import RemovalEpoch
@@ -95,6 +96,16 @@ class Touchable(Protocol):
         the object or the caller learns it is gone and stores it again.
         """
         ...
+
+
+def presence_vouched(blobs: BlobService) -> Callable[[Digest], bool]:
+    """How to tell a client (or an import) whether a blob is stored, when yes means "do not upload".
+
+    The answer is acted on later, when the client stores a directory naming
+    the blob and builds on it; dating the blob now lets the minimum age cover
+    that stretch, as it covers an upload.
+    """
+    return blobs.touch if isinstance(blobs, Touchable) else blobs.has
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import grpc
 
 from builder.castore.blobs import batches
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.collection import presence_vouched
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.extensions import announces_end_marker, is_end_marker
@@ -46,6 +47,7 @@ class BlobServicer:
         self, blobs: BlobService, family: Family, cancel_grace: float = CANCEL_GRACE
     ) -> None:
         self._blobs = blobs
+        self._present = presence_vouched(blobs)
         self._family = family
         self._cancel_grace = cancel_grace
         self._messages = castore_rpc(family).blobstore
@@ -59,7 +61,7 @@ class BlobServicer:
     def Stat(self, request: Any, context: grpc.ServicerContext) -> Any:
         digest = Digest.from_field(request.digest, "digest")
         if not request.send_chunks:
-            if not self._blobs.has(digest):
+            if not self._present(digest):
                 raise NotFoundError(f"blob {digest} not found")
             return self._messages.StatBlobResponse()
         chunks = self._blobs.chunks(digest)

@@ -65,7 +65,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from builder.castore.blobs.service import BlobService
-from builder.castore.collection import Touchable
+from builder.castore.collection import presence_vouched
 from builder.castore.digest import Digest
 from builder.castore.sqlite_database import SqliteDatabase
 
@@ -205,9 +205,7 @@ class RecordedImport:
 
     def __init__(self, record: ImportRecord, blobs: BlobService) -> None:
         self._record = record
-        # A blob taken as stored is dated as a put of it would be, so that a
-        # collection racing the import keeps it (builder.castore.collection).
-        self._present = blobs.touch if isinstance(blobs, Touchable) else blobs.has
+        self._present = presence_vouched(blobs)
         self._lock = threading.Lock()
         self._entries: list[tuple[os.stat_result, Digest]] = []
         self._used: list[os.stat_result] = []
