@@ -7,8 +7,10 @@ removal is always conditional on age: ``remove_untouched`` removes an object
 only if it was neither stored nor put again since a cut-off the collector
 chose before it began (its start minus a safety margin). A put of an object
 already stored counts as touching it, so an uploader told "already have it"
-can rely on the object surviving the collection that races it; a backend
-checks the time again right before each removal, not only when it listed.
+can rely on the object surviving the collection that races it, and so does
+telling a client that a blob is stored (``presence_vouched``), since the
+client then skips its upload. A backend checks the time again right before
+each removal, not only when it listed.
 
 Removals move the removal epoch (``builder.castore.removal``) once the objects
 are gone, once per call rather than once per object.
@@ -91,9 +93,10 @@ class Touchable(Protocol):
     def touch(self, digest: Digest) -> bool:
         """Date a stored object now, as a put of it would; whether it is stored.
 
-        For a caller that takes an object as stored without uploading it (the
-        import record's unchanged files), so that a collection racing it keeps
-        the object or the caller learns it is gone and stores it again.
+        For whoever takes an object as stored without uploading it (a client
+        answered by ``Stat`` or ``FindMissingBlobs``, the import record's
+        unchanged files), so that a collection racing it keeps the object, or
+        the caller learns it is gone and stores it again.
         """
         ...
 
