@@ -234,10 +234,21 @@ class FsBlobService:
 
     def touch(self, digest: Digest) -> bool:
         """One syscall, no more than a presence check; by name, as a put's touch."""
+        return self._touch(self.local_path(digest))
+
+    @staticmethod
+    def _touch(path: str) -> bool:
+        """Date a blob file now; whether it is there.
+
+        A file another account stored cannot be dated by this one: it stays
+        as old as it was, and only its own account's puts protect it.
+        """
         try:
-            os.utime(self.local_path(digest))
+            os.utime(path)
         except FileNotFoundError:
             return False
+        except PermissionError:
+            return os.path.exists(path)
         return True
 
     def _keep_existing(self, final: str, digest: Digest) -> bool:
@@ -246,13 +257,7 @@ class FsBlobService:
         The touch goes by name: if a collection renamed the file away since
         it was checked, the touch fails and the caller stores the blob anew.
         """
-        if not file_matches(final, digest):
-            return False
-        try:
-            os.utime(final)
-        except FileNotFoundError:
-            return False
-        return True
+        return file_matches(final, digest) and self._touch(final)
 
     def open_read(self, digest: Digest) -> BinaryIO | None:
         path = self.local_path(digest)
