@@ -22,6 +22,7 @@ from builder.cli_output import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
     describe_node,
+    format_bytes,
     outputs_table,
     report_error,
     report_unexpected,
@@ -30,13 +31,17 @@ from builder.config_file import add_config_option, parse_args
 from builder.errors import BuilderError, InvalidArgumentError, NotFoundError, UnavailableError
 from builder.executor.cancel import signals_cancel
 from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
+from builder.gc.collector import DEFAULT_MIN_AGE
 from builder.logging_setup import FORMATS, LEVELS, configure_logging
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
+
+DEFAULT_GC_INTERVAL = 600.0
 
 if TYPE_CHECKING:
     from builder.executor.request import BuildRequest
     from builder.executor.request_file import RequestFile
     from builder.executor.service import BuildExecutor, BuildService, Event
+    from builder.gc.pins import Pins
     from sandbox import Launcher
 
 
@@ -336,6 +341,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.max_directory_entries < 1:
         raise InvalidArgumentError("--max-directory-entries must be at least 1")
     metrics_address = parse_metrics_address(args.metrics_listen) if args.metrics_listen else None
+    _check_min_age(args.gc_min_age, "--gc-min-age")
+    if args.gc_interval is not None and not args.gc_interval > 0:
+        raise InvalidArgumentError(f"--gc-interval: {args.gc_interval} seconds is not positive")
     token = None
     if args.token_file:
         try:
@@ -353,6 +361,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
             handoff = HandoffServer(args.nix_handoff, store, builds, args.nix_sessions)
             nix.enter_context(handoff)
+        if args.store_max_bytes is not None or args.gc_interval is not None:
+            nix.enter_context(_periodic_collection(args, store, builds))
         store_url = str(args.store or f"fs://{(args.data_dir or default_data_dir()).resolve()}")
         serve(
             store,
@@ -365,6 +375,100 @@ def cmd_serve(args: argparse.Namespace) -> None:
             metrics_address,
             store_url,
         )
+
+
+def _check_min_age(seconds: float, flag: str) -> None:
+    if not seconds >= 0:
+        raise InvalidArgumentError(f"{flag}: {seconds} seconds is not a non-negative number")
+
+
+@contextlib.contextmanager
+def _periodic_collection(
+    args: argparse.Namespace, store: Store, builds: BuildService
+) -> Iterator[None]:
+    """Collect ``store`` every ``--gc-interval`` seconds while the server runs."""
+    from builder.gc.collector import store_collector
+    from builder.gc.periodic import PeriodicCollection
+    from builder.gc.pins import PINS_FILE, Pins
+
+    interval = DEFAULT_GC_INTERVAL if args.gc_interval is None else args.gc_interval
+    pins = Pins((args.data_dir or default_data_dir()) / PINS_FILE)
+    try:
+        collector = store_collector(store, builds.results, pins, builds.leases)
+        with PeriodicCollection(collector, interval, args.store_max_bytes, args.gc_min_age):
+            yield
+    finally:
+        pins.close()
+
+
+@contextlib.contextmanager
+def _gc_pins(args: argparse.Namespace) -> Iterator[Pins]:
+    from builder.gc.pins import PINS_FILE, Pins
+
+    pins = Pins((args.data_dir or default_data_dir()) / PINS_FILE)
+    try:
+        yield pins
+    finally:
+        pins.close()
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    from builder.executor.results import ResultCache
+    from builder.gc.collector import store_collector
+
+    _check_min_age(args.min_age, "--min-age")
+    data_dir = args.data_dir or default_data_dir()
+    work_dir = args.work_dir or data_dir / "build"
+    with _store(args) as store, _gc_pins(args) as pins:
+        results = ResultCache(work_dir / "results.sqlite")
+        try:
+            report = store_collector(store, results, pins).collect(args.max_bytes, args.min_age)
+        finally:
+            results.close()
+    print(
+        f"removed {report.blobs_removed} blobs ({format_bytes(report.blob_bytes_freed)}) and "
+        f"{report.directories_removed} directories ({format_bytes(report.directory_bytes_freed)}); "
+        f"evicted {report.roots_evicted} roots, kept {report.roots_kept}"
+    )
+    bound = "" if args.max_bytes is None else f" (bound {format_bytes(args.max_bytes)})"
+    print(
+        f"store: {format_bytes(report.store_bytes_before)} before, "
+        f"{format_bytes(report.store_bytes_after)} after{bound}; took {report.duration:.1f} s"
+    )
+
+
+def cmd_gc_pin(args: argparse.Namespace) -> None:
+    digest = Digest.parse(args.digest)
+    with _gc_pins(args) as pins:
+        pins.pin(digest, args.name)
+    print(f"pinned {digest}")
+
+
+def cmd_gc_unpin(args: argparse.Namespace) -> None:
+    digest = Digest.parse(args.digest)
+    with _gc_pins(args) as pins:
+        if not pins.unpin(digest):
+            raise NotFoundError(f"digest: {digest} is not pinned")
+    print(f"unpinned {digest}")
+
+
+def cmd_gc_pins(args: argparse.Namespace) -> None:
+    with _gc_pins(args) as pins:
+        for pin in pins.pins():
+            print(f"{pin.digest} {pin.name}".rstrip())
+
+
+def byte_count(text: str) -> int:
+    """A number of bytes, optionally with a binary suffix: ``500M``, ``20G``."""
+    factors = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, suffix = text[:-1], text[-1:].upper()
+    if suffix.isdigit():
+        number, suffix = text, ""
+    if suffix not in factors or not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a byte count (a number, optionally K, M, G or T)"
+        )
+    return int(number) * factors[suffix]
 
 
 def _imports(loaded: RequestFile, specs: list[str]) -> list[tuple[str, Path, str]]:
@@ -719,6 +823,18 @@ def _log_options(parser: argparse.ArgumentParser, default_format: str) -> None:
     )
 
 
+def _min_age_option(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument(
+        flag,
+        dest="gc_min_age" if flag == "--gc-min-age" else "min_age",
+        type=float,
+        default=DEFAULT_MIN_AGE,
+        metavar="SECONDS",
+        help="never remove what was stored or uploaded again within SECONDS, so that "
+        "uploads for builds about to start survive (default: %(default)g)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="builder",
@@ -814,6 +930,22 @@ def build_parser() -> argparse.ArgumentParser:
         "without authentication ([::1]:PORT for IPv6; port 0 picks a free one and "
         "logs it; default: no metrics)",
     )
+    p.add_argument(
+        "--store-max-bytes",
+        type=byte_count,
+        metavar="N",
+        help="bound on the store's size in bytes (suffixes K, M, G, T): a garbage "
+        "collection every --gc-interval evicts least recently used results and "
+        "store paths to fit (default: no bound, and no collection)",
+    )
+    p.add_argument(
+        "--gc-interval",
+        type=float,
+        metavar="SECONDS",
+        help="collect garbage every SECONDS; given alone, removes only what no root "
+        f"reaches (default: {DEFAULT_GC_INTERVAL:g} with --store-max-bytes, else never)",
+    )
+    _min_age_option(p, "--gc-min-age")
     p.set_defaults(func=cmd_serve)
     _store_options(p)
     _build_options(p)
@@ -854,6 +986,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_request_show)
     _log_options(p, "plain")
+
+    gc = commands.add_parser(
+        "gc", help="remove what no root keeps; evict least recently used roots to fit a bound"
+    )
+    gc.add_argument(
+        "--max-bytes",
+        type=byte_count,
+        metavar="N",
+        help="bound on the store's size in bytes (suffixes K, M, G, T); "
+        "default: no bound, remove only what no root reaches",
+    )
+    _min_age_option(gc, "--min-age")
+    gc.add_argument(
+        "--work-dir", type=Path, help="where the result cache is (default: DATA_DIR/build)"
+    )
+    gc.set_defaults(func=cmd_gc)
+    _store_options(gc)
+    gc_commands = gc.add_subparsers(dest="gc_command")
+    p = gc_commands.add_parser(
+        "pin", help="keep DIGEST (a blob or directory tree) through every collection"
+    )
+    p.add_argument("digest", help="blake3-<base64> as printed by castore import, or 64 hex digits")
+    p.add_argument("--name", default="", help="a label shown by 'gc pins' (default: none)")
+    p.set_defaults(func=cmd_gc_pin)
+    p = gc_commands.add_parser("unpin", help="stop keeping DIGEST")
+    p.add_argument("digest", help="blake3-<base64> or 64 hex digits")
+    p.set_defaults(func=cmd_gc_unpin)
+    p = gc_commands.add_parser("pins", help="list pinned digests and their names")
+    p.set_defaults(func=cmd_gc_pins)
+    for subparser in gc_commands.choices.values():
+        subparser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=argparse.SUPPRESS,
+            help=f"where pins.sqlite is (default: ${DATA_DIR_ENV} or $XDG_DATA_HOME/builder)",
+        )
 
     nix = commands.add_parser("nix", help="build Nix derivations")
     nix_commands = nix.add_subparsers(dest="nix_command", required=True)

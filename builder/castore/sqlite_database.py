@@ -81,6 +81,28 @@ class SqliteDatabase:
                 f"{self._what} {self.path} is out of space: {exc}"
             ) from exc
 
+    def ensure_column(self, table: str, column: str, definition: str, fill: object) -> None:
+        """Add ``column`` to a database made before it existed, setting ``fill`` in every row.
+
+        Checked again and added in one write transaction, so that processes
+        opening the same old database at once add it once; a database that has
+        it costs one read.
+        """
+        conn = self._connection()
+        with self._serial:
+            if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                    conn.execute(f"UPDATE {table} SET {column} = ?", (fill,))
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from builder.castore.blobs.service import BlobService
+from builder.castore.collection import Leases
 from builder.castore.directories.service import DirectoryService
 from builder.errors import ResourceExhaustedError
 from builder.executor.admission import Admission
@@ -104,6 +105,7 @@ class BuildService:
         self._results = ResultCache(config.work_dir / "results.sqlite")
         self.result_cache_counts = HitCounts()
         self._observers: list[BuildObserver] = []
+        self.leases = Leases()
         self.logs = LogStore(config.log_retention_seconds)
         self._draining = Draining()
         self._followers = Admission(
@@ -114,6 +116,11 @@ class BuildService:
     @property
     def job_slots(self) -> int:
         return self.config.job_slots
+
+    @property
+    def results(self) -> ResultCache:
+        """The result cache, whose entries a garbage collection treats as roots."""
+        return self._results
 
     @property
     def build_cores(self) -> int:
@@ -210,7 +217,9 @@ class BuildService:
             for observer in self._observers:
                 observer.build_started()
             try:
-                outcome = self._build(request, on_event, cancel, build_id)
+                # The inputs are a lease that a collection in this process keeps.
+                with self.leases.hold(request.inputs):
+                    outcome = self._build(request, on_event, cancel, build_id)
             except BaseException as error:
                 self._finished(outcome_of(error), began)
                 raise

@@ -16,6 +16,7 @@ import grpc
 
 from builder.castore.blobs import batches
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
+from builder.castore.collection import presence_vouched
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.extensions import announces_end_marker, is_end_marker
@@ -59,6 +60,7 @@ class BlobServicer:
         traffic: BlobTraffic | None = None,
     ) -> None:
         self._blobs = blobs
+        self._present = presence_vouched(blobs)
         self._family = family
         self._cancel_grace = cancel_grace
         self._traffic = traffic or BlobTraffic()
@@ -73,7 +75,7 @@ class BlobServicer:
     def Stat(self, request: Any, context: grpc.ServicerContext) -> Any:
         digest = Digest.from_field(request.digest, "digest")
         if not request.send_chunks:
-            if not self._blobs.has(digest):
+            if not self._present(digest):
                 raise NotFoundError(f"blob {digest} not found")
             return self._messages.StatBlobResponse()
         chunks = self._blobs.chunks(digest)

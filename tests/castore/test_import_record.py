@@ -45,6 +45,7 @@ TREES = (
     "failing",
     "kept_in_use",
     "left_unused",
+    "collected",
 )
 FILES = {b"alpha": b"alpha contents\n", b"bravo": b"bravo contents\n"}
 NESTED = {b"charlie": b"charlie contents\n"}
@@ -347,3 +348,19 @@ def test_an_import_that_fails_records_nothing(aged: Path, importer: Importer) ->
     os.unlink(tree / "sub" / "pipe")
     importer.ingest(tree)
     assert importer.record.prune(0) == 3
+
+
+def test_a_file_taken_from_the_record_keeps_its_blob_from_a_racing_collection(
+    aged: Path, importer: Importer
+) -> None:
+    """An import that finds a blob stored dates it now, as a put would, or stores it anew."""
+    tree = aged / "collected"
+    first, _ = importer.ingest(tree)
+    digests = [file.digest for file in importer.files(first).values()]
+    cutoff = time.time() - 10
+    for digest in digests:
+        os.utime(importer.blobs.local_path(digest), (cutoff - 10, cutoff - 10))
+    again, hits = importer.ingest(tree)
+    assert (again, hits) == (first, 3)
+    assert importer.blobs.remove_untouched(digests, before=cutoff) == []
+    _check_contents(importer, again, tree)

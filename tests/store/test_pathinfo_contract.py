@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from builder.castore.collection import EvictableRoots
 from builder.castore.nodes import SymlinkNode
 from builder.errors import InvalidArgumentError
 from builder.store.path_info import ContentAddress, HashKind, PathInfo
@@ -102,3 +103,21 @@ def test_concurrent_puts_from_threads(backend: PathInfoBackend) -> None:
         assert backend.service.get(info.path.digest) == info
     assert backend.service.get(contested[0].path.digest) in contested
     assert len(list(backend.service.list())) == len(infos) + 1
+
+
+def test_records_are_roots_evicted_unless_used_since(backend: PathInfoBackend) -> None:
+    """Local backends list their records as roots for collection; a remote one cannot."""
+    service = backend.service
+    if not isinstance(service, EvictableRoots):
+        assert type(service).__name__ == "GrpcPathInfoService"
+        return
+    info = symlink_info("rooted")
+    service.put(info)
+    (root,) = list(service.used_roots())
+    assert (root.key, root.nodes) == (info.path.digest, (info.node,))
+    assert not service.evict(dataclasses.replace(root, last_used=root.last_used - 1))
+    assert service.get(info.path.digest) == info
+    assert service.evict(root)
+    assert service.get(info.path.digest) is None
+    assert list(service.used_roots()) == []
+    assert not service.evict(root)

@@ -17,6 +17,16 @@ than always renaming the new one over it: that would force the new copy to
 disk (an fsync) for every duplicate put, while the hash reads what is usually
 still in the page cache.
 
+A blob's modification time says when it was stored or last put again: a put
+of a blob already stored touches its file, and a file is touched as it is
+renamed into place, however long its upload took. A collection removes a blob
+only if that time is older than its cut-off (``builder.castore.collection``),
+and without a lock between processes: it renames the file away, checks the
+time again on what it renamed, and puts it back if a put touched it first. A
+put touches by name, so one that comes after the rename finds no file and
+stores the blob anew. The removal epoch is a file beside the shards, replaced
+once a collection's removals are durable.
+
 Temporary files live in a directory owned by this process (``OwnedDirectory``),
 so those of a process that was killed are removed by the next one to start.
 A full filesystem is a ``ResourceExhaustedError`` naming the store, with the
@@ -40,6 +50,7 @@ import blake3
 from builder.castore.blobs.service import BlobWriter, ChunkMeta
 from builder.castore.blobs.verified import SMALL_FILE_SIZE, VerifiedFileReader, file_matches
 from builder.castore.blobs.writer import HashingBlobWriter
+from builder.castore.collection import StoredObject, new_epoch
 from builder.castore.composition import Backend, Params, url_path
 from builder.castore.digest import Digest
 from builder.castore.fs.copy import FULL, copy_and_hash, write_all
@@ -48,6 +59,8 @@ from builder.errors import InvalidArgumentError, ResourceExhaustedError
 
 # For syncfs, which the os module does not offer.
 _libc = ctypes.CDLL(None, use_errno=True)
+
+EPOCH_FILE = "removal-epoch"
 
 
 def _sync_filesystem(path: str) -> None:
@@ -102,7 +115,7 @@ class _FsWriter(HashingBlobWriter):
         try:
             with service.space():
                 final = service.local_path(digest)
-                if file_matches(final, digest):
+                if service._keep_existing(final, digest):
                     service._drop_tmp(self._tmp)
                 else:
                     service._settle(self._tmp, self._fd, final, self._batch)
@@ -137,11 +150,114 @@ class FsBlobService:
         return os.path.exists(self.local_path(digest))
 
     def removal_epoch(self) -> int:
-        """Constant: this service removes no blob (``builder.castore.removal``).
+        """The number in the epoch file; 0 before any removal (``builder.castore.removal``)."""
+        try:
+            with open(f"{self._root_name}/{EPOCH_FILE}", "rb") as file:
+                return int(file.read())
+        except FileNotFoundError:
+            return 0
 
-        A removal added here must advance an epoch kept beside the blobs.
-        """
+    def stored(self) -> Iterator[StoredObject]:
+        with os.scandir(self._root_name) as shards:
+            names = sorted(e.name for e in shards if len(e.name) == 2 and e.is_dir())
+        for shard in names:
+            try:
+                with os.scandir(f"{self._root_name}/{shard}") as entries:
+                    found = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+            except FileNotFoundError:
+                continue
+            for name, status in found:
+                try:
+                    digest = Digest(bytes.fromhex(name))
+                except (ValueError, InvalidArgumentError):
+                    continue
+                if stat.S_ISREG(status.st_mode):
+                    yield StoredObject(digest, status.st_size, status.st_mtime)
+
+    def remove_orphans(self, before: float) -> int:
+        """Nothing is kept beside the objects."""
         return 0
+
+    def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
+        removed: list[StoredObject] = []
+        shards: set[str] = set()
+        try:
+            for digest in digests:
+                final = self.local_path(digest)
+                gone = self._remove_untouched(digest, final, before)
+                if gone is not None:
+                    removed.append(gone)
+                    shards.add(os.path.dirname(final))
+        finally:
+            if removed:
+                for shard in sorted(shards):
+                    _sync_directory(shard)
+                self._write_epoch()
+        return removed
+
+    def _remove_untouched(self, digest: Digest, final: str, before: float) -> StoredObject | None:
+        try:
+            if os.stat(final, follow_symlinks=False).st_mtime >= before:
+                return None
+        except FileNotFoundError:
+            return None
+        name = f"gc-{next(self._counter)}"
+        grave = str(self._owned.claim(name))
+        try:
+            try:
+                os.rename(final, grave)
+            except FileNotFoundError:
+                return None
+            status = os.stat(grave, follow_symlinks=False)
+            if status.st_mtime >= before:
+                # A put touched it between the first look and the rename: it stays.
+                with contextlib.suppress(FileExistsError):
+                    os.link(grave, final)
+                return None
+            return StoredObject(digest, status.st_size, status.st_mtime)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(grave)
+            self._owned.release(name)
+
+    def _write_epoch(self) -> None:
+        """Replace the epoch file with a fresh value, durably, after the removals it reports."""
+        tmp, fd = self._create_tmp("epoch")
+        try:
+            write_all(fd, str(new_epoch()).encode())
+            os.fsync(fd)
+            os.replace(tmp, f"{self._root_name}/{EPOCH_FILE}")
+            _sync_directory(self._root_name)
+        finally:
+            os.close(fd)
+            self._drop_tmp(tmp)
+
+    def touch(self, digest: Digest) -> bool:
+        """One syscall, no more than a presence check; by name, as a put's touch."""
+        return self._touch(self.local_path(digest))
+
+    @staticmethod
+    def _touch(path: str) -> bool:
+        """Date a blob file now; whether it is there.
+
+        A file another account stored cannot be dated by this one: it stays
+        as old as it was, and only its own account's puts protect it.
+        """
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            return os.path.exists(path)
+        return True
+
+    def _keep_existing(self, final: str, digest: Digest) -> bool:
+        """Whether ``final`` holds the blob intact, touched now so that no collection takes it.
+
+        The touch goes by name: if a collection renamed the file away since
+        it was checked, the touch fails and the caller stores the blob anew.
+        """
+        return file_matches(final, digest) and self._touch(final)
 
     def open_read(self, digest: Digest) -> BinaryIO | None:
         path = self.local_path(digest)
@@ -221,7 +337,7 @@ class FsBlobService:
         with self.space(), self._batch() as batch:
             for digest, data in blobs:
                 final = self.local_path(digest)
-                if os.path.exists(final) and file_matches(final, digest):
+                if os.path.exists(final) and self._keep_existing(final, digest):
                     continue
                 tmp, fd = self._create_tmp("put")
                 batch.add(tmp, final)
@@ -264,7 +380,7 @@ class FsBlobService:
         data = b"".join(parts)
         digest = Digest(blake3.blake3(data).digest())
         final = self.local_path(digest)
-        if file_matches(final, digest):
+        if self._keep_existing(final, digest):
             return digest, len(data)
         tmp, fd = self._create_tmp("import")
         try:
@@ -283,7 +399,7 @@ class FsBlobService:
         try:
             copied, digest = copy_and_hash(src, fd, size)
             final = self.local_path(digest)
-            if file_matches(final, digest):
+            if self._keep_existing(final, digest):
                 self._drop_tmp(tmp)
             else:
                 self._settle(tmp, fd, final, batch)
@@ -313,6 +429,7 @@ class FsBlobService:
                 _sync_filesystem(self._tmp_name)
                 for tmp, final in batch.placements:
                     self._make_shard(os.path.dirname(final))
+                    os.utime(tmp)
                     os.replace(tmp, final)
                 _sync_filesystem(self._root_name)
         finally:
@@ -345,6 +462,7 @@ class FsBlobService:
         shard = os.path.dirname(final)
         if self._make_shard(shard):
             _sync_directory(self._root_name)
+        os.utime(tmp)
         os.replace(tmp, final)
         _sync_directory(shard)
 

@@ -9,6 +9,18 @@ Layout, under the store's prefix:
   blob is visible exactly when it is complete. The empty blob has an index
   with no chunks.
 
+- ``removal-epoch``: the removal epoch, replaced after each collection that
+  removed something (``builder.castore.removal``).
+
+Collection goes by the objects' last-modified times. A put of a blob already
+stored writes its index again, which touches it; a writer reuses an existing
+chunk only if the chunk was written within ``CHUNK_REUSE_AGE`` and otherwise
+writes it again, so a chunk a new index names is never older than that when
+the upload began. A chunk goes once no index names it and it is older than
+the collection's cut-off. Object stores have no conditional delete: a put of
+the same blob in the instant between a collector's check of its index and the
+delete is lost (its chunks stay and a later put reuses them).
+
 Chunk boundaries come from FastCDC with an average of 256 KiB (minimum half,
 maximum double that), so an edit inside a large file changes only the chunks
 around it and re-uploads little.
@@ -17,9 +29,10 @@ around it and re-uploads little.
 from __future__ import annotations
 
 import logging
+import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate
 from typing import BinaryIO
@@ -33,6 +46,7 @@ from obstore.store import ObjectStore
 from builder.castore.blobs.reader import SizedBlobReader
 from builder.castore.blobs.service import ChunkMeta
 from builder.castore.blobs.writer import HashingBlobWriter
+from builder.castore.collection import StoredObject, new_epoch
 from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
 from builder.castore.objectstore_url import (
@@ -48,6 +62,11 @@ from builder.proto.tvix.castore.protos.rpc_blobstore_pb2 import StatBlobResponse
 logger = logging.getLogger(__name__)
 
 DEFAULT_AVG_CHUNK_SIZE = 256 * 1024
+
+CHUNK_REUSE_AGE = 600.0
+"""Seconds: an existing chunk older than this is written again rather than reused."""
+
+EPOCH_KEY = "removal-epoch"
 
 # fastcdc rejects a maximum below 1 KiB; above a 64 MiB average, the chunks
 # (up to twice that) every reader and writer holds would no longer be small.
@@ -76,6 +95,14 @@ def chunk_key(digest: Digest) -> str:
 def index_key(digest: Digest) -> str:
     hexdigest = digest.hex()
     return f"blobs/{hexdigest[:4]}/{hexdigest}"
+
+
+def _digest_of_key(key: str) -> Digest | None:
+    """The digest an object under ``blobs/`` or ``chunks/`` is named by; None for others."""
+    try:
+        return Digest(bytes.fromhex(key.rpartition("/")[2]))
+    except (ValueError, InvalidArgumentError):
+        return None
 
 
 class StreamingChunker:
@@ -300,6 +327,79 @@ class ObjectStoreBlobService:
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def removal_epoch(self) -> int:
+        data = self._get(EPOCH_KEY)
+        return 0 if data is None else int(data.tobytes())
+
+    def stored(self) -> Iterator[StoredObject]:
+        """Blobs with their whole size, which costs reading every index."""
+        for key, _, modified in self._list("blobs/"):
+            digest = _digest_of_key(key)
+            if digest is None:
+                continue
+            chunks = self._load_index(digest)
+            if chunks is not None:
+                yield StoredObject(digest, sum(c.size for c in chunks), modified)
+
+    def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
+        removed: list[StoredObject] = []
+        try:
+            for digest in digests:
+                key = index_key(digest)
+                modified = self._modified(key)
+                if modified is None or modified >= before:
+                    continue
+                chunks = self._load_index(digest) or []
+                self._delete(key)
+                removed.append(StoredObject(digest, sum(c.size for c in chunks), modified))
+        finally:
+            if removed:
+                self._put(EPOCH_KEY, str(new_epoch()).encode())
+        return removed
+
+    def remove_orphans(self, before: float) -> int:
+        """Remove chunks no index names that are older than ``before``.
+
+        Candidates are listed before the indexes are read, so an index written
+        meanwhile names only chunks reused young or written anew (see the
+        module's account of ``CHUNK_REUSE_AGE``). A chunk can be read by its
+        digest, so the removal epoch moves too.
+        """
+        candidates = {
+            digest
+            for key, _, modified in self._list("chunks/")
+            if modified < before and (digest := _digest_of_key(key)) is not None
+        }
+        if not candidates:
+            return 0
+        for key, _, _ in self._list("blobs/"):
+            digest = _digest_of_key(key)
+            for chunk in (None if digest is None else self._load_index(digest)) or []:
+                candidates.discard(chunk.digest)
+        try:
+            for digest in candidates:
+                self._delete(chunk_key(digest))
+        finally:
+            self._put(EPOCH_KEY, str(new_epoch()).encode())
+        return len(candidates)
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        with translate_errors(f"{self.url}: list {prefix}"):
+            for batch in obstore.list(self.store, prefix):
+                for meta in batch:
+                    yield meta["path"], meta["size"], meta["last_modified"].timestamp()
+
+    def _modified(self, key: str) -> float | None:
+        with translate_errors(f"{self.url}: head {key}"):
+            try:
+                return obstore.head(self.store, key)["last_modified"].timestamp()
+            except FileNotFoundError:
+                return None
+
+    def _delete(self, key: str) -> None:
+        with translate_errors(f"{self.url}: delete {key}"):
+            obstore.delete(self.store, key)
+
     def _exists(self, key: str) -> bool:
         return self._size_of(key) is not None
 
@@ -333,7 +433,8 @@ class ObjectStoreBlobService:
 
     def _put_chunk(self, digest: Digest, data: bytes) -> None:
         key = chunk_key(digest)
-        if not self._exists(key):
+        modified = self._modified(key)
+        if modified is None or modified < time.time() - CHUNK_REUSE_AGE:
             self._put(key, data)
 
     def _fetch_chunk(self, chunk: ChunkMeta, blob: Digest) -> memoryview:

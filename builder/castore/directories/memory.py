@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 
+from builder.castore.collection import StoredObject
 from builder.castore.composition import Backend
 from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
@@ -11,8 +14,11 @@ from builder.castore.directory import Directory
 
 
 class MemoryDirectoryService(ClosureCommitting):
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` dates puts, for collection by age."""
         self._directories: dict[Digest, Directory] = {}
+        self._touched: dict[Digest, float] = {}
+        self._clock = clock
         self._lock = threading.Lock()
         self._removals = 0
 
@@ -21,12 +27,41 @@ class MemoryDirectoryService(ClosureCommitting):
 
     def _commit(self, directories: list[Directory]) -> None:
         with self._lock:
+            now = self._clock()
             for directory in directories:
                 self._directories[directory.digest] = directory
+                self._touched[directory.digest] = now
 
     def remove(self, digest: Digest) -> bool:
         with self._lock:
             removed = self._directories.pop(digest, None) is not None
+            self._touched.pop(digest, None)
+            if removed:
+                self._removals += 1
+        return removed
+
+    def stored(self) -> Iterator[StoredObject]:
+        with self._lock:
+            objects = [
+                StoredObject(digest, len(directory.encoded), self._touched[digest])
+                for digest, directory in self._directories.items()
+            ]
+        return iter(objects)
+
+    def remove_orphans(self, before: float) -> int:
+        """Nothing is kept beside the objects."""
+        return 0
+
+    def remove_untouched(self, digests: Sequence[Digest], before: float) -> list[StoredObject]:
+        removed = []
+        with self._lock:
+            for digest in digests:
+                touched = self._touched.get(digest)
+                if touched is None or touched >= before:
+                    continue
+                directory = self._directories.pop(digest)
+                del self._touched[digest]
+                removed.append(StoredObject(digest, len(directory.encoded), touched))
             if removed:
                 self._removals += 1
         return removed
@@ -36,6 +71,7 @@ class MemoryDirectoryService(ClosureCommitting):
 
     def close(self) -> None:
         self._directories.clear()
+        self._touched.clear()
 
 
 BACKEND = Backend(

@@ -65,6 +65,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from builder.castore.blobs.service import BlobService
+from builder.castore.collection import presence_vouched
 from builder.castore.digest import Digest
 from builder.castore.sqlite_database import SqliteDatabase
 
@@ -204,7 +205,7 @@ class RecordedImport:
 
     def __init__(self, record: ImportRecord, blobs: BlobService) -> None:
         self._record = record
-        self._blobs = blobs
+        self._present = presence_vouched(blobs)
         self._lock = threading.Lock()
         self._entries: list[tuple[os.stat_result, Digest]] = []
         self._used: list[os.stat_result] = []
@@ -217,7 +218,7 @@ class RecordedImport:
         hits = 0
         used = []
         for status, found in zip(statuses, self._record.lookup(statuses), strict=True):
-            if found is None or not self._blobs.has(found[0]):
+            if found is None or not self._present(found[0]):
                 known.append(None)
                 continue
             known.append(found[0])

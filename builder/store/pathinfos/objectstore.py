@@ -3,15 +3,23 @@
 Each record lives at ``pathinfos/<hex digest>`` as the deterministic tvix
 encoding, so listing is one prefix listing and a put is one atomic object
 write: a reader sees the old record or the new one, never a mix.
+
+Records are roots for garbage collection (``builder.castore.collection``); an
+object's last-modified time is when it was last used, since a get of a record
+written longer than ``USE_RECORD_INTERVAL`` ago writes it again. An eviction
+checks that time right before it deletes, which leaves an instant in which a
+use goes unnoticed (object stores have no conditional delete).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import obstore
 from obstore.store import ObjectStore
 
+from builder.castore.collection import USE_RECORD_INTERVAL, UsedRoot
 from builder.castore.composition import Backend, Params
 from builder.castore.objectstore_url import (
     OBJECTSTORE_SCHEMES,
@@ -41,10 +49,15 @@ class ObjectStorePathInfoService:
         key = pathinfo_key(check_digest(digest))
         with translate_errors(f"{self.url}: get {key}"):
             try:
-                data = obstore.get(self.store, key).bytes().to_bytes()
+                result = obstore.get(self.store, key)
             except FileNotFoundError:
                 return None
-        return self._decode(key, digest, data)
+            data = result.bytes().to_bytes()
+        info = self._decode(key, digest, data)
+        if time.time() - result.meta["last_modified"].timestamp() >= USE_RECORD_INTERVAL:
+            with translate_errors(f"{self.url}: put {key}"):
+                obstore.put(self.store, key, data)
+        return info
 
     def _decode(self, key: str, digest: bytes, data: bytes) -> PathInfo:
         info = decode_path_info(data, f"{self.url}: {key}")
@@ -78,6 +91,37 @@ class ObjectStorePathInfoService:
                         except FileNotFoundError:
                             continue
                     yield self._decode(key, digest, data)
+
+    def used_roots(self) -> Iterator[UsedRoot]:
+        with translate_errors(f"{self.url}: list {PREFIX}"):
+            for batch in obstore.list(self.store, PREFIX):
+                for meta in batch:
+                    key = meta["path"]
+                    try:
+                        digest = bytes.fromhex(key.removeprefix(PREFIX))
+                    except ValueError:
+                        continue
+                    if len(digest) != DIGEST_SIZE:
+                        continue
+                    with translate_errors(f"{self.url}: get {key}"):
+                        try:
+                            data = obstore.get(self.store, key).bytes().to_bytes()
+                        except FileNotFoundError:
+                            continue
+                    node = self._decode(key, digest, data).node
+                    yield UsedRoot(digest, (node,), meta["last_modified"].timestamp())
+
+    def evict(self, root: UsedRoot) -> bool:
+        key = pathinfo_key(root.key)
+        with translate_errors(f"{self.url}: evict {key}"):
+            try:
+                modified = obstore.head(self.store, key)["last_modified"].timestamp()
+            except FileNotFoundError:
+                return False
+            if modified > root.last_used:
+                return False
+            obstore.delete(self.store, key)
+        return True
 
     def close(self) -> None:
         """obstore clients hold no resources that need releasing."""
