@@ -803,6 +803,22 @@ class _VersionAction(argparse.Action):
 DIGEST_HELP = "digest as blake3-<base64>, bare base64 (as in --json output) or 64 hex digits"
 
 
+def _log_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Give every command its log options: servers log as ``text``, the rest ``plain``.
+
+    Walking the finished parser leaves no command without them, whoever adds one.
+    """
+    stack = [parser]
+    while stack:
+        current = stack.pop()
+        commands = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if "func" in current._defaults:
+            is_server = any("--listen" in a.option_strings for a in current._actions)
+            _log_options(current, "text" if is_server else "plain")
+        for action in commands:
+            stack.extend(action.choices.values())
+
+
 def _log_options(parser: argparse.ArgumentParser, default_format: str) -> None:
     """``--log-level`` and ``--log-format``; servers default to ``text``, one-shot commands
     to ``plain``, whose lines read as messages to the user at the terminal."""
@@ -830,8 +846,8 @@ def _min_age_option(parser: argparse.ArgumentParser, flag: str) -> None:
         type=float,
         default=DEFAULT_MIN_AGE,
         metavar="SECONDS",
-        help="never remove what was stored or uploaded again within SECONDS, so that "
-        "uploads for builds about to start survive (default: %(default)g)",
+        help="never remove what was stored or uploaded again within this many seconds, so "
+        "that uploads for builds about to start survive (default: %(default)g)",
     )
 
 
@@ -873,9 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(p)
     p.set_defaults(func=cmd_castore_serve)
 
-    for name, subparser in sub.choices.items():
+    for subparser in sub.choices.values():
         _store_options(subparser)
-        _log_options(subparser, "text" if name == "serve" else "plain")
 
     p = commands.add_parser("serve", help="serve builds and the store over gRPC")
     _server_options(p)
@@ -949,14 +964,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     _store_options(p)
     _build_options(p)
-    _log_options(p, "text")
 
     p = commands.add_parser("run", help="execute one BuildRequest from a file")
     _request_file_options(p, "write the outputs into this directory (default: nowhere)")
     p.set_defaults(func=cmd_run)
     _store_options(p)
     _build_options(p)
-    _log_options(p, "plain")
 
     p = commands.add_parser("build", help="execute one BuildRequest on a remote server")
     p.add_argument(
@@ -969,7 +982,6 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(func=cmd_build)
     _store_options(p)
-    _log_options(p, "plain")
 
     request = commands.add_parser("request", help="work with build request files")
     request_commands = request.add_subparsers(dest="request_command", required=True)
@@ -985,7 +997,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.set_defaults(func=cmd_request_show)
-    _log_options(p, "plain")
 
     gc = commands.add_parser(
         "gc", help="remove what no root keeps; evict least recently used roots to fit a bound"
@@ -1043,7 +1054,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p)
     _build_options(p)
     _client_options(p)
-    _log_options(p, "plain")
+    _log_options_everywhere(parser)
     return parser
 
 

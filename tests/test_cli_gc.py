@@ -34,11 +34,11 @@ def test_gc_keeps_pinned_trees_and_removes_the_rest(tmp_path: Path) -> None:
     assert builder("gc", "pins", env=env).stdout.decode() == f"{kept} release 1\n"
 
     young = builder("gc", "--max-bytes", "0", env=env).stdout.decode()
-    assert young.startswith("removed 0 blobs (0 B) and 0 directories (0 B)")
+    assert young.startswith("removed 0 blobs (0 bytes) and 0 directories (0 bytes)")
 
     out = builder("gc", "--max-bytes", "0", "--min-age", "0", env=env).stdout.decode()
-    assert out.startswith("removed 2 blobs (26 B) and 2 directories")
-    assert "(bound 0 B)" in out
+    assert out.startswith("removed 2 blobs (26 bytes) and 2 directories")
+    assert "(bound 0 bytes)" in out
     builder("castore", "materialise", kept, str(tmp_path / "kept-out"), env=env)
     assert (tmp_path / "kept-out" / "sub" / "inner").read_text() == "inner of kept\n"
     missing = builder(
@@ -59,11 +59,11 @@ def test_gc_keeps_pinned_trees_and_removes_the_rest(tmp_path: Path) -> None:
 def test_gc_refuses_malformed_digests_sizes_and_ages(tmp_path: Path) -> None:
     env = {**os.environ, "BUILDER_DATA_DIR": str(tmp_path / "data")}
     digest = builder("gc", "pin", "nonsense", env=env, check=False)
-    assert digest.returncode == 1 and "malformed digest 'nonsense'" in digest.stderr.decode()
+    assert digest.returncode == 2 and "malformed digest 'nonsense'" in digest.stderr.decode()
     size = builder("gc", "--max-bytes", "12X", env=env, check=False)
     assert size.returncode == 2 and "'12X' is not a byte count" in size.stderr.decode()
     age = builder("gc", "--min-age", "-5", env=env, check=False)
-    assert age.returncode == 1 and "--min-age: -5.0 seconds" in age.stderr.decode()
+    assert age.returncode == 2 and "--min-age: -5.0 seconds" in age.stderr.decode()
 
 
 def test_a_bounded_server_collects_on_its_own(tmp_path: Path) -> None:
