@@ -65,11 +65,17 @@ def _resolve_digest(store: Store, text: str) -> Node:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from builder.castore.fs.ingest import ingest_path
+    from builder.castore.progress import TransferKind
+    from builder.progress import reporters
 
-    with _store(args) as store:
+    with _store(args) as store, reporters(sys.stderr).transfer(TransferKind.IMPORT) as progress:
         for path in args.paths:
             node = ingest_path(
-                Path(path), store.blobs, store.directories, record=store.import_record()
+                Path(path),
+                store.blobs,
+                store.directories,
+                record=store.import_record(),
+                progress=progress,
             )
             if args.json:
                 print(_node_json(node))
@@ -294,6 +300,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto
     from builder.executor.request_file import load_request_message
+    from builder.progress import reporters
     from builder.remote.client import RemoteBuilder
 
     message = load_request_message(Path(args.request))
@@ -302,7 +309,10 @@ def cmd_build(args: argparse.Namespace) -> None:
     try:
         request = request_from_proto(message)
         request.validate()
-        with signals_cancel(), RemoteBuilder(args.remote, security) as remote:
+        with (
+            signals_cancel(),
+            RemoteBuilder(args.remote, security, reporters(sys.stderr)) as remote,
+        ):
             request = _with_imports(request, args.imports, store)
             outcome = remote.build(request, store.blobs, store.directories, _print_event)
             if args.out:
@@ -338,10 +348,16 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _remote(args: argparse.Namespace, store: Store) -> Iterator[BuildExecutor]:
+    from builder.progress import reporters
     from builder.remote.executor import RemoteBuildExecutor
 
     remote = RemoteBuildExecutor(
-        args.remote, store.blobs, store.directories, _channel_security(args), args.jobs
+        args.remote,
+        store.blobs,
+        store.directories,
+        _channel_security(args),
+        args.jobs,
+        reporters=reporters(sys.stderr),
     )
     try:
         yield remote
