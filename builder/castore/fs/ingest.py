@@ -254,16 +254,16 @@ class _TreeIngest:
             else:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 raise _unsupported(self._display(index, name), mode)
-        known_files = known_bytes = 0
-        for name, known in zip(files, self._files.known(fd, files), strict=True):
+        recorded = self._files.known(fd, files)
+        for name, known in zip(files, recorded, strict=True):
             if known is None:
                 batches.add(index, fd, (index, name))
             else:
                 current.nodes.append(known)
-                known_files += 1
-                known_bytes += known.size
-        if known_files and self._progress is not None:
-            self._progress.advanced(known_files, known_bytes)
+        if self._progress is not None:
+            found = [node.size for node in recorded if node is not None]
+            if found:
+                self._progress.advanced(len(found), sum(found))
         return subdirectories
 
     def _store(self, dir_fd: int, item: tuple[int, bytes]) -> _Stored:
@@ -271,12 +271,10 @@ class _TreeIngest:
         return index, self._files.store(dir_fd, name)
 
     def _stored(self, results: list[_Stored]) -> None:
-        size = 0
         for index, node in results:
             self._pending[index].nodes.append(node)
-            size += node.size
         if self._progress is not None:
-            self._progress.advanced(len(results), size)
+            self._progress.advanced(len(results), sum(node.size for _, node in results))
 
     def _display(self, index: int, name: bytes) -> bytes:
         """The path of an entry, for messages only."""
