@@ -9,6 +9,7 @@ imports this module: the castore just counts.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,10 +39,21 @@ _WORDING = {
 
 
 def reporters(stream: TextIO) -> TransferReporters:
-    """A bar per transfer when ``stream`` is a terminal, else a summary line per transfer."""
-    if stream.isatty():
+    """A bar per transfer when ``stream`` is a terminal, else a summary line per transfer.
+
+    A terminal that reports no width (a pseudo-terminal nobody sized) gets
+    the summary too: tqdm draws nothing at all in zero columns.
+    """
+    if stream.isatty() and _columns(stream) > 0:
         return TerminalReporters(stream)
     return SummaryReporters(stream)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except OSError:
+        return 0
 
 
 def binary_size(size: float) -> str:

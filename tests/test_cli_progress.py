@@ -37,13 +37,13 @@ def _tree(where: Path, tag: str = "") -> Path:
     return where
 
 
-def _on_terminal(args: list[str], data: Path) -> tuple[str, bytes, int]:
-    """Run ``builder ARGS`` with standard error on a pseudo-terminal of 120 columns.
+def _on_terminal(args: list[str], data: Path, columns: int = 120) -> tuple[str, bytes, int]:
+    """Run ``builder ARGS`` with standard error on a pseudo-terminal ``columns`` wide.
 
     Returns what the terminal showed, standard output and the exit status.
     """
     controller, terminal = os.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     shown = bytearray()
 
     def read_all() -> None:
@@ -103,6 +103,17 @@ def test_import_on_a_terminal_shows_a_bar_of_files_and_bytes(tmp_path: Path) -> 
     final = _last_bar(shown, "importing")
     assert f"{FILES} files" in final
     assert tqdm.format_sizeof(FILES * FILE_SIZE) + "B" in final
+
+
+def test_a_terminal_without_a_width_gets_the_summary_line(tmp_path: Path) -> None:
+    """tqdm draws nothing in zero columns, which is what an unsized pseudo-terminal reports."""
+    tree = _tree(tmp_path / "tree")
+    shown, _, status = _on_terminal(
+        ["castore", "import", str(tree)], data=tmp_path / "data", columns=0
+    )
+    assert status == 0, shown
+    assert re.search(rf"^imported {FILES} files, ", shown, re.MULTILINE), shown
+    assert "importing" not in shown
 
 
 def test_import_to_a_pipe_prints_one_summary_line(tmp_path: Path) -> None:
