@@ -38,6 +38,7 @@ from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 DEFAULT_GC_INTERVAL = 600.0
 
 if TYPE_CHECKING:
+    from builder.castore.progress import TransferProgress
     from builder.executor.request import BuildRequest
     from builder.executor.request_file import RequestFile
     from builder.executor.service import BuildExecutor, BuildService, Event
@@ -74,14 +75,25 @@ def _os_reason(error: OSError, given: str | Path) -> str:
     return f"{reason}: {os.fsdecode(error.filename)}"
 
 
-def _ingest_argument(argument: str, path: str, store: Store, name: bytes | None = None) -> Node:
+def _ingest_argument(
+    argument: str,
+    path: str,
+    store: Store,
+    name: bytes | None = None,
+    progress: TransferProgress | None = None,
+) -> Node:
     """Ingest a host path the user named; what cannot be read there is reported as
     ``argument``'s fault, the argument as the user wrote it."""
     from builder.castore.fs.ingest import ingest_path
 
     try:
         return ingest_path(
-            Path(path), store.blobs, store.directories, name, record=store.import_record()
+            Path(path),
+            store.blobs,
+            store.directories,
+            name,
+            record=store.import_record(),
+            progress=progress,
         )
     except OSError as error:
         raise InvalidArgumentError(f"{argument}: {_os_reason(error, path)}") from error
@@ -146,9 +158,12 @@ def _resolve_digest(store: Store, text: str) -> Node:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    with _store(args) as store:
+    from builder.castore.progress import TransferKind
+    from builder.progress import reporters
+
+    with _store(args) as store, reporters(sys.stderr).transfer(TransferKind.IMPORT) as progress:
         for path in args.paths:
-            node = _ingest_argument(path, path, store)
+            node = _ingest_argument(path, path, store, progress=progress)
             if args.json:
                 print(_node_json(node))
             else:
@@ -560,6 +575,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     from builder.executor.outputs import export_outputs
     from builder.executor.request import request_from_proto
+    from builder.progress import reporters
     from builder.remote.client import RemoteBuilder
 
     loaded = _load_request(args.request)
@@ -570,7 +586,10 @@ def cmd_build(args: argparse.Namespace) -> None:
     try:
         request = request_from_proto(loaded.message)
         request.validate()
-        with signals_cancel(), RemoteBuilder(args.remote, security) as remote:
+        with (
+            signals_cancel(),
+            RemoteBuilder(args.remote, security, reporters(sys.stderr)) as remote,
+        ):
             request = _with_imports(request, imports, store)
             outcome = remote.build(request, store.blobs, store.directories, _print_event)
             if args.out:
@@ -610,10 +629,16 @@ def cmd_nix_build(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _remote(args: argparse.Namespace, store: Store) -> Iterator[BuildExecutor]:
+    from builder.progress import reporters
     from builder.remote.executor import RemoteBuildExecutor
 
     remote = RemoteBuildExecutor(
-        args.remote, store.blobs, store.directories, _channel_security(args), args.jobs
+        args.remote,
+        store.blobs,
+        store.directories,
+        _channel_security(args),
+        args.jobs,
+        reporters=reporters(sys.stderr),
     )
     try:
         yield remote

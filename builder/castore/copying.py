@@ -41,6 +41,7 @@ from builder.castore.directories.service import DirectoryPresence, DirectoryServ
 from builder.castore.directory import Directory
 from builder.castore.fs import fetch_closure
 from builder.castore.nodes import DirectoryNode, FileNode, Node
+from builder.castore.progress import TransferProgress
 from builder.errors import IntegrityError, NotFoundError
 
 
@@ -86,8 +87,17 @@ def leaves_first(
     return order
 
 
-def copy_missing(nodes: Iterable[Node], source: Castore, target: Castore) -> Copied:
-    """Give ``target`` whatever of ``nodes`` it lacks and ``source`` has."""
+def copy_missing(
+    nodes: Iterable[Node],
+    source: Castore,
+    target: Castore,
+    progress: TransferProgress | None = None,
+) -> Copied:
+    """Give ``target`` whatever of ``nodes`` it lacks and ``source`` has.
+
+    ``progress`` learns the blobs and bytes to copy once the target has said
+    which it lacks, then each blob (and each chunk of a large one) as it goes.
+    """
     copied = Copied()
     sizes: dict[Digest, int] = {}
     closures: list[tuple[Digest, dict[Digest, Directory]]] = []
@@ -102,11 +112,14 @@ def copy_missing(nodes: Iterable[Node], source: Castore, target: Castore) -> Cop
             for directory in closure.values():
                 sizes.update((file.digest, file.size) for file in directory.files)
     missing = _missing_blobs(target.blobs, list(sizes))
+    if progress is not None:
+        total = sum(sizes[digest] for digest in missing)
+        progress.planned(len(missing), total, len(sizes) - len(missing))
     small = [(digest, sizes[digest]) for digest in missing if sizes[digest] <= SMALL_BLOB_SIZE]
-    _copy_small(small, source.blobs, target.blobs, copied)
+    _copy_small(small, source.blobs, target.blobs, copied, progress)
     for digest in missing:
         if sizes[digest] > SMALL_BLOB_SIZE and _copy_large(
-            digest, sizes[digest], source.blobs, target.blobs
+            digest, sizes[digest], source.blobs, target.blobs, progress
         ):
             copied.blobs += 1
             copied.bytes += sizes[digest]
@@ -142,13 +155,19 @@ def _missing_blobs(blobs: BlobService, digests: list[Digest]) -> list[Digest]:
 
 
 def _copy_small(
-    wanted: list[tuple[Digest, int]], source: BlobService, target: BlobService, copied: Copied
+    wanted: list[tuple[Digest, int]],
+    source: BlobService,
+    target: BlobService,
+    copied: Copied,
+    progress: TransferProgress | None,
 ) -> None:
     def counted(blobs: Iterable[tuple[Digest, bytes]]) -> Iterator[tuple[Digest, bytes]]:
         for digest, data in blobs:
             yield digest, data
             copied.blobs += 1
             copied.bytes += len(data)
+            if progress is not None:
+                progress.advanced(1, len(data))
 
     if isinstance(source, BlobBatching):
         found = counted(source.read_small(wanted))
@@ -226,7 +245,13 @@ def _read_stream(blobs: BlobService, digest: Digest, size: int) -> bytes | None:
         return read_at_most(reader, size + 1)
 
 
-def _copy_large(digest: Digest, size: int, source: BlobService, target: BlobService) -> bool:
+def _copy_large(
+    digest: Digest,
+    size: int,
+    source: BlobService,
+    target: BlobService,
+    progress: TransferProgress | None,
+) -> bool:
     """Stream one blob across, checking its size and digest; False if the source lacks it."""
     reader = source.open_read(digest)
     if reader is None:
@@ -240,6 +265,8 @@ def _copy_large(digest: Digest, size: int, source: BlobService, target: BlobServ
                 if copied > size:
                     raise IntegrityError(f"blob {digest} holds more than its {size} bytes")
                 writer.write(chunk)
+                if progress is not None:
+                    progress.advanced(0, len(chunk))
     except BaseException:
         writer.abort()
         raise
@@ -247,6 +274,8 @@ def _copy_large(digest: Digest, size: int, source: BlobService, target: BlobServ
         writer.abort()
         raise IntegrityError(f"blob {digest} of {size} bytes holds only {copied}")
     _check_stored(digest, writer.close())
+    if progress is not None:
+        progress.advanced(1, 0)
     return True
 
 

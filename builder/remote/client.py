@@ -7,8 +7,9 @@ call, and the server stops the build when its client hangs up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -23,6 +24,7 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.channel import open_channel
 from builder.castore.grpc.security import ChannelSecurity
 from builder.castore.nodes import Node
+from builder.castore.progress import TransferKind, TransferProgress, TransferReporters
 from builder.castore.wire import Family, node_from_proto
 from builder.errors import CancelledError, CommandFailedError, IntegrityError
 from builder.executor.cancel import CancelToken
@@ -42,8 +44,16 @@ class RemoteOutcome:
 
 
 class RemoteBuilder:
-    def __init__(self, address: str, security: ChannelSecurity | None = None) -> None:
+    """A server's builds and castore; ``reporters`` hears of every upload and fetch."""
+
+    def __init__(
+        self,
+        address: str,
+        security: ChannelSecurity | None = None,
+        reporters: TransferReporters | None = None,
+    ) -> None:
         self.address = address
+        self._reporters = reporters
         self._channel = open_channel(address, security)
         self.castore = Castore(
             GrpcBlobService(address, Family.SNIX, security),
@@ -72,8 +82,9 @@ class RemoteBuilder:
     ) -> RemoteOutcome:
         """Upload what the server lacks of the inputs, then run the build there."""
         request.validate()
-        with naming_server(self.address):
-            sent = copy_missing(request.inputs, Castore(blobs, directories), self.castore)
+        local = Castore(blobs, directories)
+        with naming_server(self.address), self._reporting(TransferKind.UPLOAD) as progress:
+            sent = copy_missing(request.inputs, local, self.castore, progress)
         logger.info("uploaded %s to %s", sent, self.address)
         return self.stream(request, on_event, cancel)
 
@@ -121,9 +132,18 @@ class RemoteBuilder:
 
     def fetch(self, outputs: list[Node], blobs: BlobService, directories: DirectoryService) -> None:
         """Copy the outputs into the local store, where they can be materialised."""
-        with naming_server(self.address):
-            got = copy_missing(outputs, self.castore, Castore(blobs, directories))
+        local = Castore(blobs, directories)
+        with naming_server(self.address), self._reporting(TransferKind.FETCH) as progress:
+            got = copy_missing(outputs, self.castore, local, progress)
         logger.info("fetched %s from %s", got, self.address)
+
+    @contextlib.contextmanager
+    def _reporting(self, kind: TransferKind) -> Iterator[TransferProgress | None]:
+        if self._reporters is None:
+            yield None
+            return
+        with self._reporters.transfer(kind) as progress:
+            yield progress
 
     def close(self) -> None:
         self.castore.blobs.close()

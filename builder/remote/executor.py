@@ -12,6 +12,7 @@ import os
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.security import ChannelSecurity
+from builder.castore.progress import TransferReporters
 from builder.errors import CancelledError
 from builder.executor.cancel import CancelToken
 from builder.executor.outputs import CollectedOutput
@@ -29,10 +30,11 @@ class RemoteBuildExecutor:
         security: ChannelSecurity | None = None,
         job_slots: int | None = None,
         build_cores: int | None = None,
+        reporters: TransferReporters | None = None,
     ) -> None:
         self.blobs = blobs
         self.directories = directories
-        self._remote = RemoteBuilder(address, security)
+        self._remote = RemoteBuilder(address, security, reporters)
         self._job_slots = job_slots or os.cpu_count() or 1
         self._build_cores = build_cores or os.cpu_count() or 1
 

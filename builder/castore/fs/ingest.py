@@ -40,6 +40,7 @@ from builder.castore.fs.batches import DirectoryBatches
 from builder.castore.fs.descent import walk
 from builder.castore.fs.import_record import ImportRecord, RecordedImport
 from builder.castore.nodes import FileNode, Node, SymlinkNode, validate_root_node
+from builder.castore.progress import TransferProgress
 from builder.errors import InvalidArgumentError
 
 # Files are stored by a few threads: hashing and file I/O release the GIL, so
@@ -56,12 +57,14 @@ def ingest_path(
     directories: DirectoryService,
     name: bytes | None = None,
     record: ImportRecord | None = None,
+    progress: TransferProgress | None = None,
 ) -> Node:
     """Store ``path`` and return its root node, named by its basename unless ``name`` is given.
 
     A symlink at ``path`` itself is stored as a symlink, never followed.
     ``record``, when given, is consulted before any file is read and learns
-    the files hashed, once their blobs are stored.
+    the files hashed, once their blobs are stored. ``progress`` hears of
+    files as they are stored or found in the record, a batch at a time.
     """
     raw = os.fsencode(path)
     if name is None:
@@ -83,8 +86,10 @@ def ingest_path(
         finally:
             os.close(parent)
         node = FileNode(name, file.digest, file.size, file.executable)
+        if progress is not None:
+            progress.advanced(1, file.size)
     elif stat.S_ISDIR(mode):
-        node = _TreeIngest(blobs, recorded).run(raw, directories).node(name)
+        node = _TreeIngest(blobs, recorded, progress).run(raw, directories).node(name)
     else:
         raise _unsupported(raw, mode)
     if recorded is not None:
@@ -197,9 +202,15 @@ class _TreeIngest:
     cheaper than handing the file to the pool.
     """
 
-    def __init__(self, blobs: BlobService, recorded: RecordedImport | None) -> None:
+    def __init__(
+        self,
+        blobs: BlobService,
+        recorded: RecordedImport | None,
+        progress: TransferProgress | None,
+    ) -> None:
         self._blobs = blobs
         self._recorded = recorded
+        self._progress = progress
         self._pending: list[_PendingDirectory] = []
 
     def run(self, root: bytes, directories: DirectoryService) -> Directory:
@@ -243,11 +254,16 @@ class _TreeIngest:
             else:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 raise _unsupported(self._display(index, name), mode)
-        for name, known in zip(files, self._files.known(fd, files), strict=True):
+        recorded = self._files.known(fd, files)
+        for name, known in zip(files, recorded, strict=True):
             if known is None:
                 batches.add(index, fd, (index, name))
             else:
                 current.nodes.append(known)
+        if self._progress is not None:
+            found = [node.size for node in recorded if node is not None]
+            if found:
+                self._progress.advanced(len(found), sum(found))
         return subdirectories
 
     def _store(self, dir_fd: int, item: tuple[int, bytes]) -> _Stored:
@@ -257,6 +273,8 @@ class _TreeIngest:
     def _stored(self, results: list[_Stored]) -> None:
         for index, node in results:
             self._pending[index].nodes.append(node)
+        if self._progress is not None:
+            self._progress.advanced(len(results), sum(node.size for _, node in results))
 
     def _display(self, index: int, name: bytes) -> bytes:
         """The path of an entry, for messages only."""
