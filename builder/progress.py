@@ -18,6 +18,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from builder.castore.progress import TransferKind, TransferProgress, TransferReporters
+from builder.cli_output import format_bytes
 
 
 @dataclass(frozen=True)
@@ -54,21 +55,6 @@ def _columns(stream: TextIO) -> int:
         return os.get_terminal_size(stream.fileno()).columns
     except OSError:
         return 0
-
-
-def binary_size(size: float) -> str:
-    """Bytes in the largest binary unit that keeps the figure below 1024, three digits or so."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            break
-        size /= 1024
-    if unit == "B":
-        return f"{size:.0f} B"
-    if size < 10:
-        return f"{size:.2f} {unit}"
-    if size < 100:
-        return f"{size:.1f} {unit}"
-    return f"{size:.0f} {unit}"
 
 
 class _Counts:
@@ -108,10 +94,10 @@ class SummaryReporters:
         wording = _WORDING[kind]
         line = (
             f"{wording.done} {wording.things(counts.files)}, "
-            f"{binary_size(counts.size)} in {elapsed:.1f} s"
+            f"{format_bytes(counts.size)} in {elapsed:.1f} s"
         )
         if counts.size and elapsed > 0:
-            line += f" ({binary_size(counts.size / elapsed)}/s)"
+            line += f" ({format_bytes(int(counts.size / elapsed))}/s)"
         if counts.present is not None:
             line += f"; {counts.present:,} {wording.present}"
         print(line, file=self._stream, flush=True)

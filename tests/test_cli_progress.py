@@ -156,7 +156,7 @@ def test_upload_on_a_terminal_shows_a_bar_with_the_total(server: Server, tmp_pat
         data=tmp_path / "data",
     )
     assert status == 0, shown
-    assert b"outputs" in stdout
+    assert stdout.startswith(b"nix/store/out\tdirectory blake3-")
     final = _last_bar(shown, "uploading")
     total = tqdm.format_sizeof(FILES * FILE_SIZE)
     assert f"{total}/{total}" in final
@@ -186,7 +186,7 @@ def test_upload_and_fetch_to_a_pipe_print_summary_lines(server: Server, tmp_path
     ), stderr
     # The output is a copy of the input: the server has every blob, the local store too.
     assert re.search(
-        r"^fetched 0 blobs, 0 B in \d+\.\d s; " rf"{FILES} already stored here$",
+        r"^fetched 0 blobs, 0 bytes in \d+\.\d s; " rf"{FILES} already stored here$",
         stderr,
         re.MULTILINE,
     ), stderr
@@ -208,7 +208,7 @@ def test_upload_and_fetch_to_a_pipe_print_summary_lines(server: Server, tmp_path
     assert second.returncode == 0, second.stderr
     stderr = second.stderr.decode()
     assert re.search(
-        rf"^uploaded 0 blobs, 0 B in \d+\.\d s; {FILES} already on the server$",
+        rf"^uploaded 0 blobs, 0 bytes in \d+\.\d s; {FILES} already on the server$",
         stderr,
         re.MULTILINE,
     ), stderr
