@@ -213,7 +213,7 @@ def test_upload_and_fetch_to_a_pipe_print_summary_lines(server: Server, tmp_path
         re.MULTILINE,
     ), stderr
     assert re.search(
-        rf"^fetched 1 blob, 6 B in \d+\.\d s \(.+/s\); {FILES} already stored here$",
+        rf"^fetched 1 blob, 6 bytes in \d+\.\d s \(.+/s\); {FILES} already stored here$",
         stderr,
         re.MULTILINE,
     ), stderr
