@@ -98,6 +98,10 @@ class LauncherInfo:
     root_dir: str
 
 
+# How often a wait without a timeout wakes up, so that signal handlers run.
+_SIGNAL_POLL_SECONDS = 0.1
+
+
 class RunHandle:
     """A submitted run: wait for its result or cancel it from any thread."""
 
@@ -116,7 +120,12 @@ class RunHandle:
             self._launcher._send(Kind.CANCEL, self.run_id)
 
     def wait(self, timeout: float | None = None) -> SandboxResult:
-        if not self._done.wait(timeout):
+        if timeout is None:
+            # Waiting in short steps lets the main thread run a signal handler
+            # (Ctrl-C) even when the signal was delivered to another thread.
+            while not self._done.wait(_SIGNAL_POLL_SECONDS):
+                pass
+        elif not self._done.wait(timeout):
             raise TimeoutError(f"run {self.run_id} still running")
         if self._error is not None:
             raise self._error

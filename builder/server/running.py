@@ -31,8 +31,8 @@ DEFAULT_GRACE_SECONDS = DEFAULT_SHUTDOWN_GRACE
 REPLY_SECONDS = 2.0
 # How long cancelled builds get to end (their processes killed) before the server stops anyway.
 CANCEL_SECONDS = 30.0
-# How often the main thread looks for a second signal while it waits: a handler
-# runs on the main thread, and only sets an event, which a short wait sees soon.
+# How often the main thread looks for a signal while it waits: a handler runs
+# only on the main thread, and only sets an event, which a short wait sees soon.
 _POLL_SECONDS = 0.1
 
 
@@ -73,7 +73,11 @@ def run_until_signalled(
     previous = {sig: signal.signal(sig, signals) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
-        signals.first.wait()
+        # A signal may be delivered to any thread, and Python runs its handler
+        # only when the main thread next executes bytecode: a wait without a
+        # timeout would never return if one of gRPC's threads took the signal.
+        while not signals.first.wait(_POLL_SECONDS):
+            pass
         deadline = time.monotonic() + grace
         logger.info(
             "shutting down: no new builds, running ones and other calls may finish",
