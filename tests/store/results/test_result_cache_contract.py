@@ -73,6 +73,13 @@ def test_a_result_naming_a_malformed_digest_is_refused(backend: ResultBackend) -
         backend.cache.put(key("a"), build)
 
 
+def test_a_result_carrying_its_request_is_refused(backend: ResultBackend) -> None:
+    build = result(file_output("a"))
+    build.build_request.command_args.append("/bin/true")
+    with pytest.raises(InvalidArgumentError, match="build_request"):
+        backend.cache.put(key("a"), build)
+
+
 def test_used_roots_list_every_entry_once_with_its_outputs(backend: ResultBackend) -> None:
     assert list(backend.cache.used_roots()) == []
     tags = [f"r{i}" for i in range(300)]
