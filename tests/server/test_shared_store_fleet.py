@@ -20,6 +20,7 @@ from builder.castore.fs.materialise import materialise_node
 from builder.store.store import Store
 from tests.castore.backends_objectstore import new_s3_url, s3_options
 from tests.store.infos import symlink_info
+from tests.store.results.test_result_cache_contract import file_output, key, result
 from tests.test_cli_build_remote import Server, _request_file, build, serving
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet-store.toml"
@@ -81,7 +82,7 @@ def test_a_build_on_one_builder_is_answered_from_the_cache_by_the_other(
     assert (out / "out").read_text() == f"input of {tmp_path.name}\nbuilt\n"
 
 
-def test_inputs_and_pathinfos_put_on_one_builder_are_found_by_the_other(
+def test_inputs_pathinfos_and_results_put_on_one_builder_are_found_by_the_other(
     fleet: tuple[Server, Server], tmp_path: Path
 ) -> None:
     first, second = fleet
@@ -89,10 +90,13 @@ def test_inputs_and_pathinfos_put_on_one_builder_are_found_by_the_other(
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "input").write_bytes(b"uploaded to the first builder\n")
     info = symlink_info(f"fleet-{tmp_path.name}")
+    recorded = result(file_output(tmp_path.name))
     with Store.open(first.address) as store:
         node = ingest_path(source, store.blobs, store.directories)
         store.pathinfos.put(info)
+        store.results.put(key(tmp_path.name), recorded)
     with Store.open(second.address) as store:
         materialise_node(node, tmp_path / "copy", store.blobs, store.directories)
         assert store.pathinfos.get(info.path.digest) == info
+        assert store.results.get(key(tmp_path.name)) == recorded
     assert (tmp_path / "copy" / "sub" / "input").read_bytes() == b"uploaded to the first builder\n"
