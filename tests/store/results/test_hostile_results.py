@@ -5,13 +5,18 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import grpc
 import obstore
 import pytest
 
+from builder.castore.grpc.channel import open_channel
 from builder.errors import IntegrityError
+from builder.proto.builder.v1 import result_cache_pb2, result_cache_pb2_grpc
+from builder.store.results.grpc import GrpcResultCache
 from builder.store.results.objectstore import ObjectStoreResultCache, result_key
 from builder.store.results.service import MAX_RESULT_BYTES
 from builder.store.results.sqlite import SqliteResultCache
+from tests.store.results.backends import RESULT_BACKENDS
 from tests.store.results.test_result_cache_contract import file_output, key, result
 
 
@@ -60,3 +65,24 @@ def test_a_corrupt_row_is_refused(tmp_path: Path) -> None:
             cache.get(key("bad"))
     finally:
         cache.close()
+
+
+def test_the_service_refuses_malformed_keys_and_results_from_any_client(tmp_path: Path) -> None:
+    """The server checks what a raw client sends, not only what our client would."""
+    with RESULT_BACKENDS["grpc-unix"](tmp_path) as backend:
+        assert isinstance(backend.cache, GrpcResultCache)
+        channel = open_channel(backend.cache.url)
+        stub = result_cache_pb2_grpc.ResultCacheStub(channel)
+        try:
+            with pytest.raises(grpc.RpcError) as short_key:
+                stub.Get(result_cache_pb2.GetResultRequest(key=b"short"))
+            assert short_key.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "expected 32" in (short_key.value.details() or "")
+            bad = result(file_output("a"))
+            bad.outputs_needles.add()
+            with pytest.raises(grpc.RpcError) as mismatched:
+                stub.Put(result_cache_pb2.PutResultRequest(key=key("a"), build=bad))
+            assert mismatched.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert backend.cache.get(key("a")) is None
+        finally:
+            channel.close()
