@@ -59,6 +59,21 @@ class Metered:
             for sample in family.samples
         }
 
+    def scrape_counted(self, before: Samples, expected: dict[tuple[str, str], int]) -> Samples:
+        """A scrape once the calls made since ``before`` are counted: a call is
+        counted when gRPC ends it, which may be just after its client has the answer."""
+        found: list[Samples] = []
+
+        def counted() -> bool:
+            found[:] = [self.scrape()]
+            return all(
+                calls(found[0], method, code) - calls(before, method, code) >= count
+                for (method, code), count in expected.items()
+            )
+
+        wait_for(counted, f"the server to count {expected}")
+        return found[0]
+
     def build(self, request: BuildRequest) -> object:
         stub = tvix_rpc.BuildServiceStub(self.channel)
         return stub.DoBuild(request_to_proto(request, Family.TVIX), timeout=CALL_TIMEOUT)
@@ -137,7 +152,10 @@ def test_uploads_and_reads_count_their_blob_bytes(metered: Metered) -> None:
         batches_pb2.BatchReadBlobsRequest(digests=[bytes(Digest.of(batch[0]))]),
         timeout=CALL_TIMEOUT,
     )
-    after = metered.scrape()
+    batch_put = "/builder.v1.BlobBatches/BatchPutBlobs"
+    after = metered.scrape_counted(
+        before, {(BLOB_PUT, "OK"): 1, (BLOB_READ, "OK"): 1, (batch_put, "OK"): 1}
+    )
 
     received = len(b"streamed blob contents") + sum(len(d) for d in batch)
     assert change(before, after, "builder_castore_received_bytes_total") == received
@@ -147,7 +165,6 @@ def test_uploads_and_reads_count_their_blob_bytes(metered: Metered) -> None:
     assert change(before, after, "builder_grpc_calls_total", method=BLOB_PUT, code="OK") == 1
     # A streamed response counts once, when it ends, however many messages it had.
     assert change(before, after, "builder_grpc_calls_total", method=BLOB_READ, code="OK") == 1
-    batch_put = "/builder.v1.BlobBatches/BatchPutBlobs"
     assert change(before, after, "builder_grpc_calls_total", method=batch_put, code="OK") == 1
 
 
@@ -165,7 +182,10 @@ def test_builds_count_by_outcome_with_their_caches(metered: Metered) -> None:
     with pytest.raises(grpc.RpcError) as invalid:
         metered.build(_request("true", system="no-such-system"))
     assert invalid.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    after = metered.scrape()
+    after = metered.scrape_counted(
+        before,
+        {(DO_BUILD, "OK"): 2, (DO_BUILD, "ABORTED"): 1, (DO_BUILD, "FAILED_PRECONDITION"): 1},
+    )
 
     assert change(before, after, "builder_builds_started_total") == 4
     expected = {"succeeded": 1, "failed": 1, "cached": 1, "invalid": 1, "rejected": 0}
@@ -242,7 +262,7 @@ def test_unknown_methods_share_one_label(metered: Metered) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             call(b"", timeout=CALL_TIMEOUT)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    after = metered.scrape()
+    after = metered.scrape_counted(before, {("unknown", "UNIMPLEMENTED"): 2})
     assert calls(after, "unknown", "UNIMPLEMENTED") - calls(before, "unknown", "UNIMPLEMENTED") == 2
     assert not any(
         dict(labels).get("method", "").startswith(("/no.such", "/another")) for _, labels in after
