@@ -85,7 +85,7 @@ class RemoteBuilder:
         self.address = address
         self._reporters = reporters
         self._retry = retry
-        self._channel = open_channel(address, security)
+        self._channel = open_channel(address, security, health_checked=True)
         self.castore = Castore(
             GrpcBlobService(address, Family.SNIX, security),
             GrpcDirectoryService(address, Family.SNIX, security),

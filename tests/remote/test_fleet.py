@@ -212,6 +212,18 @@ def test_an_unhealthy_builder_gets_no_builds(tmp_path: Path, launcher: Launcher)
             )
 
 
+def test_a_draining_builder_still_answers_castore_calls(tmp_path: Path, launcher: Launcher) -> None:
+    with fleet_of(tmp_path, launcher, _tcp, 1) as fleet:
+        [draining] = fleet.nodes
+        draining.bound.health.enter_graceful_shutdown()
+        with RemoteBuilder(fleet.address(), retry=QUICK) as remote:
+            writer = remote.castore.blobs.open_write()
+            writer.write(b"stored after the drain began")
+            digest = writer.close()
+            assert fleet.store.blobs.has(digest)
+            assert remote.castore.blobs.has(digest)
+
+
 def test_a_channel_to_an_unreachable_list_fails_with_unavailable(tmp_path: Path) -> None:
     channel = open_channel("grpc+unix://" + f"{tmp_path}/a.sock,{tmp_path}/b.sock")
     stub = events_grpc.BuildEventsStub(channel)
