@@ -139,30 +139,22 @@ class RemoteBuilder:
             except _Retryable as refused:
                 failed_on.append(refused.builder)
                 delay = budget.next_delay()
+                fields = {"builder": refused.builder, "code": refused.code.name}
                 if delay is None:
                     logger.warning(
-                        "build %s by builder %s; no retries left",
-                        _what_happened(refused.code),
+                        "build attempt on builder %s failed: %s; no retries left",
                         refused.builder,
-                        extra={
-                            "builder": refused.builder,
-                            "code": refused.code.name,
-                            "retries": budget.used,
-                        },
+                        refused.error,
+                        extra={**fields, "retries": budget.used},
                     )
                     raise refused.error from refused.error.__cause__
                 logger.warning(
-                    "build %s by builder %s; retry %d in %.1f s",
-                    _what_happened(refused.code),
+                    "build attempt on builder %s failed: %s; retry %d in %.1f s",
                     refused.builder,
+                    refused.error,
                     budget.used,
                     delay,
-                    extra={
-                        "builder": refused.builder,
-                        "code": refused.code.name,
-                        "retry": budget.used,
-                        "delay_seconds": round(delay, 3),
-                    },
+                    extra={**fields, "retry": budget.used, "delay_seconds": round(delay, 3)},
                 )
                 pause(delay, cancel)
                 if cancel is not None and cancel.cancelled:
@@ -248,7 +240,3 @@ def _node_of(call: Any) -> str:
         if key == NODE_KEY:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return UNKNOWN_NODE
-
-
-def _what_happened(code: grpc.StatusCode) -> str:
-    return "refused as busy" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "cut off"

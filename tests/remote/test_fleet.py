@@ -19,7 +19,7 @@ from builder.castore.composition import Composition, Registry
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.grpc.channel import open_channel
 from builder.castore.wire import Family
-from builder.errors import ResourceExhaustedError
+from builder.errors import ResourceExhaustedError, UnavailableError
 from builder.executor.config import BuildConfig
 from builder.executor.request import request_to_proto
 from builder.executor.service import BuildService, Event
@@ -210,6 +210,20 @@ def test_an_unhealthy_builder_gets_no_builds(tmp_path: Path, launcher: Launcher)
                 ),
                 "the builder serving again to get a build",
             )
+
+
+def test_a_fleet_with_no_healthy_builder_says_so(tmp_path: Path, launcher: Launcher) -> None:
+    with fleet_of(tmp_path, launcher, _tcp, 2) as fleet:
+        for node in fleet.nodes:
+            node.bound.health.enter_graceful_shutdown()
+        policy = RetryPolicy(retries=1, total_seconds=60.0, first_delay=0.01, max_delay=0.02)
+        with (
+            RemoteBuilder(fleet.address(), retry=policy) as remote,
+            pytest.raises(UnavailableError) as raised,
+        ):
+            _build(remote, fleet, "echo x > /nix/store/out")
+    assert "UNAVAILABLE: no server is serving builds; ipv4:127.0.0.1:" in str(raised.value)
+    assert "is draining or unhealthy" in str(raised.value)
 
 
 def test_a_draining_builder_still_answers_castore_calls(tmp_path: Path, launcher: Launcher) -> None:
