@@ -15,7 +15,14 @@ import psutil
 
 from tests.isolation import sleep_marker
 from tests.processes import processes_with
-from tests.test_cli_build_remote import ROOT, Server, serving
+from tests.test_cli_build_remote import (
+    ROOT,
+    Pki,
+    Server,
+    build,
+    pki,  # noqa: F401
+    serving,
+)
 from tests.waiting import wait_for
 
 
@@ -125,3 +132,19 @@ def test_a_build_cut_off_by_a_killed_builder_completes_on_another(tmp_path: Path
     done = [r for r in records if r.get("message", "").startswith("build done")]
     assert [(r["builder"], r["retries"]) for r in done] == [(survivor_name, 1)], stderr.decode()
     assert stdout
+
+
+def test_tls_to_a_list_of_builders(
+    pki: Pki,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tls = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
+    with ExitStack() as stack:
+        servers = _fleet(stack, tmp_path, 2, *tls)
+        # The certificate names localhost and 127.0.0.1; the list names no host itself.
+        address = _list_address(servers).replace("grpc+http://", "grpc+https://")
+        address += "?tls_name=localhost"
+        hello = str(ROOT / "examples" / "hello.json")
+        result = build(address, hello, "--tls-ca", str(pki.ca), data=tmp_path / "client")
+        assert result.returncode == 0, result.stderr
+        assert b"Hello, world!" in result.stderr

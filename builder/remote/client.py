@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -57,12 +57,12 @@ class RemoteOutcome:
     builder: str = UNKNOWN_NODE
     """The node name of the builder that answered."""
     retries: int = 0
-    failed_on: list[str] = field(default_factory=list)
+    failed_on: tuple[str, ...] = ()
     """Builders that refused or lost the build before, in order."""
 
 
 class _Retryable(Exception):
-    """An attempt refused or cut off in a way another builder may not repeat."""
+    """An attempt refused or cut off for reasons of its builder, not of the request."""
 
     def __init__(self, error: Exception, builder: str, code: grpc.StatusCode) -> None:
         super().__init__(str(error))
@@ -166,7 +166,7 @@ class RemoteBuilder:
                 extra={"builder": outcome.builder, "retries": budget.used},
             )
             return RemoteOutcome(
-                outcome.response, outcome.outputs, outcome.builder, budget.used, failed_on
+                outcome.response, outcome.outputs, outcome.builder, budget.used, tuple(failed_on)
             )
 
     def _attempt(

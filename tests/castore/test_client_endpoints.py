@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
     ("url", "target", "tls"),
     [
         ("grpc+http://10.0.0.1:8000,10.0.0.2:8001", "ipv4:10.0.0.1:8000,10.0.0.2:8001", False),
-        ("grpc+https://10.0.0.1:443,10.0.0.2:443", "ipv4:10.0.0.1:443,10.0.0.2:443", True),
+        (
+            "grpc+https://10.0.0.1:443,10.0.0.2:443?tls_name=builders.example",
+            "ipv4:10.0.0.1:443,10.0.0.2:443",
+            True,
+        ),
         ("grpc+http://[::1]:8000,[fd00::2]:8000", "ipv6:[::1]:8000,[fd00::2]:8000", False),
         ("grpc+unix:///run/a.sock,/run/b.sock", "unix:/run/a.sock,/run/b.sock", False),
         ("grpc+dns:///builders.example:8000", "dns:///builders.example:8000", False),
@@ -46,6 +50,10 @@ def test_client_targets(url: str, target: str, tls: bool) -> None:
         ("grpc+unix:///run/a.sock,run/b.sock", "expected grpc+unix:///absolute/path.sock"),
         ("grpc+dns://8.8.8.8/builders.example:8000", "expected grpc+dns:///HOST:PORT"),
         ("grpc+dns:///builders.example", "expected grpc+dns:///HOST:PORT"),
+        ("grpc+https://10.0.0.1:1,10.0.0.2:1", "a list over TLS needs ?tls_name=NAME"),
+        ("grpc+https://10.0.0.1:1,10.0.0.2:1?name=x", "the only query is ?tls_name=NAME"),
+        ("grpc+https://10.0.0.1:1,10.0.0.2:1?tls_name=", "the only query is ?tls_name=NAME"),
+        ("grpc+https://b.example:1?tls_name=b.example", "tls_name= is for a list"),
         ("dns:///builders.example:80", "unsupported scheme 'dns', expected grpc+unix, grpc+http"),
     ],
 )
@@ -54,6 +62,12 @@ def test_client_address_errors_name_the_problem(url: str, problem: str) -> None:
         parse_client_endpoint(url)
     assert str(raised.value).startswith(repr(url))
     assert problem in str(raised.value)
+
+
+def test_a_tls_list_names_the_certificates_host() -> None:
+    endpoint = parse_client_endpoint("grpc+https://10.0.0.1:1,10.0.0.2:1?tls_name=b.example")
+    assert endpoint.tls_name == "b.example"
+    assert parse_client_endpoint("grpc+https://b.example:1").tls_name is None
 
 
 def test_a_list_is_bounded() -> None:

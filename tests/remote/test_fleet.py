@@ -158,7 +158,7 @@ def test_a_busy_builder_refuses_and_the_build_is_retried_on_another(
             wait_for(lambda: not processes_with(marker), "the blocking build to be killed")
     assert all(o.builder == free.name for o in outcomes)
     retried = [o for o in outcomes if o.failed_on]
-    assert [(o.failed_on, o.retries) for o in retried] == [([busy.name], 1)]
+    assert [(o.failed_on, o.retries) for o in retried] == [((busy.name,), 1)]
     refusals = [r for r in caplog.records if getattr(r, "code", None) == "RESOURCE_EXHAUSTED"]
     assert [r.builder for r in refusals] == [busy.name]  # type: ignore[attr-defined]
 

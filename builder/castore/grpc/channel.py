@@ -49,6 +49,8 @@ def open_channel(
     endpoint = parse_client_endpoint(url)
     security = security or ChannelSecurity()
     options = _client_options(_SPREAD_HEALTHY if health_checked else _SPREAD)
+    if endpoint.tls_name is not None:
+        options.append(("grpc.ssl_target_name_override", endpoint.tls_name))
     if endpoint.tls:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=security.root_certificates,
