@@ -18,12 +18,14 @@ from builder.castore.blobs.fs import FsBlobService
 from builder.castore.composition import Composition, Registry
 from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.metadata import NODE_KEY
 from builder.castore.wire import Family
 from builder.errors import ResourceExhaustedError, UnavailableError
 from builder.executor.config import BuildConfig
 from builder.executor.request import request_to_proto
 from builder.executor.service import BuildService, Event
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
+from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.remote.client import RemoteBuilder, RemoteOutcome
 from builder.remote.retry import RetryPolicy
 from builder.server.app import create_server
@@ -133,13 +135,29 @@ def test_builds_spread_over_every_builder(
     assert {r.builder for r in logged} == names  # type: ignore[attr-defined]
 
 
+def _until_all_seen(remote: RemoteBuilder, fleet: Fleet) -> None:
+    """Build until every builder took one: then each has its connection up and is in the
+    rotation, so which builder gets the next call no longer depends on connection timing."""
+    names = {n.name for n in fleet.nodes}
+    seen: set[str] = set()
+    for i in range(40):
+        if seen == names:
+            return
+        seen.add(_build(remote, fleet, f"echo warm-up {i} > /nix/store/out").builder)
+    raise AssertionError(f"only {sorted(seen)} of {sorted(names)} got builds")
+
+
 def test_a_busy_builder_refuses_and_the_build_is_retried_on_another(
     tmp_path: Path, launcher: Launcher, caplog: pytest.LogCaptureFixture
 ) -> None:
     marker = sleep_marker(600)
-    caplog.set_level(logging.INFO, logger="builder.remote.client")
-    with fleet_of(tmp_path, launcher, _tcp, 2, job_slots=1, queue_length=0) as fleet:
+    with (
+        fleet_of(tmp_path, launcher, _tcp, 2, job_slots=1, queue_length=0) as fleet,
+        RemoteBuilder(fleet.address(), retry=QUICK) as remote,
+    ):
         busy, free = fleet.nodes
+        _until_all_seen(remote, fleet)
+        caplog.set_level(logging.INFO, logger="builder.remote.client")
         # Keep one builder's only job slot taken, with no queue behind it.
         blocker_channel = open_channel(busy.address)
         blocker = events_grpc.BuildEventsStub(blocker_channel).StreamBuild(
@@ -147,20 +165,19 @@ def test_a_busy_builder_refuses_and_the_build_is_retried_on_another(
         )
         try:
             wait_for(lambda: processes_with(marker), "the blocking build to run")
-            with RemoteBuilder(fleet.address(), retry=QUICK) as remote:
-                outcomes = []
-                while not any(o.failed_on for o in outcomes):
-                    assert len(outcomes) < 40, "no build was sent to the busy builder"
-                    outcomes.append(_build(remote, fleet, f"echo {len(outcomes)} > /nix/store/out"))
+            # Round robin sends one of any two calls to the busy builder.
+            outcomes = [_build(remote, fleet, f"echo {i} > /nix/store/out") for i in range(2)]
         finally:
             blocker.cancel()
             blocker_channel.close()
             wait_for(lambda: not processes_with(marker), "the blocking build to be killed")
     assert all(o.builder == free.name for o in outcomes)
-    retried = [o for o in outcomes if o.failed_on]
-    assert [(o.failed_on, o.retries) for o in retried] == [((busy.name,), 1)]
+    # A refused build's retry goes to the next builder in the rotation: the free one.
+    assert {(o.failed_on, o.retries) for o in outcomes} <= {((), 0), ((busy.name,), 1)}
+    assert any(o.failed_on for o in outcomes)
     refusals = [r for r in caplog.records if getattr(r, "code", None) == "RESOURCE_EXHAUSTED"]
-    assert [r.builder for r in refusals] == [busy.name]  # type: ignore[attr-defined]
+    refused = [name for o in outcomes for name in o.failed_on]
+    assert [r.builder for r in refusals] == refused  # type: ignore[attr-defined]
 
 
 def test_retries_are_bounded(
@@ -236,6 +253,18 @@ def test_a_draining_builder_still_answers_castore_calls(tmp_path: Path, launcher
             digest = writer.close()
             assert fleet.store.blobs.has(digest)
             assert remote.castore.blobs.has(digest)
+
+
+def test_do_build_names_its_builder_too(tmp_path: Path, launcher: Launcher) -> None:
+    with fleet_of(tmp_path, launcher, _tcp, 1) as fleet:
+        [node] = fleet.nodes
+        channel = open_channel(node.address)
+        try:
+            request = request_to_proto(_request("echo x > /nix/store/out"), Family.SNIX)
+            _, call = snix_rpc.BuildServiceStub(channel).DoBuild.with_call(request, timeout=60)
+        finally:
+            channel.close()
+    assert (NODE_KEY, node.name) in call.initial_metadata()
 
 
 def test_a_channel_to_an_unreachable_list_fails_with_unavailable(tmp_path: Path) -> None:
