@@ -53,8 +53,14 @@ ERROR_OF_CODE: dict[grpc.StatusCode, type[BuilderError]] = {
 # How gRPC's C core words a channel that could not connect: the last address
 # tried, then a chain of its own error names before the system's reason.
 _CONNECT_FAILED = re.compile(
-    r"failed to connect to all addresses; last error: [A-Z_]+: "
+    # The first wording is pick_first's, the second round_robin's (see channel.py).
+    r"(?:failed to connect to all addresses|connections to all backends failing); "
+    r"last error: [A-Z_]+: "
     r"(?P<address>.+?): (?:.*error: )?(?P<reason>[^:]+)"
+)
+# How it words a build channel whose servers all answer NOT_SERVING on health.
+_NONE_HEALTHY = re.compile(
+    r"connections to all backends failing; last error: (?P<address>.+?): backend unhealthy"
 )
 
 
@@ -78,6 +84,12 @@ def error_from_rpc(error: grpc.RpcError) -> BuilderError:
 
 def readable_details(details: str) -> str:
     """The server's message, with gRPC's own wording of a failed connection made short."""
+    unhealthy = _NONE_HEALTHY.fullmatch(details)
+    if unhealthy is not None:
+        return (
+            f"no server is serving builds; {unhealthy['address']}, the last tried, "
+            "is draining or unhealthy"
+        )
     failed = _CONNECT_FAILED.fullmatch(details)
     if failed is None:
         return details
