@@ -227,7 +227,7 @@ def test_slots_queue_refusals_and_cancellations(metered: Metered) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             metered.build(_request("true"))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        during = metered.scrape()
+        during = metered.scrape_counted(before, {(DO_BUILD, "RESOURCE_EXHAUSTED"): 1})
         assert value(during, "builder_job_slots") == 1
         assert change(before, during, "builder_builds_started_total") == 3
         assert finished(during, "rejected") - finished(before, "rejected") == 1
@@ -250,9 +250,12 @@ def test_slots_queue_refusals_and_cancellations(metered: Metered) -> None:
 
     wait_for(cancelled_and_counted, "both builds to end cancelled")
     wait_for(lambda: not processes_with(sleeping), "the sleeping build to be killed")
-    after = metered.scrape()
-    assert value(after, "builder_job_slots_busy") == 0
-    assert value(after, "builder_build_queue_depth") == 0
+
+    def idle() -> bool:
+        now = metered.scrape()
+        return value(now, "builder_job_slots_busy") == 0 == value(now, "builder_build_queue_depth")
+
+    wait_for(idle, "the slot and the queue to be free")
 
 
 def test_unknown_methods_share_one_label(metered: Metered) -> None:
