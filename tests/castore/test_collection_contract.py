@@ -135,6 +135,34 @@ def test_putting_a_stored_directory_again_touches_it(directory_service: Director
     assert directory_service.get(LEAF.digest) == LEAF
 
 
+GRANDPARENT = Directory(directories=(DirectoryNode(b"parent", PARENT.digest, PARENT.size),))
+
+
+def test_a_put_naming_a_stored_directory_dates_its_closure(
+    directory_service: DirectoryService,
+) -> None:
+    """A client that found a tree stored and names it builds on all of it, not just its root.
+
+    A collection that listed the store before the put would otherwise remove
+    the old tree under the new directory and leave it dangling.
+    """
+    service = _collectable(directory_service)
+    if service is None:
+        return
+    putter = directory_service.put_multiple_start()
+    putter.put(LEAF)
+    putter.put(PARENT)
+    putter.close()
+    before = _later_than(max(o.touched for o in service.stored()))
+    directory_service.put(GRANDPARENT)
+    assert service.remove_untouched([PARENT.digest, LEAF.digest], before=before) == []
+    assert list(directory_service.get_recursive(GRANDPARENT.digest)) == [
+        GRANDPARENT,
+        PARENT,
+        LEAF,
+    ]
+
+
 def test_sqlite_directories_of_an_older_database_are_dated_at_the_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
