@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -356,7 +357,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.max_directory_entries < 1:
         raise InvalidArgumentError("--max-directory-entries must be at least 1")
     metrics_address = parse_metrics_address(args.metrics_listen) if args.metrics_listen else None
-    _check_min_age(args.gc_min_age, "--gc-min-age")
     if args.gc_interval is not None and not args.gc_interval > 0:
         raise InvalidArgumentError(f"--gc-interval: {args.gc_interval} seconds is not positive")
     token = None
@@ -390,11 +390,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
             metrics_address,
             store_url,
         )
-
-
-def _check_min_age(seconds: float, flag: str) -> None:
-    if not seconds >= 0:
-        raise InvalidArgumentError(f"{flag}: {seconds} seconds is not a non-negative number")
 
 
 @contextlib.contextmanager
@@ -431,7 +426,6 @@ def cmd_gc(args: argparse.Namespace) -> None:
     from builder.executor.results import ResultCache
     from builder.gc.collector import store_collector
 
-    _check_min_age(args.min_age, "--min-age")
     data_dir = args.data_dir or default_data_dir()
     work_dir = args.work_dir or data_dir / "build"
     with _store(args) as store, _gc_pins(args) as pins:
@@ -764,10 +758,19 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+MAX_SECONDS = 1e9
+"""About 31 years: longer waits overflow the timers they are handed to (inf crashed them)."""
+
+
 def _seconds(text: str) -> float:
-    seconds = float(text)
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds from 0 to {MAX_SECONDS:g}"
+        )
     return seconds
 
 
@@ -868,7 +871,7 @@ def _min_age_option(parser: argparse.ArgumentParser, flag: str) -> None:
     parser.add_argument(
         flag,
         dest="gc_min_age" if flag == "--gc-min-age" else "min_age",
-        type=float,
+        type=_seconds,
         default=DEFAULT_MIN_AGE,
         metavar="SECONDS",
         help="never remove what was stored or uploaded again within this many seconds, so "
@@ -980,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--gc-interval",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="collect garbage every SECONDS; given alone, removes only what no root "
         f"reaches (default: {DEFAULT_GC_INTERVAL:g} with --store-max-bytes, else never)",

@@ -301,3 +301,24 @@ def test_ctrl_c_outside_a_build_exits_130(data: Path, tmp_path: Path) -> None:
         cat.kill()
     assert cat.returncode == 130, stderr
     assert stderr == b"builder: error: interrupted by SIGINT\n"
+
+
+@pytest.mark.parametrize("flag", ["--shutdown-grace", "--gc-interval", "--gc-min-age"])
+@pytest.mark.parametrize("seconds", ["inf", "1e300", "nan"])
+def test_serve_refuses_seconds_no_timer_can_wait(
+    data: Path, tmp_path: Path, flag: str, seconds: str
+) -> None:
+    """Such a value once started the server and crashed its timers when they were first used."""
+    listen = f"grpc+unix://{tmp_path / 'serve.sock'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", "serve", "--listen", listen, flag, seconds],
+        env={**os.environ, "BUILDER_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"builder serve: error: argument {flag}: {seconds!r}"), last
