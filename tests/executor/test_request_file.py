@@ -100,6 +100,15 @@ def test_a_field_given_under_both_its_names_is_refused(
         load_request_file(path)
 
 
+@pytest.mark.parametrize("suffix", [".toml", ".json", ".txtpb", ".pb"])
+def test_a_request_file_without_end_is_refused_at_the_limit(tmp_path: Path, suffix: str) -> None:
+    """A path to /dev/zero (or any file past the limit) is not read until memory runs out."""
+    path = tmp_path / f"req{suffix}"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(InvalidArgumentError, match=r"larger than the limit of 64 MiB"):
+        load_request_file(path)
+
+
 def test_canonical_base64_still_reads(tmp_path: Path) -> None:
     raw = bytes(range(256))
     document = {
