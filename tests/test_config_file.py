@@ -226,3 +226,11 @@ def test_a_config_file_without_end_is_refused_at_the_limit(tmp_path: Path) -> No
     endless.symlink_to("/dev/zero")
     with pytest.raises(InvalidArgumentError, match=r"serve\.toml: larger than the limit of 1 MiB"):
         _serve(endless)
+
+
+def test_a_config_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    """It once ended the command with a UnicodeDecodeError traceback."""
+    config = tmp_path / "serve.toml"
+    config.write_bytes(b"\xff\xfe")
+    with pytest.raises(InvalidArgumentError, match=r"serve\.toml: not UTF-8 text"):
+        _serve(config)
