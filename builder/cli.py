@@ -428,6 +428,12 @@ def cmd_gc(args: argparse.Namespace) -> None:
 
     data_dir = args.data_dir or default_data_dir()
     work_dir = args.work_dir or data_dir / "build"
+    if args.work_dir is not None and not (work_dir / "results.sqlite").is_file():
+        # A new, empty cache would leave every cached build's outputs unreachable.
+        raise InvalidArgumentError(
+            f"--work-dir {work_dir}: no result cache there (results.sqlite); give the "
+            "work directory of the builds whose results the collection must keep"
+        )
     with _store(args) as store, _gc_pins(args) as pins:
         results = ResultCache(work_dir / "results.sqlite")
         try:

@@ -89,3 +89,22 @@ def test_a_bounded_server_collects_on_its_own(tmp_path: Path) -> None:
     builder("castore", "materialise", kept, str(tmp_path / "kept-out"), env=env)
     gone = builder("castore", "materialise", lost, str(tmp_path / "gone"), env=env, check=False)
     assert gone.returncode == 1
+
+
+def test_gc_refuses_a_work_dir_without_a_result_cache(tmp_path: Path) -> None:
+    """A mistyped --work-dir once got a new, empty result cache, so the collection took
+    every cached build's outputs for unreachable; and a file there was a bare errno."""
+    env = {**os.environ, "BUILDER_DATA_DIR": str(tmp_path / "data")}
+    kept = _import(_source(tmp_path, "kept"), env)
+    typo = tmp_path / "wrok"
+    result = builder("gc", "--min-age", "0", "--work-dir", str(typo), env=env, check=False)
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert f"--work-dir {typo}: no result cache there" in stderr and "Traceback" not in stderr
+    assert not typo.exists()
+    builder("castore", "materialise", kept, str(tmp_path / "still"), env=env)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = builder("gc", "--work-dir", str(a_file), env=env, check=False)
+    assert result.returncode == 2
+    assert f"--work-dir {a_file}: no result cache there" in result.stderr.decode()
