@@ -680,7 +680,7 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=4 * 3600.0,
         metavar="SECONDS",
         help="wall time per build, in seconds (default: %(default)s)",
@@ -705,7 +705,7 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-retention",
-        type=float,
+        type=_seconds,
         default=3600.0,
         metavar="SECONDS",
         help="how long logs of finished builds stay available to GetLog, in seconds "

@@ -322,3 +322,12 @@ def test_serve_refuses_seconds_no_timer_can_wait(
     assert "Traceback" not in result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith(f"builder serve: error: argument {flag}: {seconds!r}"), last
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--log-retention"])
+def test_run_refuses_seconds_no_timer_can_wait(data: Path, flag: str) -> None:
+    result = builder("run", HELLO, flag, "inf", data=data)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"builder run: error: argument {flag}: 'inf'"), last
