@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -358,7 +359,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.max_directory_entries < 1:
         raise InvalidArgumentError("--max-directory-entries must be at least 1")
     metrics_address = parse_metrics_address(args.metrics_listen) if args.metrics_listen else None
-    _check_min_age(args.gc_min_age, "--gc-min-age")
     if args.gc_interval is not None and not args.gc_interval > 0:
         raise InvalidArgumentError(f"--gc-interval: {args.gc_interval} seconds is not positive")
     token = None
@@ -395,11 +395,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
         )
 
 
-def _check_min_age(seconds: float, flag: str) -> None:
-    if not seconds >= 0:
-        raise InvalidArgumentError(f"{flag}: {seconds} seconds is not a non-negative number")
-
-
 @contextlib.contextmanager
 def _periodic_collection(
     args: argparse.Namespace, store: Store, builds: BuildService
@@ -433,7 +428,6 @@ def _gc_pins(args: argparse.Namespace) -> Iterator[Pins]:
 def cmd_gc(args: argparse.Namespace) -> None:
     from builder.gc.collector import store_collector
 
-    _check_min_age(args.min_age, "--min-age")
     with _store(args) as store, _gc_pins(args) as pins:
         report = store_collector(store, store.results, pins).collect(args.max_bytes, args.min_age)
     print(
@@ -679,7 +673,7 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=4 * 3600.0,
         metavar="SECONDS",
         help="wall time per build, in seconds (default: %(default)s)",
@@ -704,7 +698,7 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-retention",
-        type=float,
+        type=_seconds,
         default=3600.0,
         metavar="SECONDS",
         help="how long logs of finished builds stay available to GetLog, in seconds "
@@ -795,10 +789,19 @@ def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
     return RetryPolicy(args.retries, args.retry_time)
 
 
+MAX_SECONDS = 1e9
+"""About 31 years: longer waits overflow the timers they are handed to (inf crashed them)."""
+
+
 def _seconds(text: str) -> float:
-    seconds = float(text)
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds from 0 to {MAX_SECONDS:g}"
+        )
     return seconds
 
 
@@ -899,7 +902,7 @@ def _min_age_option(parser: argparse.ArgumentParser, flag: str) -> None:
     parser.add_argument(
         flag,
         dest="gc_min_age" if flag == "--gc-min-age" else "min_age",
-        type=float,
+        type=_seconds,
         default=DEFAULT_MIN_AGE,
         metavar="SECONDS",
         help="never remove what was stored or uploaded again within this many seconds, so "
@@ -1011,7 +1014,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--gc-interval",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="collect garbage every SECONDS; given alone, removes only what no root "
         f"reaches (default: {DEFAULT_GC_INTERVAL:g} with --store-max-bytes, else never)",

@@ -40,6 +40,8 @@ from typing import Any
 from builder.errors import InvalidArgumentError
 
 CONFIG_DEST = "config"
+MAX_CONFIG_FILE_SIZE = 1 << 20
+"""Bytes: far more than every flag takes, and a bound on what a wrong path makes us read."""
 # The subparser that took ``--config``, recorded as a default of the namespace
 # so the file is read against that command's flags.
 _PARSER_DEST = "_config_file_parser"
@@ -123,9 +125,16 @@ def read_config_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, A
     """The settings of ``path`` for ``parser``'s command, by argparse destination."""
     try:
         with path.open("rb") as file:
-            settings = tomllib.load(file)
+            text = file.read(MAX_CONFIG_FILE_SIZE + 1)
+        if len(text) > MAX_CONFIG_FILE_SIZE:
+            raise InvalidArgumentError(
+                f"--config {path}: larger than the limit of {MAX_CONFIG_FILE_SIZE >> 20} MiB"
+            )
+        settings = tomllib.loads(text.decode())
     except OSError as exc:
         raise InvalidArgumentError(f"--config {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"--config {path}: not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgumentError(f"--config {path}: not valid TOML: {exc}") from exc
     keys = config_keys(parser)

@@ -249,8 +249,7 @@ def test_help_lists_the_exit_codes(data: Path) -> None:
     ("option", "value", "expected"),
     [
         ("--jobs", "0", "--jobs must be at least 1, got 0"),
-        ("--timeout", "-1", "--timeout must be more than 0 seconds"),
-        ("--timeout", "nan", "--timeout must be more than 0 seconds"),
+        ("--timeout", "0", "--timeout must be more than 0 seconds"),
         ("--memory-limit", "0", "--memory-limit must be at least 1"),
     ],
 )
@@ -301,3 +300,34 @@ def test_ctrl_c_outside_a_build_exits_130(data: Path, tmp_path: Path) -> None:
         cat.kill()
     assert cat.returncode == 130, stderr
     assert stderr == b"builder: error: interrupted by SIGINT\n"
+
+
+@pytest.mark.parametrize("flag", ["--shutdown-grace", "--gc-interval", "--gc-min-age"])
+@pytest.mark.parametrize("seconds", ["inf", "1e300", "nan"])
+def test_serve_refuses_seconds_no_timer_can_wait(
+    data: Path, tmp_path: Path, flag: str, seconds: str
+) -> None:
+    """Such a value once started the server and crashed its timers when they were first used."""
+    listen = f"grpc+unix://{tmp_path / 'serve.sock'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", "serve", "--listen", listen, flag, seconds],
+        env={**os.environ, "BUILDER_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"builder serve: error: argument {flag}: {seconds!r}"), last
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--log-retention"])
+@pytest.mark.parametrize("seconds", ["inf", "nan", "-1"])
+def test_run_refuses_seconds_no_timer_can_wait(data: Path, flag: str, seconds: str) -> None:
+    result = builder("run", HELLO, f"{flag}={seconds}", data=data)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"builder run: error: argument {flag}: {seconds!r}"), last

@@ -63,7 +63,8 @@ def test_gc_refuses_malformed_digests_sizes_and_ages(tmp_path: Path) -> None:
     size = builder("gc", "--max-bytes", "12X", env=env, check=False)
     assert size.returncode == 2 and "'12X' is not a byte count" in size.stderr.decode()
     age = builder("gc", "--min-age", "-5", env=env, check=False)
-    assert age.returncode == 2 and "--min-age: -5.0 seconds" in age.stderr.decode()
+    assert age.returncode == 2
+    assert "--min-age: '-5' is not a number of seconds" in age.stderr.decode()
 
 
 def test_a_bounded_server_collects_on_its_own(tmp_path: Path) -> None:

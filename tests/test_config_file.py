@@ -218,3 +218,19 @@ def test_help_shows_required_flags_as_required() -> None:
     done = _builder("serve", "--help")
     assert done.returncode == 0
     assert "[-h] --listen LISTEN" in done.stdout
+
+
+def test_a_config_file_without_end_is_refused_at_the_limit(tmp_path: Path) -> None:
+    """A --config naming /dev/zero is not read until memory runs out."""
+    endless = tmp_path / "serve.toml"
+    endless.symlink_to("/dev/zero")
+    with pytest.raises(InvalidArgumentError, match=r"serve\.toml: larger than the limit of 1 MiB"):
+        _serve(endless)
+
+
+def test_a_config_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    """It once ended the command with a UnicodeDecodeError traceback."""
+    config = tmp_path / "serve.toml"
+    config.write_bytes(b"\xff\xfe")
+    with pytest.raises(InvalidArgumentError, match=r"serve\.toml: not UTF-8 text"):
+        _serve(config)

@@ -9,8 +9,9 @@ chose before it began (its start minus a safety margin). A put of an object
 already stored counts as touching it, so an uploader told "already have it"
 can rely on the object surviving the collection that races it, and so does
 telling a client that a blob is stored (``presence_vouched``), since the
-client then skips its upload. A backend checks the time again right before
-each removal, not only when it listed.
+client then skips its upload; a directory put naming stored directories
+dates their closures, since the new tree builds on them. A backend checks
+the time again right before each removal, not only when it listed.
 
 Removals move the removal epoch (``builder.castore.removal``) once the objects
 are gone, once per call rather than once per object.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import obstore.store
 from obstore.exceptions import BaseError
@@ -68,6 +68,32 @@ def parse_objectstore_url(url: str) -> tuple[str, dict[str, str]]:
     # Cut the string rather than reassemble it: urlunsplit would turn
     # "memory://" into "memory:".
     return url.split("?", 1)[0], options
+
+
+_SHOWN_OPTIONS = frozenset({"endpoint", "region", "allow_http"})
+"""Options whose values say where a store is rather than how to get in."""
+
+HIDDEN = "<hidden>"
+
+
+def address_for_logs(address: str) -> str:
+    """``address`` with the values of its options hidden, except where the store is.
+
+    Credentials travel as options (``secret_access_key=...``) and a log is
+    read by more people than the store's owner; the keys still show what
+    was set. A password in the address itself is hidden too.
+    """
+    head, sep, query = address.partition("?")
+    parts = urlsplit(head)
+    if parts.password is not None:
+        head = head.replace(f":{parts.password}@", f":{HIDDEN}@", 1)
+    if not sep:
+        return head
+    shown = [
+        f"{key}={quote(value, safe='') if key in _SHOWN_OPTIONS else HIDDEN}"
+        for key, value in parse_qsl(query, keep_blank_values=True)
+    ]
+    return f"{head}?{'&'.join(shown)}"
 
 
 def open_store(url: str, options: dict[str, str] | None = None) -> ObjectStore:

@@ -24,6 +24,9 @@ JSON_SUFFIXES = (".json",)
 TEXT_SUFFIXES = (".txtpb", ".textproto", ".txt")
 BINARY_SUFFIXES = (".pb", ".binpb")
 
+MAX_REQUEST_FILE_SIZE = 64 << 20
+"""Bytes: the largest message a server takes, so a larger request could not be sent anyway."""
+
 
 @dataclass(frozen=True)
 class RequestFile:
@@ -31,6 +34,17 @@ class RequestFile:
 
     message: Any
     imports: tuple[HostImport, ...] = ()
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, refused past the limit rather than read until memory runs out."""
+    with path.open("rb") as file:
+        data = file.read(MAX_REQUEST_FILE_SIZE + 1)
+    if len(data) > MAX_REQUEST_FILE_SIZE:
+        raise InvalidArgumentError(
+            f"larger than the limit of {MAX_REQUEST_FILE_SIZE >> 20} MiB for a request file"
+        )
+    return data
 
 
 def load_request_file(path: Path) -> RequestFile:
@@ -43,13 +57,13 @@ def load_request_file(path: Path) -> RequestFile:
     try:
         if path.suffix in TOML_SUFFIXES:
             # Absolute, so that the paths still hold when the request is shown elsewhere.
-            return RequestFile(*parse_request_toml(path.read_text(), path.parent.absolute()))
+            return RequestFile(*parse_request_toml(_read(path).decode(), path.parent.absolute()))
         if path.suffix in JSON_SUFFIXES:
-            parse_json_strictly(path.read_text(), message)
+            parse_json_strictly(_read(path).decode(), message)
         elif path.suffix in TEXT_SUFFIXES:
-            parse_text_strictly(path.read_text(), message)
+            parse_text_strictly(_read(path).decode(), message)
         elif path.suffix in BINARY_SUFFIXES:
-            message.ParseFromString(path.read_bytes())
+            message.ParseFromString(_read(path))
         else:
             raise InvalidArgumentError("unknown request format; use .toml, .json, .txtpb or .pb")
     except OSError as exc:

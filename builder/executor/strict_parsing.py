@@ -49,22 +49,30 @@ def is_canonical_base64(text: str) -> bool:
 
 
 def parse_json_strictly(text: str, message: Any) -> None:
-    """Parse protobuf JSON into ``message``, refusing a bytes field that is not base64."""
+    """Parse protobuf JSON into ``message``, refusing a bytes field that is not base64
+    and a field given under both its names (``commandArgs`` and ``command_args``),
+    of which protobuf would keep the last without a word."""
     json_format.Parse(text, message)
     # The protobuf parser has checked the shape against the message type, so
     # the walk below meets only the objects and lists the type allows.
-    _check_bytes_fields(json.loads(text), message.DESCRIPTOR)
+    _check_fields(json.loads(text), message.DESCRIPTOR)
 
 
-def _check_bytes_fields(document: dict[str, Any], descriptor: Descriptor) -> None:
+def _check_fields(document: dict[str, Any], descriptor: Descriptor) -> None:
     pending: list[tuple[dict[str, Any], Descriptor, str]] = [(document, descriptor, "")]
     while pending:
         obj, desc, prefix = pending.pop()
+        keys: dict[str, str] = {}
         for key, value in obj.items():
             field = desc.fields_by_camelcase_name.get(key) or desc.fields_by_name[key]
+            where = f"{prefix}{key}"
+            other = keys.setdefault(field.name, key)
+            if other != key:
+                raise InvalidArgumentError(
+                    f"{where}: the field is also given as {other!r}; give it once"
+                )
             if value is None:
                 continue
-            where = f"{prefix}{key}"
             values = list(enumerate(value)) if field.is_repeated else [(None, value)]
             for index, item in values:
                 at = where if index is None else f"{where}[{index}]"

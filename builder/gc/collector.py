@@ -169,9 +169,16 @@ class Collector:
         self._clock = clock
 
     def collect(
-        self, max_bytes: int | None = None, min_age: float = DEFAULT_MIN_AGE
+        self,
+        max_bytes: int | None = None,
+        min_age: float = DEFAULT_MIN_AGE,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> CollectionReport:
-        """Collect once: ``max_bytes`` bounds the store (None: only unreachable objects go)."""
+        """Collect once: ``max_bytes`` bounds the store (None: only unreachable objects go).
+
+        ``stopping`` is asked before each batch of removals; once it says yes
+        the collection ends there, as a server being stopped needs it to.
+        """
         if max_bytes is not None and max_bytes < 0:
             raise InvalidArgumentError(f"max bytes: {max_bytes} is negative")
         if min_age < 0:
@@ -201,8 +208,13 @@ class Collector:
         # present and did not upload again; what they reach stays.
         late = [o.digest for o in self._directories.stored() if o.digest not in directory_sizes]
         marks.mark(directories=late)
-        self._sweep(marks, directory_sizes, self._directories, cutoff, report, directories=True)
-        self._sweep(marks, blob_sizes, self._blobs, cutoff, report, directories=False)
+        for sizes, service, directories in (
+            (directory_sizes, self._directories, True),
+            (blob_sizes, self._blobs, False),
+        ):
+            if not self._sweep(marks, sizes, service, cutoff, report, directories, stopping):
+                logger.info("garbage collection stopped before its end")
+                break
         report.store_bytes_after = (
             report.store_bytes_before - report.blob_bytes_freed - report.directory_bytes_freed
         )
@@ -258,10 +270,14 @@ class Collector:
         cutoff: float,
         report: CollectionReport,
         directories: bool,
-    ) -> None:
+        stopping: Callable[[], bool],
+    ) -> bool:
+        """Remove what is not marked, batch by batch; whether it went through to the end."""
         marked = marks.marked_directories if directories else marks.marked
         garbage = [digest for digest in sizes if digest not in marked]
         for start in range(0, len(garbage), REMOVAL_BATCH):
+            if stopping():
+                return False
             batch = garbage[start : start + REMOVAL_BATCH]
             if self._leases is None:
                 self._remove(service, batch, cutoff, report, directories)
@@ -272,6 +288,7 @@ class Collector:
                 batch = [digest for digest in batch if digest not in marked]
                 self._remove(service, batch, cutoff, report, directories)
         service.remove_orphans(cutoff)
+        return True
 
     @staticmethod
     def _remove(

@@ -37,7 +37,7 @@ class PeriodicCollection:
         self.stop()
 
     def stop(self) -> None:
-        """Stop the timer and wait for a collection under way to end."""
+        """Stop the timer and wait for a collection under way, which ends at its next batch."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -45,6 +45,6 @@ class PeriodicCollection:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._collector.collect(self._max_bytes, self._min_age)
+                self._collector.collect(self._max_bytes, self._min_age, self._stop.is_set)
             except Exception:
                 logger.exception("garbage collection failed", extra={"interval": self._interval})

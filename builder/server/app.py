@@ -9,6 +9,7 @@ import os
 import socket
 from functools import partial
 
+from builder.castore.objectstore_url import address_for_logs
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.executor.service import BuildService
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, TlsConfig, assemble_server
@@ -112,7 +113,7 @@ def serve(
         ", ".join(bound.addresses),
         extra={
             "listen": bound.addresses,
-            "store": store_url,
+            "store": address_for_logs(store_url),
             "jobs": builds.job_slots,
             "queue": builds.config.queue_length,
             "tls": tls is not None,

@@ -17,7 +17,7 @@ import obstore
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.objectstore import ObjectStoreBlobService
 from builder.castore.blobs.service import BlobService
-from builder.castore.collection import Collectable, StoredObject
+from builder.castore.collection import Collectable, StoredObject, presence_vouched
 from builder.castore.digest import Digest
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directories.sqlite import SqliteDirectoryService
@@ -101,6 +101,21 @@ LEAF = Directory(files=(FileNode(b"f", Digest.of(b"x"), 1),))
 PARENT = Directory(directories=(DirectoryNode(b"leaf", LEAF.digest, LEAF.size),))
 
 
+def test_a_blob_vouched_for_is_dated_like_a_put(blob_service: BlobService) -> None:
+    """A client told a blob is stored skips its upload; a racing collection must keep it."""
+    service = _collectable(blob_service)
+    if service is None:
+        return
+    vouched = presence_vouched(blob_service)
+    digest = put_bytes(blob_service, b"found" * 1000)
+    before = _later_than(_touched(service, digest).touched)
+    assert vouched(digest)
+    assert not vouched(Digest.of(b"never stored"))
+    assert service.remove_untouched([digest], before=before) == []
+    service.remove_orphans(before)
+    assert read_all(blob_service, digest) == b"found" * 1000
+
+
 def test_directories_are_listed_and_removed_by_age(directory_service: DirectoryService) -> None:
     service = _collectable(directory_service)
     if service is None:
@@ -133,6 +148,34 @@ def test_putting_a_stored_directory_again_touches_it(directory_service: Director
     directory_service.put(LEAF)
     assert service.remove_untouched([LEAF.digest], before=before) == []
     assert directory_service.get(LEAF.digest) == LEAF
+
+
+GRANDPARENT = Directory(directories=(DirectoryNode(b"parent", PARENT.digest, PARENT.size),))
+
+
+def test_a_put_naming_a_stored_directory_dates_its_closure(
+    directory_service: DirectoryService,
+) -> None:
+    """A client that found a tree stored and names it builds on all of it, not just its root.
+
+    A collection that listed the store before the put would otherwise remove
+    the old tree under the new directory and leave it dangling.
+    """
+    service = _collectable(directory_service)
+    if service is None:
+        return
+    putter = directory_service.put_multiple_start()
+    putter.put(LEAF)
+    putter.put(PARENT)
+    putter.close()
+    before = _later_than(max(o.touched for o in service.stored()))
+    directory_service.put(GRANDPARENT)
+    assert service.remove_untouched([PARENT.digest, LEAF.digest], before=before) == []
+    assert list(directory_service.get_recursive(GRANDPARENT.digest)) == [
+        GRANDPARENT,
+        PARENT,
+        LEAF,
+    ]
 
 
 def test_sqlite_directories_of_an_older_database_are_dated_at_the_upgrade(tmp_path: Path) -> None:
@@ -185,6 +228,21 @@ def test_object_store_chunks_go_with_the_last_blob_naming_them(tmp_path: Path) -
         assert service.remove_orphans(before) > 0
         assert chunk_keys() == set()
         assert service.remove_orphans(before) == 0
+    finally:
+        service.close()
+
+
+def test_an_object_store_chunk_vouched_for_as_a_blob_is_kept_as_one(tmp_path: Path) -> None:
+    """A chunk reads as the blob of its digest; once a client is told so, a collection keeps it."""
+    service = ObjectStoreBlobService((tmp_path / "os").as_uri(), avg_chunk_size=1024)
+    try:
+        whole = put_bytes(service, bytes(range(256)) * 64 + b"whole" * 3000)
+        first = (service.chunks(whole) or [])[0]
+        before = _later_than(max(o.touched for o in service.stored()))
+        assert service.remove_untouched([whole], before=before) != []
+        assert service.touch(first.digest)
+        service.remove_orphans(before)
+        assert Digest.of(read_all(service, first.digest)) == first.digest
     finally:
         service.close()
 

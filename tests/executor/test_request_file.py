@@ -84,6 +84,31 @@ def test_field_names_as_written_in_the_file(tmp_path: Path) -> None:
         load_request_file(path)
 
 
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        ('{"commandArgs": ["/bin/true"], "command_args": ["/bin/false"]}', "command_args"),
+        ('{"constraints": {"minMemory": "1", "min_memory": "2"}}', r"constraints\.min_memory"),
+    ],
+)
+def test_a_field_given_under_both_its_names_is_refused(
+    tmp_path: Path, document: str, where: str
+) -> None:
+    """Protobuf JSON would keep whichever spelling comes last, silently dropping the other."""
+    path = write(tmp_path, "req.json", document)
+    with pytest.raises(InvalidArgumentError, match=rf"{where}: .*also given as"):
+        load_request_file(path)
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json", ".txtpb", ".pb"])
+def test_a_request_file_without_end_is_refused_at_the_limit(tmp_path: Path, suffix: str) -> None:
+    """A path to /dev/zero (or any file past the limit) is not read until memory runs out."""
+    path = tmp_path / f"req{suffix}"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(InvalidArgumentError, match=r"larger than the limit of 64 MiB"):
+        load_request_file(path)
+
+
 def test_canonical_base64_still_reads(tmp_path: Path) -> None:
     raw = bytes(range(256))
     document = {

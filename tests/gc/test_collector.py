@@ -150,6 +150,25 @@ def test_what_no_root_reaches_goes_and_roots_stay_readable(world: World, tmp_pat
     assert len(_stored(world)) == 8
 
 
+def test_a_collection_asked_to_stop_removes_no_further_batch(world: World) -> None:
+    """A server stopping waits for its collection; one over a large store must not outlast
+    the shutdown's grace, so it stops between batches of removals."""
+    world.tree("garbage")
+    world.clock.advance(2 * HOUR)
+    stored = _stored(world)
+    asked: list[bool] = []
+
+    def stopping() -> bool:
+        asked.append(True)
+        return True
+
+    report = world.collector().collect(min_age=HOUR, stopping=stopping)
+    assert asked
+    assert (report.blobs_removed, report.directories_removed) == (0, 0)
+    assert _stored(world) == stored
+    assert world.collector().collect(min_age=HOUR).blobs_removed == 2
+
+
 def test_objects_younger_than_the_minimum_age_stay(world: World, tmp_path: Path) -> None:
     world.tree("old")
     world.clock.advance(2 * HOUR)

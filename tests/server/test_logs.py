@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import blake3
 import grpc
@@ -43,6 +44,7 @@ from builder.proto.builder.v1 import blob_batches_pb2_grpc as batches_grpc
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.remote.errors import remote_error
+from tests.castore.backends_objectstore import new_s3_url, s3_options
 from tests.isolation import TOKEN, sleep_marker
 from tests.processes import processes_with
 from tests.requirements import require_root
@@ -176,6 +178,20 @@ def test_start_line_names_addresses_store_and_jobs(json_server: Running) -> None
     assert isinstance(start["jobs"], int) and start["jobs"] >= 1
     assert start["token"] is True
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", start["timestamp"])
+
+
+def test_start_line_names_the_store_without_its_credentials(tmp_path: Path) -> None:
+    """Credentials an object store address carries as options never reach the log."""
+    require_root("the server's builds run in sandboxes")
+    options = s3_options()
+    secret = f"secret_access_key={options['secret_access_key']}"
+    address = f"objectstore+{new_s3_url()}?{urlencode(options)}"
+    with _serving(tmp_path, "--log-format", "json", "--store", address) as running:
+        [start] = running.events_where(logger="builder.server.app")
+    assert secret not in running.text()
+    assert start["store"].startswith("objectstore+s3://")
+    assert "secret_access_key=" in start["store"]
+    assert f"endpoint={quote(options['endpoint'], safe='')}" in start["store"]
 
 
 def test_succeeded_then_cached(json_server: Running) -> None:

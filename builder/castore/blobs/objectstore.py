@@ -13,7 +13,8 @@ Layout, under the store's prefix:
   removed something (``builder.castore.removal``).
 
 Collection goes by the objects' last-modified times. A put of a blob already
-stored writes its index again, which touches it; a writer reuses an existing
+stored writes its index again, which touches it, and so does telling a
+client it is stored (``touch``); a writer reuses an existing
 chunk only if the chunk was written within ``CHUNK_REUSE_AGE`` and otherwise
 writes it again, so a chunk a new index names is never older than that when
 the upload began. A chunk goes once no index names it and it is older than
@@ -323,6 +324,25 @@ class ObjectStoreBlobService:
         if chunks is None:
             return [] if self._exists(chunk_key(digest)) else None
         return chunks if len(chunks) > 1 else []
+
+    def touch(self, digest: Digest) -> bool:
+        """Write the index again, as a put of the blob would; whether the blob is stored.
+
+        A digest stored only as a chunk (a one-chunk piece of another blob)
+        reads as a blob but no index keeps it: it gets one, and its chunk is
+        written again if it is old enough to be collected, as a put would.
+        """
+        index = self._get(index_key(digest))
+        if index is not None:
+            self._put(index_key(digest), index.tobytes())
+            return True
+        size = self._size_of(chunk_key(digest))
+        if size is None:
+            return False
+        chunk = ChunkMeta(digest, size)
+        self._put_chunk(digest, self._fetch_chunk(chunk, digest).tobytes())
+        self._put_index(digest, [chunk])
+        return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -41,7 +41,8 @@ class CacheDirectoryService(ClosureCommitting):
             raise NotFoundError(f"directory {digest} not found")
         return self.near.get_recursive(digest)
 
-    def _commit(self, directories: list[Directory]) -> None:
+    def _commit(self, directories: list[Directory], named: list[Digest]) -> None:
+        """Each service's own put dates what the closure names in that service."""
         for service in (self.far, self.near):
             putter = service.put_multiple_start()
             for directory in directories:

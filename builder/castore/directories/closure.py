@@ -39,6 +39,30 @@ def walk_breadth_first(lookup: Lookup, root: Digest) -> Iterator[Directory]:
             queue.append(found)
 
 
+def dated_closure(date: Callable[[Digest], Directory | None], named: list[Digest]) -> None:
+    """Date every directory in the closures of ``named`` through ``date``, each once.
+
+    ``date`` dates one stored directory now and returns it, or None if it is
+    gone: a collection removed it after the put found it, and the put fails
+    rather than store a tree with a hole. An explicit stack: the trees come
+    from clients.
+    """
+    seen = set(named)
+    stack = list(named)
+    while stack:
+        digest = stack.pop()
+        directory = date(digest)
+        if directory is None:
+            raise NotFoundError(
+                f"directory {digest}, which the put names as stored, was removed while the put "
+                "ran; send it again"
+            )
+        for child in directory.directories:
+            if child.digest not in seen:
+                seen.add(child.digest)
+                stack.append(child.digest)
+
+
 class ClosureValidator:
     """Accumulates a leaves-to-root stream and checks order, sizes and connectivity."""
 
@@ -77,8 +101,12 @@ class ClosureValidator:
             self._received[directory.digest] = directory
             self._order.append(directory)
 
-    def finish(self) -> tuple[Digest, list[Directory]]:
-        """The root digest and the directories to store, leaves first."""
+    def finish(self) -> tuple[Digest, list[Directory], list[Digest]]:
+        """The root digest, the directories to store (leaves first), and the stored ones named.
+
+        The last are children the stream named without sending, found stored:
+        the new closure builds on them and everything under them.
+        """
         if not self._order:
             raise InvalidArgumentError("no directories were sent")
         root = self._order[-1]
@@ -94,7 +122,13 @@ class ClosureValidator:
                 raise InvalidArgumentError(
                     f"directory {directory.digest} is not connected to the root {root.digest}"
                 )
-        return root.digest, self._order
+        named = {
+            child.digest: None
+            for directory in self._order
+            for child in directory.directories
+            if child.digest not in self._received
+        }
+        return root.digest, self._order, list(named)
 
 
 class ValidatingPutter:
@@ -103,7 +137,7 @@ class ValidatingPutter:
     def __init__(
         self,
         lookup: Lookup,
-        commit: Callable[[list[Directory]], None],
+        commit: Callable[[list[Directory], list[Digest]], None],
         max_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     ) -> None:
         self._validator = ClosureValidator(lookup, max_entries)
@@ -119,8 +153,8 @@ class ValidatingPutter:
         if self._closed:
             raise InvalidArgumentError("putter already closed")
         self._closed = True
-        root, directories = self._validator.finish()
-        self._commit(directories)
+        root, directories, named = self._validator.finish()
+        self._commit(directories, named)
         return root
 
 
@@ -128,8 +162,11 @@ class ClosureCommitting:
     """The put and traversal half of a DirectoryService, shared by every local backend.
 
     A backend supplies ``get`` and an atomic ``_commit`` of a validated,
-    leaves-first closure; single puts and streamed puts then go through the
-    same validation, so no backend can accept what another would refuse.
+    leaves-first closure, which also dates the closures of the stored
+    directories it names as a put of them would (``dated_closure``), so that a
+    collection racing the put cannot remove the old tree under the new one;
+    single puts and streamed puts then go through the same validation, so no
+    backend can accept what another would refuse.
     ``max_entries`` bounds each directory put; a backend may set it per instance.
     """
 
@@ -138,7 +175,7 @@ class ClosureCommitting:
     def get(self, digest: Digest) -> Directory | None:
         raise NotImplementedError
 
-    def _commit(self, directories: list[Directory]) -> None:
+    def _commit(self, directories: list[Directory], named: list[Digest]) -> None:
         raise NotImplementedError
 
     def get_recursive(self, digest: Digest) -> Iterator[Directory]:

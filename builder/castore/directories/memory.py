@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from builder.castore.collection import StoredObject
 from builder.castore.composition import Backend
 from builder.castore.digest import Digest
-from builder.castore.directories.closure import ClosureCommitting
+from builder.castore.directories.closure import ClosureCommitting, dated_closure
 from builder.castore.directory import Directory
 
 
@@ -25,9 +25,17 @@ class MemoryDirectoryService(ClosureCommitting):
     def get(self, digest: Digest) -> Directory | None:
         return self._directories.get(digest)
 
-    def _commit(self, directories: list[Directory]) -> None:
+    def _commit(self, directories: list[Directory], named: list[Digest]) -> None:
         with self._lock:
             now = self._clock()
+
+            def date(digest: Digest) -> Directory | None:
+                found = self._directories.get(digest)
+                if found is not None:
+                    self._touched[digest] = now
+                return found
+
+            dated_closure(date, named)
             for directory in directories:
                 self._directories[directory.digest] = directory
                 self._touched[directory.digest] = now

@@ -25,7 +25,7 @@ from obstore.store import ObjectStore
 from builder.castore.collection import StoredObject, new_epoch
 from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
-from builder.castore.directories.closure import ClosureCommitting
+from builder.castore.directories.closure import ClosureCommitting, dated_closure
 from builder.castore.directory import Directory
 from builder.castore.objectstore_url import (
     OBJECTSTORE_SCHEMES,
@@ -66,12 +66,22 @@ class ObjectStoreDirectoryService(ClosureCommitting):
         except (BuilderError, DecodeError) as exc:
             raise IntegrityError(f"directory {digest}: stored bytes do not decode: {exc}") from exc
 
-    def _commit(self, directories: list[Directory]) -> None:
+    def _commit(self, directories: list[Directory], named: list[Digest]) -> None:
         """Write level by level, each level in parallel, leaves first.
 
-        A directory's level is one more than its deepest child in the batch,
+        The stored directories the closure names are written again first,
+        their closures with them, which is how an object is dated here. A
+        directory's level is one more than its deepest child in the batch,
         so when a level starts every child of it is already stored.
         """
+
+        def date(digest: Digest) -> Directory | None:
+            found = self.get(digest)
+            if found is not None:
+                self._put_one(found)
+            return found
+
+        dated_closure(date, named)
         levels: dict[Digest, int] = {}
         batches: list[list[Directory]] = []
         for directory in directories:

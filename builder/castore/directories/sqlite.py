@@ -21,7 +21,7 @@ from typing import Any
 from builder.castore.collection import StoredObject
 from builder.castore.composition import Backend, Params, url_path
 from builder.castore.digest import Digest
-from builder.castore.directories.closure import ClosureCommitting
+from builder.castore.directories.closure import ClosureCommitting, dated_closure
 from builder.castore.directory import Directory
 from builder.castore.sqlite_database import SqliteDatabase
 from builder.castore.wire import decode_directory
@@ -56,9 +56,18 @@ class SqliteDirectoryService(ClosureCommitting):
             ).fetchone()
         return None if row is None else decode_directory(row[0])
 
-    def _commit(self, directories: list[Directory]) -> None:
+    def _commit(self, directories: list[Directory], named: list[Digest]) -> None:
         now = self._clock()
         with self._db.writing() as conn:
+
+            def date(digest: Digest) -> Directory | None:
+                row = conn.execute(
+                    "UPDATE directories SET stored_at = ? WHERE digest = ? RETURNING data",
+                    (now, bytes(digest)),
+                ).fetchone()
+                return None if row is None else decode_directory(row[0])
+
+            dated_closure(date, named)
             conn.executemany(
                 "INSERT INTO directories (digest, data, stored_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (digest) DO UPDATE SET stored_at = excluded.stored_at",
