@@ -235,6 +235,7 @@ def cmd_castore_serve(args: argparse.Namespace) -> None:
             args.listen,
             grace=args.shutdown_grace,
             pathinfos=store.pathinfos,
+            results=store.results,
         )
 
 
@@ -262,7 +263,7 @@ def _build_service(
         allow_network=allow_network,
     )
     try:
-        return BuildService(config, store.blobs, store.directories, launcher)
+        return BuildService(config, store.blobs, store.directories, launcher, store.results)
     except OSError as error:
         where = "--work-dir" if args.work_dir else "work directory"
         reason = _os_reason(error, config.work_dir)
@@ -428,18 +429,11 @@ def _gc_pins(args: argparse.Namespace) -> Iterator[Pins]:
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
-    from builder.executor.results import ResultCache
     from builder.gc.collector import store_collector
 
     _check_min_age(args.min_age, "--min-age")
-    data_dir = args.data_dir or default_data_dir()
-    work_dir = args.work_dir or data_dir / "build"
     with _store(args) as store, _gc_pins(args) as pins:
-        results = ResultCache(work_dir / "results.sqlite")
-        try:
-            report = store_collector(store, results, pins).collect(args.max_bytes, args.min_age)
-        finally:
-            results.close()
+        report = store_collector(store, store.results, pins).collect(args.max_bytes, args.min_age)
     print(
         f"removed {report.blobs_removed} blobs ({format_bytes(report.blob_bytes_freed)}) and "
         f"{report.directories_removed} directories ({format_bytes(report.directory_bytes_freed)}); "
@@ -1034,9 +1028,6 @@ def build_parser() -> argparse.ArgumentParser:
         "default: no bound, remove only what no root reaches",
     )
     _min_age_option(gc, "--min-age")
-    gc.add_argument(
-        "--work-dir", type=Path, help="where the result cache is (default: DATA_DIR/build)"
-    )
     gc.set_defaults(func=cmd_gc)
     _store_options(gc)
     gc_commands = gc.add_subparsers(dest="gc_command")

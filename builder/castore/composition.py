@@ -1,7 +1,7 @@
 """Named service instances built from configuration.
 
-A configuration has up to three sections, ``blobservices``,
-``directoryservices`` and ``pathinfoservices``, each mapping an instance name to
+A configuration has up to four sections, ``blobservices``,
+``directoryservices``, ``pathinfoservices`` and ``resultcaches``, each mapping an instance name to
 a table with a ``type`` tag and that type's parameters. Parameters may refer to
 other instances by name (or give a URL shorthand inline), so layered stores such
 as a memory cache in front of a remote server are described, not coded. Each
@@ -12,7 +12,8 @@ Every service type is a ``Backend`` declared beside its implementation: its tag,
 the URL schemes that stand for it and how its parameters are read. A
 ``Registry`` is the set of backends a composition may use. The castore knows
 the third kind only as a name: the PathInfo backends live in the store layer
-above and reach the composition through a registry built there.
+above and reach the composition through a registry built there, and so do the
+result caches.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.endpoint import did_you_mean
 from builder.errors import InvalidArgumentError
 
-Kind = Literal["blob", "directory", "pathinfo"]
+Kind = Literal["blob", "directory", "pathinfo", "resultcache"]
 SECTIONS: dict[Kind, str] = {
     "blob": "blobservices",
     "directory": "directoryservices",
     "pathinfo": "pathinfoservices",
+    "resultcache": "resultcaches",
 }
 
 
@@ -213,6 +215,14 @@ class Composition:
     def pathinfo_service(self, name: str) -> Any:
         """The named PathInfo service, typed by the store layer that defines the protocol."""
         return self._get("pathinfo", name)
+
+    def result_cache(self, name: str) -> Any:
+        """The named result cache, typed by the store layer that defines the protocol."""
+        return self._get("resultcache", name)
+
+    def defines(self, kind: Kind, name: str) -> bool:
+        """Whether ``name`` is a URL or an instance in ``kind``'s section."""
+        return "://" in name or name in self._config[kind]
 
     def _get(self, kind: Kind, name: str) -> Any:
         with self._lock:

@@ -32,9 +32,10 @@ from builder.executor.observer import BuildObserver
 from builder.executor.outcome import Outcome, outcome_of
 from builder.executor.outputs import CollectedOutput
 from builder.executor.request import BuildRequest
-from builder.executor.results import ResultCache
+from builder.executor.results import record_result, recorded_result
 from builder.executor.runner import BuildRunner
 from builder.executor.slots import JobSlots
+from builder.store.results.service import ResultCache
 from sandbox import Launcher
 
 
@@ -93,7 +94,9 @@ class BuildService:
         blobs: BlobService,
         directories: DirectoryService,
         launcher: Launcher,
+        results: ResultCache,
     ) -> None:
+        """``results`` is the store's result cache, which builders sharing the store share."""
         self.config = config
         self.blobs = blobs
         self.directories = directories
@@ -102,7 +105,7 @@ class BuildService:
         )
         self._runner = BuildRunner(config, blobs, directories, launcher, self.cache)
         self._slots = JobSlots(config.job_slots, config.queue_length)
-        self._results = ResultCache(config.work_dir / "results.sqlite")
+        self._results = results
         self.result_cache_counts = HitCounts()
         self._observers: list[BuildObserver] = []
         self.leases = Leases()
@@ -246,7 +249,7 @@ class BuildService:
         require_inputs(request.inputs, self.blobs, self.directories, self.cache)
 
         if self.config.result_cache:
-            recorded = self._results.lookup(request)
+            recorded = recorded_result(self._results, request)
             if recorded is not None and missing_inputs(
                 tuple(o.node.renamed(b"o") for o in recorded), self.blobs, self.directories
             ):
@@ -273,10 +276,10 @@ class BuildService:
         finally:
             log.finish()
         if self.config.result_cache:
-            self._results.record(request, outputs)
+            record_result(self._results, request, outputs)
         return BuildOutcome(build_id, outputs, cached=False)
 
     def close(self) -> None:
-        self._results.close()
+        """The result cache is the store's, closed with it."""
         self.cache.close()
         self._runner.close()

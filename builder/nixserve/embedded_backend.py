@@ -64,7 +64,9 @@ class EmbeddedBackend:
             # The executor's log bound stays: it holds each build's log in memory.
             limits = dataclasses.replace(BuildLimits(), wall_time=None)
             config = BuildConfig(work_dir=work.path, limits=limits, allow_network=True)
-            service = BuildService(config, self.blobs, self.directories, launcher)
+            service = BuildService(
+                config, self.blobs, self.directories, launcher, self._store.results
+            )
             self._opened.callback(service.close)
             self._service = service
         return self._service

@@ -1,5 +1,6 @@
 """The whole product on one port: castore, PathInfo and build services of both
-families, the streaming extension, health and reflection, optional TLS and token auth."""
+families, the streaming extension, the result cache, health and reflection,
+optional TLS and token auth."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from builder.server.build_servicers import add_build_services
 from builder.server.castore_server import add_castore_services
 from builder.server.metrics import MetricsAddress, MetricsServer, ServerMetrics
 from builder.server.pathinfo_servicers import add_pathinfo_services
+from builder.server.result_cache_servicer import add_result_cache_service
 from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
 from builder.store.store import Store
 
@@ -53,7 +55,12 @@ def create_server(
         directories=store.directories,
     )
     return assemble_server(
-        [castore, pathinfos, partial(add_build_services, service=builds)],
+        [
+            castore,
+            pathinfos,
+            partial(add_result_cache_service, results=store.results),
+            partial(add_build_services, service=builds),
+        ],
         listen,
         builds.capacity + builds.config.log_followers + reserve_workers,
         tls,

@@ -1,7 +1,8 @@
 """A server exposing the castore in both families, alone or as part of the whole product.
 
 Given a PathInfo service too, it serves the store's PathInfoService beside
-the castore it checks records against.
+the castore it checks records against, and given a result cache, that too, so
+that builders pointed at this server share results.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from builder.server.castore_servicers import (
     DirectoryServicer,
 )
 from builder.server.pathinfo_servicers import add_pathinfo_services
+from builder.server.result_cache_servicer import add_result_cache_service
 from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
+from builder.store.results.service import ResultCache
 from builder.store.service import PathInfoService
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ def create_castore_server(
     pathinfos: PathInfoService | None = None,
     extensions: bool = True,
     cancel_grace: float = CANCEL_GRACE,
+    results: ResultCache | None = None,
 ) -> BoundServer:
     add = [
         partial(
@@ -84,6 +88,8 @@ def create_castore_server(
                 add_pathinfo_services, pathinfos=pathinfos, blobs=blobs, directories=directories
             )
         )
+    if results is not None:
+        add.append(partial(add_result_cache_service, results=results))
     return assemble_server(add, listen, max_workers)
 
 
@@ -94,8 +100,11 @@ def serve_castore(
     max_workers: int = DEFAULT_MAX_WORKERS,
     grace: float = DEFAULT_GRACE_SECONDS,
     pathinfos: PathInfoService | None = None,
+    results: ResultCache | None = None,
 ) -> None:
-    bound = create_castore_server(blobs, directories, listen, max_workers, pathinfos=pathinfos)
+    bound = create_castore_server(
+        blobs, directories, listen, max_workers, pathinfos=pathinfos, results=results
+    )
     logger.info(
         "castore listening on %s", ", ".join(bound.addresses), extra={"listen": bound.addresses}
     )

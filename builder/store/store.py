@@ -1,8 +1,10 @@
-"""A store: the blob, directory and PathInfo services everything else works on.
+"""A store: the blob, directory, PathInfo and result services everything else works on.
 
 The castore holds contents; the PathInfo service says which Nix store paths
-those contents are. Opening any store, embedded, remote or configured, gives
-all three, so that nothing above has to pair them up itself. The embedded
+those contents are; the result cache which builds made which contents. Opening
+any store, embedded, remote or configured, gives all four, so that nothing
+above has to pair them up itself, and builders configured with one shared
+store share all of it. The embedded
 store also keeps a record of the host files imported into it.
 """
 
@@ -17,6 +19,8 @@ from builder.castore.blobs.service import BlobService
 from builder.castore.composition import Composition
 from builder.castore.directories.service import DirectoryService
 from builder.store.registry import DEFAULT_REGISTRY
+from builder.store.results.memory import MemoryResultCache
+from builder.store.results.service import ResultCache
 from builder.store.service import PathInfoService
 from builder.store.store_url import EMBEDDED_IMPORTS, embedded_directory, store_config
 
@@ -41,6 +45,7 @@ class Store:
     blobs: BlobService
     directories: DirectoryService
     pathinfos: PathInfoService
+    results: ResultCache
     composition: Composition
     import_record_path: Path | None = None
     _import_record: ImportRecord | None = field(default=None, init=False, repr=False)
@@ -51,7 +56,9 @@ class Store:
 
         With neither a spec nor a data directory, the embedded store lives in
         the default data directory: fs blobs beside SQLite databases of
-        directories, path infos and host files imported.
+        directories, path infos, results and host files imported. A
+        configuration file without a ``resultcaches`` root keeps results in
+        memory, for as long as the store is open.
         """
         if spec is None:
             root = (data_dir or default_data_dir()).resolve()
@@ -69,6 +76,7 @@ class Store:
                 composition.blob_service(ROOT),
                 composition.directory_service(ROOT),
                 composition.pathinfo_service(ROOT),
+                _result_cache(composition),
                 composition,
                 record_path,
             )
@@ -96,10 +104,19 @@ class Store:
             if self._import_record is not None:
                 self._import_record.close()
         finally:
-            self.composition.close()
+            try:
+                self.results.close()
+            finally:
+                self.composition.close()
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _result_cache(composition: Composition) -> ResultCache:
+    if composition.defines("resultcache", ROOT):
+        return composition.result_cache(ROOT)
+    return MemoryResultCache()

@@ -1,9 +1,12 @@
-"""Store URLs: one address naming the blob, directory and PathInfo services at once.
+"""Store URLs: one address naming the blob, directory, PathInfo and result services at once.
 
 Any URL every kind's backends accept names a store (a gRPC server, an object
 store), and ``fs:///DIR`` is the whole embedded layout, so
 ``--store fs:///var/lib/builder`` puts fs blobs beside SQLite databases of
-directories, of path infos and of the host files imported so far.
+directories, of path infos and of the host files imported so far, with the
+result cache where the build service has always kept it in the default layout
+(``build/results.sqlite``, the default work directory), so its entries carry
+over.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ EMBEDDED_BLOBS = "blobs"
 EMBEDDED_DIRECTORIES = "directories.sqlite"
 EMBEDDED_PATHINFOS = "pathinfo.sqlite"
 EMBEDDED_IMPORTS = "imports.sqlite"
+EMBEDDED_RESULTS = "build/results.sqlite"
 
 
 def embedded_directory(url: str) -> Path | None:
@@ -27,7 +31,7 @@ def embedded_directory(url: str) -> Path | None:
 
 
 def store_config(url: str, registry: Registry) -> dict[str, Any]:
-    """A three-section configuration with every root named ``root``."""
+    """A configuration of every section with every root named ``root``."""
     scheme = url_scheme(url)
     if scheme == "fs":
         root = url_path(url).rstrip("/")
@@ -37,6 +41,9 @@ def store_config(url: str, registry: Registry) -> dict[str, Any]:
                 "directory", f"sqlite://{root}/{EMBEDDED_DIRECTORIES}"
             ),
             "pathinfo": registry.url_config("pathinfo", f"sqlite://{root}/{EMBEDDED_PATHINFOS}"),
+            "resultcache": registry.url_config(
+                "resultcache", f"sqlite://{root}/{EMBEDDED_RESULTS}"
+            ),
         }
     elif scheme == "sqlite":
         raise ConfigError(

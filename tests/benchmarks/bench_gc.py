@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from builder.castore.digest import Digest
 from builder.castore.fs.ingest import ingest_path
-from builder.executor.results import ResultCache
 from builder.gc.collector import CollectionReport, store_collector
 from builder.gc.pins import Pins
 from builder.store.store import Store
@@ -54,16 +53,14 @@ def make_tree(root: Path) -> None:
 def collect(data: Path, pin: bytes | None) -> tuple[float, CollectionReport]:
     with Store.open(None, data) as store:
         pins = Pins(data / "pins.sqlite")
-        results = ResultCache(data / "build" / "results.sqlite")
         try:
             if pin is not None:
                 pins.pin(Digest(pin))
-            collector = store_collector(store, results, pins)
+            collector = store_collector(store, store.results, pins)
             start = time.perf_counter()
             report = collector.collect(min_age=0)
             return time.perf_counter() - start, report
         finally:
-            results.close()
             pins.close()
 
 

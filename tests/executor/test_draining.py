@@ -13,6 +13,7 @@ from builder.castore.directories.sqlite import SqliteDirectoryService
 from builder.errors import UnavailableError
 from builder.executor.config import BuildConfig
 from builder.executor.service import BuildOutcome, BuildService, Event, Started
+from builder.store.results.memory import MemoryResultCache
 from sandbox import Launcher
 from tests.isolation import sleep_marker
 from tests.processes import processes_with
@@ -33,7 +34,7 @@ def service(tmp_path: Path, launcher: Launcher) -> Iterator[BuildService]:
     blobs = FsBlobService(tmp_path / "blobs")
     directories = SqliteDirectoryService(tmp_path / "directories.sqlite")
     config = BuildConfig(work_dir=tmp_path / "work", job_slots=1, result_cache=False)
-    built = BuildService(config, blobs, directories, launcher)
+    built = BuildService(config, blobs, directories, launcher, MemoryResultCache())
     yield built
     built.close()
     directories.close()

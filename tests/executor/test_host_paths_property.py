@@ -30,6 +30,7 @@ from builder.errors import BuilderError
 from builder.executor.config import BuildConfig
 from builder.executor.request import AdditionalFile, BuildRequest, Constraints
 from builder.executor.service import BuildService
+from builder.store.results.memory import MemoryResultCache
 from sandbox import Launcher, LauncherConfig
 from tests.canary import make_canary, snapshot
 from tests.requirements import require_root
@@ -100,7 +101,7 @@ def host() -> Iterator[Host]:
     )
     config = BuildConfig(work_dir=data / "work", result_cache=False, job_slots=1)
     with Launcher(LauncherConfig()) as launcher:
-        service = BuildService(config, blobs, directories, launcher)
+        service = BuildService(config, blobs, directories, launcher, MemoryResultCache())
         try:
             # Fill the materialisation cache, so that later builds only read it.
             service.build(_request("echo x > /build/out", inputs, ("build/out",)))

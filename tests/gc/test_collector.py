@@ -21,10 +21,11 @@ from builder.castore.fs.materialise import materialise_node
 from builder.castore.nodes import DirectoryNode, FileNode
 from builder.executor.outputs import CollectedOutput
 from builder.executor.request import BuildRequest, Constraints
-from builder.executor.results import ResultCache
+from builder.executor.results import record_result, recorded_result
 from builder.gc.collector import Collector
 from builder.store.path_info import PathInfo
 from builder.store.pathinfos.memory import MemoryPathInfoService
+from builder.store.results.sqlite import SqliteResultCache
 from tests.blob_bytes import put_bytes
 from tests.store.infos import store_path
 
@@ -47,7 +48,7 @@ class World:
     clock: Clock
     blobs: MemoryBlobService
     directories: MemoryDirectoryService
-    results: ResultCache
+    results: SqliteResultCache
     pathinfos: MemoryPathInfoService
     pins: list[Digest]
     leases: Leases
@@ -88,7 +89,7 @@ class World:
             environment=(),
             constraints=Constraints(system="x86_64-linux"),
         )
-        self.results.record(request, [CollectedOutput("out", output.renamed(b"out"), ())])
+        record_result(self.results, request, [CollectedOutput("out", output.renamed(b"out"), ())])
         return request
 
     def put_path(self, tag: str, node: DirectoryNode) -> PathInfo:
@@ -107,7 +108,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     clock = Clock()
-    results = ResultCache(tmp_path / "results.sqlite", clock=clock)
+    results = SqliteResultCache(tmp_path / "results.sqlite", clock=clock)
     try:
         yield World(
             clock,
@@ -180,7 +181,7 @@ def test_roots_are_evicted_least_recently_used_first(world: World, tmp_path: Pat
         infos[tag] = world.put_path(tag, trees[tag])
         world.clock.advance(USE_RECORD_INTERVAL)
     # Use the oldest two again: "second" and "third" become the least recently used.
-    assert world.results.lookup(requests["first"]) is not None
+    assert recorded_result(world.results, requests["first"]) is not None
     world.clock.advance(USE_RECORD_INTERVAL)
     assert world.pathinfos.get(infos["fourth"].path.digest) is not None
     world.clock.advance(2 * HOUR)
@@ -195,9 +196,9 @@ def test_roots_are_evicted_least_recently_used_first(world: World, tmp_path: Pat
     assert world.readable(trees["fourth"], tmp_path / "fourth")
     assert not world.readable(trees["second"], tmp_path / "second")
     assert not world.readable(trees["third"], tmp_path / "third")
-    assert world.results.lookup(requests["second"]) is None
+    assert recorded_result(world.results, requests["second"]) is None
     assert world.pathinfos.get(infos["third"].path.digest) is None
-    assert world.results.lookup(requests["first"]) is not None
+    assert recorded_result(world.results, requests["first"]) is not None
 
 
 def test_a_root_reaching_shared_objects_counts_them_once(world: World) -> None:

@@ -96,7 +96,11 @@ def test_uploads_and_builds_survive_collections_running_beside_them(
         pins = Pins(data_dir / "pins.sqlite")
         pins.pin(shared.digest, "shared input")
         builds = BuildService(
-            BuildConfig(work_dir=data_dir / "build"), store.blobs, store.directories, launcher
+            BuildConfig(work_dir=data_dir / "build"),
+            store.blobs,
+            store.directories,
+            launcher,
+            store.results,
         )
         try:
             collector = store_collector(store, builds.results, pins, builds.leases)

@@ -10,8 +10,9 @@ from builder.castore.digest import Digest
 from builder.castore.nodes import FileNode
 from builder.executor.outputs import CollectedOutput
 from builder.executor.request import BuildRequest, Constraints, tvix_response
-from builder.executor.results import ResultCache, request_digest
+from builder.executor.results import record_result, recorded_result, request_digest
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.results.sqlite import SqliteResultCache
 from builder.store.wire import encode_path_info
 from tests.store.infos import symlink_info
 
@@ -38,9 +39,9 @@ class Clock:
 
 def test_result_cache_records_a_use_once_the_last_is_old_enough(tmp_path: Path) -> None:
     clock = Clock()
-    cache = ResultCache(tmp_path / "results.sqlite", clock)
+    cache = SqliteResultCache(tmp_path / "results.sqlite", clock)
     try:
-        cache.record(REQUEST, [OUTPUT])
+        record_result(cache, REQUEST, [OUTPUT])
         (root,) = list(cache.used_roots())
         assert (root.key, root.nodes, root.last_used) == (
             bytes(request_digest(REQUEST)),
@@ -48,14 +49,14 @@ def test_result_cache_records_a_use_once_the_last_is_old_enough(tmp_path: Path) 
             5000.0,
         )
         clock.now += USE_RECORD_INTERVAL / 2
-        assert cache.lookup(REQUEST) == [OUTPUT]
+        assert recorded_result(cache, REQUEST) == [OUTPUT]
         assert next(cache.used_roots()).last_used == 5000.0
         clock.now += USE_RECORD_INTERVAL
-        assert cache.lookup(REQUEST) == [OUTPUT]
+        assert recorded_result(cache, REQUEST) == [OUTPUT]
         assert next(cache.used_roots()).last_used == clock.now
         assert not cache.evict(root)
         assert cache.evict(next(cache.used_roots()))
-        assert cache.lookup(REQUEST) is None
+        assert recorded_result(cache, REQUEST) is None
     finally:
         cache.close()
 
@@ -76,10 +77,10 @@ def test_an_older_result_cache_is_dated_at_the_upgrade(tmp_path: Path) -> None:
             ),
         )
     conn.close()
-    cache = ResultCache(path, Clock())
+    cache = SqliteResultCache(path, Clock())
     try:
         assert [r.last_used for r in cache.used_roots()] == [5000.0]
-        assert cache.lookup(REQUEST) == [OUTPUT]
+        assert recorded_result(cache, REQUEST) == [OUTPUT]
     finally:
         cache.close()
 

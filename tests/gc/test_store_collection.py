@@ -17,7 +17,6 @@ from builder.castore.fs.materialise import materialise_node
 from builder.castore.nodes import DirectoryNode
 from builder.castore.removal import RemovalEpoch
 from builder.errors import FailedPreconditionError
-from builder.executor.results import ResultCache
 from builder.gc.collector import store_collector
 from builder.gc.pins import Pins
 from builder.store.path_info import PathInfo
@@ -62,14 +61,14 @@ def test_a_store_keeps_its_paths_and_pins_and_loses_the_rest(store: Store, tmp_p
         PathInfo(path, trees["path"].renamed(path.basename.encode()), bytes(32), 1, ())
     )
     pins = Pins(tmp_path / "pins.sqlite")
-    results = ResultCache(tmp_path / "results.sqlite")
     try:
         pins.pin(trees["pinned"].digest, "kept")
         epoch = _epoch(store)
-        collector = store_collector(store, results, pins, clock=lambda: time.time() + 2 * HOUR)
+        collector = store_collector(
+            store, store.results, pins, clock=lambda: time.time() + 2 * HOUR
+        )
         report = collector.collect(min_age=HOUR)
     finally:
-        results.close()
         pins.close()
 
     assert (report.blobs_removed, report.directories_removed) == (2, 2)
@@ -85,10 +84,8 @@ def test_a_store_keeps_its_paths_and_pins_and_loses_the_rest(store: Store, tmp_p
 def test_a_remote_store_is_collected_where_it_runs(tmp_path: Path) -> None:
     with Store.open(f"grpc+unix://{tmp_path / 'nowhere.sock'}") as remote:
         pins = Pins(tmp_path / "pins.sqlite")
-        results = ResultCache(tmp_path / "results.sqlite")
         try:
             with pytest.raises(FailedPreconditionError, match="where the store is"):
-                store_collector(remote, results, pins)
+                store_collector(remote, remote.results, pins)
         finally:
-            results.close()
             pins.close()

@@ -23,6 +23,7 @@ from builder.nix.nix_store import nix_environment
 from builder.nix.paths import NixPaths
 from builder.nix.session import NixSession
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.results.memory import MemoryResultCache
 from sandbox import Launcher
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -81,7 +82,7 @@ def our_builder(work: Path, jobs: int = 2, result_cache: bool = True) -> Iterato
             result_cache=result_cache,
             allow_network=True,
         )
-        service = BuildService(config, blobs, directories, launcher)
+        service = BuildService(config, blobs, directories, launcher, MemoryResultCache())
         pathinfos = SqlitePathInfoService(work / "pathinfo.sqlite")
         session = NixSession(service, NixPaths(pathinfos, blobs, directories, os.environ))
         try:

@@ -27,6 +27,7 @@ from builder.server.app import create_server
 from builder.server.assembly import assemble_server
 from builder.server.status import INTERNAL_MESSAGE, rpc_errors
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.results.memory import MemoryResultCache
 from builder.store.store import Store
 from sandbox import Launcher
 from tests.server.test_build_grpc import Served, _request, _serve, launcher  # noqa: F401
@@ -154,8 +155,10 @@ def test_an_output_larger_than_the_store_is_resource_exhausted_naming_the_store(
     blobs = FsBlobService(small_disk / "blobs")
     directories = SqliteDirectoryService(tmp_path / "directories.sqlite")
     pathinfos = SqlitePathInfoService(tmp_path / "pathinfo.sqlite")
-    store = Store(blobs, directories, pathinfos, Composition({}, Registry()))
-    service = BuildService(BuildConfig(work_dir=tmp_path / "work"), blobs, directories, launcher)
+    store = Store(blobs, directories, pathinfos, MemoryResultCache(), Composition({}, Registry()))
+    service = BuildService(
+        BuildConfig(work_dir=tmp_path / "work"), blobs, directories, launcher, store.results
+    )
     socket = tmp_path / "builder.sock"
     bound = create_server(store, service, [f"grpc+unix://{socket}"])
     bound.server.start()

@@ -27,6 +27,7 @@ from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.proto.tvix.build.protos import rpc_build_pb2_grpc as tvix_rpc
 from builder.server.app import create_server
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.results.memory import MemoryResultCache
 from builder.store.store import Store
 from sandbox import Launcher
 from tests.isolation import sleep_marker
@@ -60,9 +61,11 @@ def launcher() -> Iterator[Launcher]:
 def _serve(tmp_path: Path, launcher: Launcher, **config: object) -> Iterator[Served]:
     blobs, directories = FsBlobService(tmp_path / "blobs"), SqliteDirectoryService(tmp_path / "d")
     pathinfos = SqlitePathInfoService(tmp_path / "pathinfo.sqlite")
-    store = Store(blobs, directories, pathinfos, Composition({}, Registry()))
+    store = Store(blobs, directories, pathinfos, MemoryResultCache(), Composition({}, Registry()))
     work = tmp_path / "work"
-    service = BuildService(BuildConfig(work_dir=work, **config), blobs, directories, launcher)
+    service = BuildService(
+        BuildConfig(work_dir=work, **config), blobs, directories, launcher, store.results
+    )
     socket = tmp_path / "builder.sock"
     bound = create_server(store, service, [f"grpc+unix://{socket}"])
     bound.server.start()

@@ -27,6 +27,7 @@ from builder.executor.service import BuildService
 from builder.proto.snix.build.protos import rpc_build_pb2_grpc as snix_rpc
 from builder.server.app import create_server
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.results.memory import MemoryResultCache
 from builder.store.store import Store
 from sandbox import Launcher
 from tests.requirements import require_root
@@ -52,7 +53,7 @@ def launcher() -> Iterator[Launcher]:
 def served(tmp_path: Path, launcher: Launcher) -> Iterator[Served]:
     blobs, directories = MemoryBlobService(), SqliteDirectoryService(tmp_path / "dirs.sqlite")
     pathinfos = SqlitePathInfoService(tmp_path / "pathinfo.sqlite")
-    store = Store(blobs, directories, pathinfos, Composition({}, Registry()))
+    store = Store(blobs, directories, pathinfos, MemoryResultCache(), Composition({}, Registry()))
     source = tmp_path / "src"
     for package in ("a", "b"):
         (source / package / "lib").mkdir(parents=True)
@@ -61,7 +62,7 @@ def served(tmp_path: Path, launcher: Launcher) -> Iterator[Served]:
     tree = ingest_path(source, blobs, directories, b"aaa-src")
     assert isinstance(tree, DirectoryNode)
     config = BuildConfig(work_dir=tmp_path / "work", result_cache=False)
-    service = BuildService(config, blobs, directories, launcher)
+    service = BuildService(config, blobs, directories, launcher, store.results)
     socket = tmp_path / "builder.sock"
     bound = create_server(store, service, [f"grpc+unix://{socket}"])
     bound.server.start()
