@@ -23,6 +23,8 @@ from builder.castore.composition import Composition
 from builder.cli import build_parser
 from builder.config_file import parse_args
 from builder.errors import InvalidArgumentError
+from builder.proto.tvix.build.protos import build_pb2
+from builder.proto.tvix.castore.protos import castore_pb2
 from builder.store.registry import DEFAULT_REGISTRY
 from tests.castore.backends_objectstore import S3_SERVER, s3_options
 from tests.isolation import TOKEN
@@ -218,7 +220,7 @@ def s3_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def test_the_store_composition_opens_and_shares_through_s3(
     s3_environment: str, tmp_path: Path
 ) -> None:
-    """Two pods' compositions: what one stores, the other reads through its own near cache."""
+    """Two pods' compositions: what one stores, the other reads (blobs through its near cache)."""
     text = _config_data()["store.toml"]
     buckets = set(re.findall(r"s3://([^/\"]+)/", text))
     assert len(buckets) == 1, f"one shared bucket expected, found {sorted(buckets)}"
@@ -241,6 +243,17 @@ def test_the_store_composition_opens_and_shares_through_s3(
         digest = writer.close()
         assert first.pathinfo_service("root") is not None
         assert first.directory_service("root") is not None
+        result = build_pb2.Build(
+            outputs=[
+                castore_pb2.Node(
+                    file=castore_pb2.FileNode(name=b"out", digest=digest, size=len(payload))
+                )
+            ],
+            outputs_needles=[build_pb2.Build.OutputNeedles()],
+        )
+        key = bytes(32)
+        first.result_cache("root").put(key, result)
+        assert second.result_cache("root").get(key) == result, "results are shared"
         assert not (tmp_path / "b").exists() or not any((tmp_path / "b").rglob("*"))
         reader = second.blob_service("root").open_read(digest)
         assert reader is not None, "the second pod does not find the first one's blob"
