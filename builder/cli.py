@@ -33,6 +33,7 @@ from builder.executor.cancel import signals_cancel
 from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
 from builder.gc.collector import DEFAULT_MIN_AGE
 from builder.logging_setup import FORMATS, LEVELS, configure_logging
+from builder.remote.retry import DEFAULT_RETRY, RetryPolicy
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
 DEFAULT_GC_INTERVAL = 600.0
@@ -390,6 +391,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             args.shutdown_grace,
             metrics_address,
             store_url,
+            args.node_name,
         )
 
 
@@ -582,7 +584,9 @@ def cmd_build(args: argparse.Namespace) -> None:
         request.validate()
         with (
             signals_cancel(),
-            RemoteBuilder(args.remote, security, reporters(sys.stderr)) as remote,
+            RemoteBuilder(
+                args.remote, security, reporters(sys.stderr), _retry_policy(args)
+            ) as remote,
         ):
             request = _with_imports(request, imports, store)
             outcome = remote.build(request, store.blobs, store.directories, _print_event)
@@ -633,6 +637,7 @@ def _remote(args: argparse.Namespace, store: Store) -> Iterator[BuildExecutor]:
         _channel_security(args),
         args.jobs,
         reporters=reporters(sys.stderr),
+        retry=_retry_policy(args),
     )
     try:
         yield remote
@@ -739,7 +744,28 @@ def _request_file_options(parser: argparse.ArgumentParser, out_help: str) -> Non
     )
 
 
+REMOTE_FORMS = (
+    "grpc+unix:///PATH, grpc+http://HOST:PORT, grpc+https://HOST:PORT or grpc+dns:///NAME:PORT"
+)
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retries",
+        type=_retry_count,
+        default=DEFAULT_RETRY.retries,
+        metavar="N",
+        help="times a build refused as busy or cut off by a dying builder is sent again, "
+        "to the next builder, waiting longer each time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retry-time",
+        type=_seconds,
+        default=DEFAULT_RETRY.total_seconds,
+        metavar="SECONDS",
+        help="no retry starts later than this many seconds after the first attempt "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--tls-ca",
         type=Path,
@@ -756,6 +782,17 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="send 'authorization: Bearer <token>' from this file (default: no token)",
     )
+
+
+def _retry_count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of retries from 0")
+    return count
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    return RetryPolicy(args.retries, args.retry_time)
 
 
 def _seconds(text: str) -> float:
@@ -980,6 +1017,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"reaches (default: {DEFAULT_GC_INTERVAL:g} with --store-max-bytes, else never)",
     )
     _min_age_option(p, "--gc-min-age")
+    p.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="name this builder gives clients on every build call, for their logs "
+        "(default: HOSTNAME:PID)",
+    )
     p.set_defaults(func=cmd_serve)
     _store_options(p)
     _build_options(p)
@@ -995,7 +1038,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote",
         required=True,
         metavar="ADDR",
-        help="grpc+unix:///PATH, grpc+http://HOST:PORT or grpc+https://HOST:PORT",
+        help=f"{REMOTE_FORMS}; several builders as a comma-separated list",
     )
     _request_file_options(p, "fetch the outputs into this directory (default: nowhere)")
     _client_options(p)
@@ -1063,8 +1106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--remote",
         metavar="ADDR",
-        help="build on this server (grpc+unix://, grpc+http://, grpc+https://) instead of "
-        "here (default: build here)",
+        help=f"build on this server or these builders ({REMOTE_FORMS}; several as a "
+        "comma-separated list) instead of here (default: build here)",
     )
     p.set_defaults(func=cmd_nix_build)
     _store_options(p)

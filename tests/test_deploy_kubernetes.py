@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from builder.castore.composition import Composition
+from builder.castore.grpc.endpoint import parse_client_endpoint
 from builder.cli import build_parser
 from builder.config_file import parse_args
 from builder.errors import InvalidArgumentError
@@ -133,6 +134,17 @@ def test_probes_ask_grpc_health_on_the_listening_port(mode: str) -> None:
     assert port["port"] == grpc_port and port["targetPort"] in ("grpc", grpc_port)
     pod_labels = _only(MODES[mode], "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_clients_reach_every_pod_by_the_documented_dns_name() -> None:
+    service = _only("service.yaml", "Service")
+    (port,) = service["spec"]["ports"]
+    address = (
+        f"grpc+dns:///{service['metadata']['name']}.NAMESPACE.svc.cluster.local:{port['port']}"
+    )
+    assert address in (MANIFESTS / "README.md").read_text()
+    endpoint = parse_client_endpoint(address.replace("NAMESPACE", "build"))
+    assert endpoint.target == f"dns:///builder.build.svc.cluster.local:{port['port']}"
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-GRPC_PREFIXES = ("grpc+unix://", "grpc+http://", "grpc+https://")
+GRPC_PREFIXES = ("grpc+unix://", "grpc+http://", "grpc+https://", "grpc+dns://")
 HANDOFF_PREFIX = "handoff+unix://"
 
 
@@ -50,7 +50,9 @@ options:
   --write             allow imports and builds
   --store DIR_OR_URL  data directory (absolute path), a server:
                       grpc+unix:///SOCKET, grpc+http://HOST:PORT,
-                      grpc+https://HOST:PORT, or a server's hand-off socket:
+                      grpc+https://HOST:PORT, grpc+dns:///NAME:PORT (several
+                      builders as a comma-separated list; busy or lost builds
+                      are retried on the next), or a server's hand-off socket:
                       handoff+unix:///SOCKET (default: the default data directory)
   --config FILE       TOML with tls_ca, tls_cert, tls_key, token_file for the
                       server, relative to the file's directory (else

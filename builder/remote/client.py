@@ -3,6 +3,12 @@
 The streaming RPC rather than ``DoBuild`` so that the log arrives while the
 build runs; leaving the stream (on an error, Ctrl-C or SIGTERM) cancels the
 call, and the server stops the build when its client hangs up.
+
+The address may name several builders (see ``parse_client_endpoint``): the
+channel spreads calls over them, and a build one refuses as busy or loses by
+dying is sent again as a whole, which the channel routes to the next one.
+Inputs are uploaded once, before the first attempt; a builder the retry
+reaches sees them only if the builders share a store.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +28,7 @@ from builder.castore.copying import Castore, copy_missing
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.grpc.channel import open_channel
+from builder.castore.grpc.metadata import NODE_KEY
 from builder.castore.grpc.security import ChannelSecurity
 from builder.castore.nodes import Node
 from builder.castore.progress import TransferKind, TransferProgress, TransferReporters
@@ -32,8 +39,14 @@ from builder.executor.request import BuildRequest, request_to_proto
 from builder.executor.service import Event, LogData, Started
 from builder.proto.builder.v1 import build_events_pb2_grpc as events_grpc
 from builder.remote.errors import naming_server, remote_error
+from builder.remote.retry import DEFAULT_RETRY, RetryBudget, RetryPolicy, pause
 
 logger = logging.getLogger(__name__)
+
+UNKNOWN_NODE = "unknown"
+
+# Refusals that say nothing about the request: another builder may take it.
+_RETRIED_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 
 @dataclass(frozen=True)
@@ -41,19 +54,37 @@ class RemoteOutcome:
     response: Any
     """The Snix ``BuildResponse``, as ``DoBuild`` would have answered."""
     outputs: list[Node]
+    builder: str = UNKNOWN_NODE
+    """The node name of the builder that answered."""
+    retries: int = 0
+    failed_on: list[str] = field(default_factory=list)
+    """Builders that refused or lost the build before, in order."""
+
+
+class _Retryable(Exception):
+    """An attempt refused or cut off in a way another builder may not repeat."""
+
+    def __init__(self, error: Exception, builder: str, code: grpc.StatusCode) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.builder = builder
+        self.code = code
 
 
 class RemoteBuilder:
-    """A server's builds and castore; ``reporters`` hears of every upload and fetch."""
+    """A server's (or a fleet's) builds and castore; ``reporters`` hears of every upload and
+    fetch, ``retry`` bounds how often a build is sent again."""
 
     def __init__(
         self,
         address: str,
         security: ChannelSecurity | None = None,
         reporters: TransferReporters | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.address = address
         self._reporters = reporters
+        self._retry = retry
         self._channel = open_channel(address, security)
         self.castore = Castore(
             GrpcBlobService(address, Family.SNIX, security),
@@ -94,8 +125,62 @@ class RemoteBuilder:
         on_event: Callable[[Event], None],
         cancel: CancelToken | None = None,
     ) -> RemoteOutcome:
-        """Run the build; cancelling ``cancel`` cancels the call, which stops the build there."""
-        call = self._events.StreamBuild(request_to_proto(request, Family.SNIX))
+        """Run the build; cancelling ``cancel`` cancels the call, which stops the build there.
+
+        A retried build starts over: ``on_event`` hears a second ``Started``
+        and the log again from its beginning.
+        """
+        message = request_to_proto(request, Family.SNIX)
+        budget = RetryBudget(self._retry)
+        failed_on: list[str] = []
+        while True:
+            try:
+                outcome = self._attempt(message, on_event, cancel)
+            except _Retryable as refused:
+                failed_on.append(refused.builder)
+                delay = budget.next_delay()
+                if delay is None:
+                    logger.warning(
+                        "build %s by builder %s; no retries left",
+                        _what_happened(refused.code),
+                        refused.builder,
+                        extra={
+                            "builder": refused.builder,
+                            "code": refused.code.name,
+                            "retries": budget.used,
+                        },
+                    )
+                    raise refused.error from refused.error.__cause__
+                logger.warning(
+                    "build %s by builder %s; retry %d in %.1f s",
+                    _what_happened(refused.code),
+                    refused.builder,
+                    budget.used,
+                    delay,
+                    extra={
+                        "builder": refused.builder,
+                        "code": refused.code.name,
+                        "retry": budget.used,
+                        "delay_seconds": round(delay, 3),
+                    },
+                )
+                pause(delay, cancel)
+                if cancel is not None and cancel.cancelled:
+                    raise CancelledError("build cancelled") from refused.error
+                continue
+            logger.info(
+                "build done by builder %s",
+                outcome.builder,
+                extra={"builder": outcome.builder, "retries": budget.used},
+            )
+            return RemoteOutcome(
+                outcome.response, outcome.outputs, outcome.builder, budget.used, failed_on
+            )
+
+    def _attempt(
+        self, message: Any, on_event: Callable[[Event], None], cancel: CancelToken | None
+    ) -> RemoteOutcome:
+        call = self._events.StreamBuild(message)
         if cancel is not None:
             cancel.attach(call)
         try:
@@ -111,7 +196,7 @@ class RemoteBuilder:
                         node_from_proto(o.output, f"outputs[{i}]")
                         for i, o in enumerate(response.outputs)
                     ]
-                    return RemoteOutcome(response, outputs)
+                    return RemoteOutcome(response, outputs, _node_of(call))
                 elif kind == "failed":
                     failed = event.failed
                     raise CommandFailedError(
@@ -123,7 +208,12 @@ class RemoteBuilder:
         except grpc.RpcError as error:
             if cancel is not None and cancel.cancelled:
                 raise CancelledError("build cancelled") from error
-            raise remote_error(error, self.address) from error
+            translated = remote_error(error, self.address)
+            translated.__cause__ = error
+            code = error.code() if isinstance(error, grpc.Call) else None
+            if code in _RETRIED_CODES:
+                raise _Retryable(translated, _node_of(call), code) from error
+            raise translated from error
         finally:
             if cancel is not None:
                 cancel.detach()
@@ -149,3 +239,16 @@ class RemoteBuilder:
         self.castore.blobs.close()
         self.castore.directories.close()
         self._channel.close()
+
+
+def _node_of(call: Any) -> str:
+    """The builder's name from the call's initial metadata, once the call has ended or
+    answered; ``UNKNOWN_NODE`` if the call never reached one."""
+    for key, value in call.initial_metadata() or ():
+        if key == NODE_KEY:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return UNKNOWN_NODE
+
+
+def _what_happened(code: grpc.StatusCode) -> str:
+    return "refused as busy" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "cut off"

@@ -19,6 +19,7 @@ from builder.executor.outputs import CollectedOutput
 from builder.executor.request import BuildRequest
 from builder.executor.service import BuildOutcome, Event, EventSink, Started
 from builder.remote.client import RemoteBuilder
+from builder.remote.retry import DEFAULT_RETRY, RetryPolicy
 
 
 class RemoteBuildExecutor:
@@ -31,10 +32,11 @@ class RemoteBuildExecutor:
         job_slots: int | None = None,
         build_cores: int | None = None,
         reporters: TransferReporters | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.blobs = blobs
         self.directories = directories
-        self._remote = RemoteBuilder(address, security, reporters)
+        self._remote = RemoteBuilder(address, security, reporters, retry)
         self._job_slots = job_slots or os.cpu_count() or 1
         self._build_cores = build_cores or os.cpu_count() or 1
 
@@ -70,8 +72,9 @@ class RemoteBuildExecutor:
                 request.outputs, outcome.outputs, outcome.response.outputs, strict=True
             )
         ]
-        build_id = started[0].build_id if started else ""
-        cached = bool(started and started[0].cached)
+        # A retried build started more than once; the last start is the one that finished.
+        build_id = started[-1].build_id if started else ""
+        cached = bool(started and started[-1].cached)
         return BuildOutcome(build_id, outputs, cached)
 
     def close(self) -> None:

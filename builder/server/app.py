@@ -5,6 +5,8 @@ optional TLS and token auth."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from functools import partial
 
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
@@ -21,6 +23,11 @@ from builder.store.store import Store
 logger = logging.getLogger(__name__)
 
 
+def default_node_name() -> str:
+    """``HOSTNAME:PID``: tells apart builders of one host as well as hosts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def create_server(
     store: Store,
     builds: BuildService,
@@ -30,6 +37,7 @@ def create_server(
     reserve_workers: int = DEFAULT_MAX_WORKERS,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
     metrics: ServerMetrics | None = None,
+    node_name: str | None = None,
 ) -> BoundServer:
     """Assemble the server with one thread per admitted build and log follower, plus
     ``reserve_workers``.
@@ -39,7 +47,8 @@ def create_server(
     are refused on arrival. Sizing the pool this way leaves the reserve to
     health, castore and other calls under any build load, instead of letting
     them wait behind builds. With ``metrics``, the server's calls and blob
-    traffic are counted into them.
+    traffic are counted into them. Build calls name ``node_name`` (default:
+    ``default_node_name()``) to their clients.
     """
     castore = partial(
         add_castore_services,
@@ -59,7 +68,7 @@ def create_server(
             castore,
             pathinfos,
             partial(add_result_cache_service, results=store.results),
-            partial(add_build_services, service=builds),
+            partial(add_build_services, service=builds, node_name=node_name or default_node_name()),
         ],
         listen,
         builds.capacity + builds.config.log_followers + reserve_workers,
@@ -79,12 +88,14 @@ def serve(
     shutdown_grace: float = DEFAULT_GRACE_SECONDS,
     metrics_address: MetricsAddress | None = None,
     store_url: str = "",
+    node_name: str | None = None,
 ) -> None:
     """Serve until signalled; with ``metrics_address``, Prometheus metrics there too.
 
     ``store_url`` is how the start line names the store.
     """
     metrics = ServerMetrics(builds) if metrics_address else None
+    node_name = node_name or default_node_name()
     bound = create_server(
         store,
         builds,
@@ -93,6 +104,7 @@ def serve(
         token,
         max_directory_entries=max_directory_entries,
         metrics=metrics,
+        node_name=node_name,
     )
     exporter = MetricsServer(metrics, metrics_address) if metrics and metrics_address else None
     logger.info(
@@ -105,6 +117,7 @@ def serve(
             "queue": builds.config.queue_length,
             "tls": tls is not None,
             "token": token is not None,
+            "node": node_name,
         },
     )
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from builder.castore.grpc.metadata import NODE_KEY
 from builder.errors import CommandFailedError
 from builder.executor.cancel import CancelToken
 from builder.executor.reporting import BuildReport, Caller, reported_build
@@ -30,6 +31,10 @@ def _cancel_on_hangup(context: grpc.ServicerContext) -> CancelToken:
     cancel = CancelToken()
     context.add_callback(cancel.cancel)
     return cancel
+
+
+def _name_node(context: grpc.ServicerContext, node_name: str) -> None:
+    context.send_initial_metadata(((NODE_KEY, node_name),))
 
 
 def _caller(context: grpc.ServicerContext, family: str) -> Caller:
@@ -54,13 +59,16 @@ class BuildServicer:
         name: str,
         family: str,
         respond: Callable[[Any, BuildOutcome], Any],
+        node_name: str,
     ) -> None:
         self._service = service
+        self._node_name = node_name
         self._method = f"/{name}/DoBuild"
         self._family = family
         self._respond = respond
 
     def DoBuild(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _name_node(context, self._node_name)
         build_id = new_build_id()
         with (
             translated_errors(context, self._method, f"build {build_id}"),
@@ -96,11 +104,13 @@ def _failed_event(error: CommandFailedError) -> Any:
 
 
 class BuildEventsServicer(events_grpc.BuildEventsServicer):
-    def __init__(self, service: BuildService) -> None:
+    def __init__(self, service: BuildService, node_name: str) -> None:
         self._service = service
+        self._node_name = node_name
 
     def StreamBuild(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         method = f"/{EVENTS_SERVICE}/StreamBuild"
+        _name_node(context, self._node_name)
         build_id = new_build_id()
         subject = f"build {build_id}"
         with (
@@ -167,22 +177,30 @@ class BuildEventsServicer(events_grpc.BuildEventsServicer):
             yield _log_chunk(data)
 
 
-def add_build_services(server: grpc.Server, service: BuildService) -> list[str]:
-    """Register both families' BuildService and BuildEvents; return their full names."""
+def add_build_services(server: grpc.Server, service: BuildService, node_name: str) -> list[str]:
+    """Register both families' BuildService and BuildEvents; return their full names.
+
+    Build calls name ``node_name`` in their initial metadata.
+    """
     tvix_rpc.add_BuildServiceServicer_to_server(
         BuildServicer(
             service,
             TVIX_SERVICE,
             "tvix",
             lambda request, outcome: tvix_response(request, outcome.outputs),
+            node_name,
         ),
         server,
     )
     snix_rpc.add_BuildServiceServicer_to_server(
         BuildServicer(
-            service, SNIX_SERVICE, "snix", lambda request, outcome: snix_response(outcome.outputs)
+            service,
+            SNIX_SERVICE,
+            "snix",
+            lambda request, outcome: snix_response(outcome.outputs),
+            node_name,
         ),
         server,
     )
-    events_grpc.add_BuildEventsServicer_to_server(BuildEventsServicer(service), server)
+    events_grpc.add_BuildEventsServicer_to_server(BuildEventsServicer(service, node_name), server)
     return [TVIX_SERVICE, SNIX_SERVICE, EVENTS_SERVICE]

@@ -74,7 +74,7 @@ def fleet(s3: CountingS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def _client(fleet: list[Builder]) -> RemoteBuilder:
     """One client for the whole fleet: every builder's address, comma-separated."""
-    return RemoteBuilder(",".join(b.url for b in fleet))
+    return RemoteBuilder("grpc+http://" + ",".join(b.address for b in fleet))
 
 
 def _local_input(tree: Path) -> tuple[MemoryBlobService, MemoryDirectoryService, Any]:

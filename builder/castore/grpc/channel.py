@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from builder.castore.grpc.endpoint import HTTPS_SCHEME, parse_client_endpoint
@@ -19,8 +21,24 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
 ]
 
+# An address may stand for several builders (a list, or a DNS name with several
+# records): each call goes to the next one that is connected and reports
+# SERVING on the standard health service, so a draining or dead builder gets
+# no new calls. A server without the health service counts as healthy.
+SPREADING_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+
+CLIENT_OPTIONS: list[tuple[str, int | str]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.service_config", SPREADING_SERVICE_CONFIG),
+    # A service config published in DNS TXT records must not replace ours.
+    ("grpc.service_config_disable_resolution", 1),
+]
+
 
 def open_channel(url: str, security: ChannelSecurity | None = None) -> grpc.Channel:
+    """A channel to every builder ``url`` names (forms: ``parse_client_endpoint``)."""
     endpoint = parse_client_endpoint(url)
     security = security or ChannelSecurity()
     if endpoint.tls:
@@ -29,11 +47,11 @@ def open_channel(url: str, security: ChannelSecurity | None = None) -> grpc.Chan
             private_key=security.client_key,
             certificate_chain=security.client_cert,
         )
-        channel = grpc.secure_channel(endpoint.target, credentials, options=CHANNEL_OPTIONS)
+        channel = grpc.secure_channel(endpoint.target, credentials, options=CLIENT_OPTIONS)
     elif security.root_certificates or security.client_key or security.client_cert:
         raise InvalidArgumentError(f"{url!r}: TLS settings need a {HTTPS_SCHEME}:// address")
     else:
-        channel = grpc.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(endpoint.target, options=CLIENT_OPTIONS)
     if security.token:
         channel = grpc.intercept_channel(channel, BearerToken(security.token))
     return channel

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -11,6 +12,11 @@ from builder.errors import InvalidArgumentError
 UNIX_SCHEME = "grpc+unix"
 HTTP_SCHEME = "grpc+http"
 HTTPS_SCHEME = "grpc+https"
+DNS_SCHEME = "grpc+dns"
+
+# A client's address list is its own configuration, but one mistyped
+# without a comma bound could still open thousands of connections.
+MAX_CLIENT_ADDRESSES = 64
 
 # Schemes people carry over from gRPC's own target syntax and other tools,
 # and the one of ours each stands for.
@@ -78,13 +84,78 @@ def did_you_mean(address: str) -> str:
 
 
 def parse_client_endpoint(url: str) -> Endpoint:
-    """``parse_endpoint`` plus ``grpc+https://host:port``, which only a client can dial.
+    """What a client may dial: ``parse_endpoint``'s forms, TLS, lists and DNS names.
 
-    Servers keep to ``parse_endpoint``: whether a listener speaks TLS is
-    decided by the certificate it is given, not by the URL.
+    - ``grpc+https://host:port``: TLS. Servers keep to ``parse_endpoint``:
+      whether a listener speaks TLS is decided by its certificate, not its URL.
+    - ``grpc+http://10.0.0.1:8000,10.0.0.2:8000`` (or ``grpc+https://``): several
+      builders by IP address, one family per list, as gRPC's ``ipv4:`` and
+      ``ipv6:`` targets require.
+    - ``grpc+unix:///run/a.sock,/run/b.sock``: several local builders.
+    - ``grpc+dns:///host:port``: every address the name resolves to, re-resolved
+      as connections fail. Plain text only; for TLS, ``grpc+https://host:port``
+      resolves a name the same way.
+
+    The channel spreads calls over all addresses (see ``channel.py``).
     """
+    scheme, separator, rest = url.partition("://")
+    if scheme not in (UNIX_SCHEME, HTTP_SCHEME, HTTPS_SCHEME, DNS_SCHEME):
+        raise InvalidArgumentError(
+            f"{url!r}: unsupported scheme {urlsplit(url).scheme!r}, expected {UNIX_SCHEME}, "
+            f"{HTTP_SCHEME}, {HTTPS_SCHEME} or {DNS_SCHEME}{did_you_mean(url)}"
+        )
+    if scheme == DNS_SCHEME:
+        return _dns_endpoint(url, rest)
+    items = rest.split(",") if separator else [rest]
+    if len(items) == 1:
+        return _single_client_endpoint(url)
+    if len(items) > MAX_CLIENT_ADDRESSES:
+        raise InvalidArgumentError(
+            f"{url!r}: {len(items)} addresses, at most {MAX_CLIENT_ADDRESSES} are allowed"
+        )
+    if "" in items:
+        raise InvalidArgumentError(f"{url!r}: an empty address in the comma-separated list")
+    try:
+        endpoints = [_single_client_endpoint(f"{scheme}://{item}") for item in items]
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{url!r}: {exc}") from exc
+    if scheme == UNIX_SCHEME:
+        paths = [e.unix_path for e in endpoints]
+        return Endpoint(url, "unix:" + ",".join(p for p in paths if p is not None))
+    return Endpoint(url, _ip_list_target(url, [e.target for e in endpoints]), tls=endpoints[0].tls)
+
+
+def _single_client_endpoint(url: str) -> Endpoint:
     parts = urlsplit(url)
     if parts.scheme != HTTPS_SCHEME:
         return parse_endpoint(url)
     plain = parse_endpoint(parts._replace(scheme=HTTP_SCHEME).geturl())
     return Endpoint(url, plain.target, tls=True)
+
+
+def _dns_endpoint(url: str, rest: str) -> Endpoint:
+    name = rest.removeprefix("/")
+    if not rest.startswith("/") or not _HOST_PORT.fullmatch(name) or name.startswith("["):
+        raise InvalidArgumentError(
+            f"{url!r}: expected {DNS_SCHEME}:///HOST:PORT (one DNS name, no server authority)"
+        )
+    return Endpoint(url, f"dns:///{name}")
+
+
+def _ip_list_target(url: str, targets: list[str]) -> str:
+    """gRPC's ``ipv4:a:p,b:p`` or ``ipv6:[a]:p,[b]:p`` for a list of ``host:port``."""
+    versions = set()
+    for target in targets:
+        host = target.rpartition(":")[0].strip("[]")
+        try:
+            versions.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{url!r}: {host!r} is a name; a list of several builders takes IP addresses "
+                f"(or give one name that resolves to them all: {DNS_SCHEME}:///NAME:PORT)"
+            ) from None
+    if len(versions) > 1:
+        raise InvalidArgumentError(
+            f"{url!r}: IPv4 and IPv6 addresses mixed; a list takes one family"
+        )
+    return f"ipv{versions.pop()}:" + ",".join(targets)

@@ -53,7 +53,9 @@ ERROR_OF_CODE: dict[grpc.StatusCode, type[BuilderError]] = {
 # How gRPC's C core words a channel that could not connect: the last address
 # tried, then a chain of its own error names before the system's reason.
 _CONNECT_FAILED = re.compile(
-    r"failed to connect to all addresses; last error: [A-Z_]+: "
+    # The first wording is pick_first's, the second round_robin's (see channel.py).
+    r"(?:failed to connect to all addresses|connections to all backends failing); "
+    r"last error: [A-Z_]+: "
     r"(?P<address>.+?): (?:.*error: )?(?P<reason>[^:]+)"
 )
 
