@@ -132,6 +132,7 @@ class Builder:
     def __init__(self, root: Path, s3: CountingS3, bucket: str, *options: str) -> None:
         root.mkdir(parents=True)
         self.root = root
+        self.bucket = bucket
         store = root / "store.toml"
         store.write_text(deployed_composition(bucket, root / "data"))
         self.log_path = root / "server.log"

@@ -151,8 +151,7 @@ def test_a_builder_started_later_serves_inputs_uploaded_to_another(
     s3: CountingS3, fleet: list[Builder], tree: Path, tmp_path: Path
 ) -> None:
     entry = upload_input(fleet[2], tree)
-    bucket = fleet[2].root.joinpath("store.toml").read_text().split("s3://", 1)[1].split("/")[0]
-    late = Builder(tmp_path / "late", s3, bucket, "--jobs", "1")
+    late = Builder(tmp_path / "late", s3, fleet[2].bucket, "--jobs", "1")
     try:
         request = build_request(entry, f"late-{TOKEN}", COPY)
         response = snix_rpc.BuildServiceStub(late.channel).DoBuild(request, timeout=120)
