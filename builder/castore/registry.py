@@ -16,7 +16,6 @@ BLOB_BACKEND_MODULES = (
     "builder.castore.blobs.objectstore",
     "builder.castore.blobs.grpc",
     "builder.castore.blobs.combined",
-    "builder.castore.blobs.cache",
 )
 DIRECTORY_BACKEND_MODULES = (
     "builder.castore.directories.memory",

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from builder.castore.blobs.cache import CacheBlobService
 from builder.castore.blobs.combined import CombinedBlobService
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.memory import MemoryBlobService
@@ -38,9 +37,6 @@ BLOB_BACKENDS: dict[str, BlobFactory] = {
     "fs": lambda tmp: _closing(FsBlobService(tmp / "blobs")),
     "combined": lambda tmp: _closing(
         CombinedBlobService(MemoryBlobService(), FsBlobService(tmp / "far"))
-    ),
-    "cache": lambda tmp: _closing(
-        CacheBlobService(MemoryBlobService(), FsBlobService(tmp / "far"))
     ),
 }
 

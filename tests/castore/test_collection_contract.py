@@ -1,6 +1,6 @@
 """The collection contract every local blob and directory backend honours.
 
-Composite backends (combined and both cache types) and the gRPC ones are not collectable:
+Composite backends (combined, cache) and the gRPC ones are not collectable:
 a collection runs where the store is, on the backends that hold the data.
 """
 
@@ -28,7 +28,6 @@ from tests.waiting import wait_for
 
 NOT_COLLECTABLE = {
     "CombinedBlobService",
-    "CacheBlobService",
     "CacheDirectoryService",
     "GrpcBlobService",
     "GrpcDirectoryService",

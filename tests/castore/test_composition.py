@@ -276,7 +276,13 @@ def test_a_configuration_without_a_pathinfo_root_is_refused(tmp_path: Path) -> N
     ("url", "pathinfo_type"),
     [("memory://", "memory"), ("objectstore+memory://", "objectstore"), ("grpc+unix:///s", "grpc")],
 )
-def test_a_store_url_names_all_three_services(url: str, pathinfo_type: str) -> None:
+def test_a_store_url_names_every_service(url: str, pathinfo_type: str) -> None:
     config = store_config(url, DEFAULT_REGISTRY)
-    assert set(config) == {"blobservices", "directoryservices", "pathinfoservices"}
+    assert set(config) == {
+        "blobservices",
+        "directoryservices",
+        "pathinfoservices",
+        "resultcaches",
+    }
     assert config["pathinfoservices"]["root"]["type"] == pathinfo_type
+    assert config["resultcaches"]["root"]["type"] == pathinfo_type

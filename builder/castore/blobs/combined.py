@@ -1,4 +1,10 @@
-"""A near/far pair: writes go near, reads fall through to far and fill near."""
+"""A near/far pair: writes go to both, reads fall through to far and fill near.
+
+The far store is the one that counts: builders sharing it (a fleet on one
+bucket) find there what any of them wrote, so a write commits far first and a
+blob only near would be invisible to the rest. Near gets it too, so that the
+writer reads its own uploads and outputs without a round trip.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ class CombinedBlobService:
         return self.near.open_read(digest)
 
     def open_write(self) -> BlobWriter:
-        return self.near.open_write()
+        return _WriteBoth(self.near.open_write(), self.far.open_write())
 
     def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
         found = self.near.chunks(digest)
@@ -47,6 +53,35 @@ class CombinedBlobService:
     def close(self) -> None:
         self.near.close()
         self.far.close()
+
+
+class _WriteBoth:
+    """Streams each write to both writers; committed far first, so near never holds alone."""
+
+    def __init__(self, near: BlobWriter, far: BlobWriter) -> None:
+        self._near = near
+        self._far = far
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._far.write(data)
+        return self._near.write(data)
+
+    def close(self) -> Digest:
+        try:
+            digest = self._far.close()
+        except BaseException:
+            self._near.abort()
+            raise
+        near = self._near.close()
+        if near != digest:
+            raise IntegrityError(f"near store committed blob {near}, far store {digest}")
+        return digest
+
+    def abort(self) -> None:
+        try:
+            self._far.abort()
+        finally:
+            self._near.abort()
 
 
 def _build(params: Params) -> CombinedBlobService:

@@ -82,7 +82,13 @@ def decode_result(data: bytes, where: str) -> build_pb2.Build:
 
 
 def result_nodes(build: build_pb2.Build, where: str) -> tuple[Node, ...]:
-    """The output nodes of ``build``, which has exactly one needle list per output."""
+    """The output nodes of ``build``, which has exactly one needle list per output.
+
+    The request is the key; a copy inside would only be bytes a shared store
+    or peer could make every reader carry.
+    """
+    if build.HasField("build_request"):
+        raise InvalidArgumentError(f"{where}.build_request: a result carries no request")
     if len(build.outputs_needles) != len(build.outputs):
         raise InvalidArgumentError(
             f"{where}: {len(build.outputs)} outputs but {len(build.outputs_needles)} needle lists"
