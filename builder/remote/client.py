@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -57,12 +57,12 @@ class RemoteOutcome:
     builder: str = UNKNOWN_NODE
     """The node name of the builder that answered."""
     retries: int = 0
-    failed_on: list[str] = field(default_factory=list)
+    failed_on: tuple[str, ...] = ()
     """Builders that refused or lost the build before, in order."""
 
 
 class _Retryable(Exception):
-    """An attempt refused or cut off in a way another builder may not repeat."""
+    """An attempt refused or cut off for reasons of its builder, not of the request."""
 
     def __init__(self, error: Exception, builder: str, code: grpc.StatusCode) -> None:
         super().__init__(str(error))
@@ -85,7 +85,7 @@ class RemoteBuilder:
         self.address = address
         self._reporters = reporters
         self._retry = retry
-        self._channel = open_channel(address, security)
+        self._channel = open_channel(address, security, health_checked=True)
         self.castore = Castore(
             GrpcBlobService(address, Family.SNIX, security),
             GrpcDirectoryService(address, Family.SNIX, security),
@@ -139,30 +139,22 @@ class RemoteBuilder:
             except _Retryable as refused:
                 failed_on.append(refused.builder)
                 delay = budget.next_delay()
+                fields = {"builder": refused.builder, "code": refused.code.name}
                 if delay is None:
                     logger.warning(
-                        "build %s by builder %s; no retries left",
-                        _what_happened(refused.code),
+                        "build attempt on builder %s failed: %s; no retries left",
                         refused.builder,
-                        extra={
-                            "builder": refused.builder,
-                            "code": refused.code.name,
-                            "retries": budget.used,
-                        },
+                        refused.error,
+                        extra={**fields, "retries": budget.used},
                     )
                     raise refused.error from refused.error.__cause__
                 logger.warning(
-                    "build %s by builder %s; retry %d in %.1f s",
-                    _what_happened(refused.code),
+                    "build attempt on builder %s failed: %s; retry %d in %.1f s",
                     refused.builder,
+                    refused.error,
                     budget.used,
                     delay,
-                    extra={
-                        "builder": refused.builder,
-                        "code": refused.code.name,
-                        "retry": budget.used,
-                        "delay_seconds": round(delay, 3),
-                    },
+                    extra={**fields, "retry": budget.used, "delay_seconds": round(delay, 3)},
                 )
                 pause(delay, cancel)
                 if cancel is not None and cancel.cancelled:
@@ -174,7 +166,7 @@ class RemoteBuilder:
                 extra={"builder": outcome.builder, "retries": budget.used},
             )
             return RemoteOutcome(
-                outcome.response, outcome.outputs, outcome.builder, budget.used, failed_on
+                outcome.response, outcome.outputs, outcome.builder, budget.used, tuple(failed_on)
             )
 
     def _attempt(
@@ -248,7 +240,3 @@ def _node_of(call: Any) -> str:
         if key == NODE_KEY:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return UNKNOWN_NODE
-
-
-def _what_happened(code: grpc.StatusCode) -> str:
-    return "refused as busy" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "cut off"

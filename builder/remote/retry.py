@@ -26,6 +26,7 @@ class RetryPolicy:
     first_delay: float = 0.5
     """Pause before the first retry, in seconds; it doubles each time."""
     max_delay: float = 15.0
+    """Longest pause, in seconds: a fleet that is busy for long is asked again at this pace."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:

@@ -21,6 +21,8 @@ MAX_CLIENT_ADDRESSES = 64
 # Schemes people carry over from gRPC's own target syntax and other tools,
 # and the one of ours each stands for.
 _UNPREFIXED = {"http": HTTP_SCHEME, "https": HTTPS_SCHEME, "grpc": HTTP_SCHEME}
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+_TLS_NAME_QUERY = "tls_name="
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]+")
 
 
@@ -32,6 +34,8 @@ class Endpoint:
     target: str
     unix_path: str | None = None
     tls: bool = False
+    tls_name: str | None = None
+    """The name every server's certificate must carry, when ``target`` names none."""
 
 
 def parse_endpoint(url: str) -> Endpoint:
@@ -88,9 +92,10 @@ def parse_client_endpoint(url: str) -> Endpoint:
 
     - ``grpc+https://host:port``: TLS. Servers keep to ``parse_endpoint``:
       whether a listener speaks TLS is decided by its certificate, not its URL.
-    - ``grpc+http://10.0.0.1:8000,10.0.0.2:8000`` (or ``grpc+https://``): several
-      builders by IP address, one family per list, as gRPC's ``ipv4:`` and
-      ``ipv6:`` targets require.
+    - ``grpc+http://10.0.0.1:8000,10.0.0.2:8000``: several builders by IP
+      address, one family per list, as gRPC's ``ipv4:`` and ``ipv6:`` targets
+      require. Over TLS, ``grpc+https://10.0.0.1:443,...?tls_name=NAME``: an IP
+      list names no host to check certificates by, so all must carry NAME.
     - ``grpc+unix:///run/a.sock,/run/b.sock``: several local builders.
     - ``grpc+dns:///host:port``: every address the name resolves to, re-resolved
       as connections fail. Plain text only; for TLS, ``grpc+https://host:port``
@@ -106,8 +111,20 @@ def parse_client_endpoint(url: str) -> Endpoint:
         )
     if scheme == DNS_SCHEME:
         return _dns_endpoint(url, rest)
+    tls_name = None
+    if scheme == HTTPS_SCHEME and "?" in rest:
+        rest, _, query = rest.partition("?")
+        tls_name = query.removeprefix(_TLS_NAME_QUERY)
+        if not query.startswith(_TLS_NAME_QUERY) or not _HOST_NAME.fullmatch(tls_name):
+            raise InvalidArgumentError(
+                f"{url!r}: the only query is ?{_TLS_NAME_QUERY}NAME, a host name"
+            )
     items = rest.split(",") if separator else [rest]
     if len(items) == 1:
+        if tls_name is not None:
+            raise InvalidArgumentError(
+                f"{url!r}: {_TLS_NAME_QUERY} is for a list; one address is checked by its host"
+            )
         return _single_client_endpoint(url)
     if len(items) > MAX_CLIENT_ADDRESSES:
         raise InvalidArgumentError(
@@ -122,7 +139,13 @@ def parse_client_endpoint(url: str) -> Endpoint:
     if scheme == UNIX_SCHEME:
         paths = [e.unix_path for e in endpoints]
         return Endpoint(url, "unix:" + ",".join(p for p in paths if p is not None))
-    return Endpoint(url, _ip_list_target(url, [e.target for e in endpoints]), tls=endpoints[0].tls)
+    target = _ip_list_target(url, [e.target for e in endpoints])
+    if scheme == HTTPS_SCHEME and tls_name is None:
+        raise InvalidArgumentError(
+            f"{url!r}: a list over TLS needs ?{_TLS_NAME_QUERY}NAME, the host name every "
+            "builder's certificate carries"
+        )
+    return Endpoint(url, target, tls=scheme == HTTPS_SCHEME, tls_name=tls_name)
 
 
 def _single_client_endpoint(url: str) -> Endpoint:

@@ -58,6 +58,10 @@ _CONNECT_FAILED = re.compile(
     r"last error: [A-Z_]+: "
     r"(?P<address>.+?): (?:.*error: )?(?P<reason>[^:]+)"
 )
+# How it words a build channel whose servers all answer NOT_SERVING on health.
+_NONE_HEALTHY = re.compile(
+    r"connections to all backends failing; last error: (?P<address>.+?): backend unhealthy"
+)
 
 
 def status_code_of(error: grpc.RpcError) -> grpc.StatusCode:
@@ -80,6 +84,12 @@ def error_from_rpc(error: grpc.RpcError) -> BuilderError:
 
 def readable_details(details: str) -> str:
     """The server's message, with gRPC's own wording of a failed connection made short."""
+    unhealthy = _NONE_HEALTHY.fullmatch(details)
+    if unhealthy is not None:
+        return (
+            f"no server is serving builds; {unhealthy['address']}, the last tried, "
+            "is draining or unhealthy"
+        )
     failed = _CONNECT_FAILED.fullmatch(details)
     if failed is None:
         return details
