@@ -31,6 +31,7 @@ from builder.remote.retry import RetryPolicy
 from builder.server.app import create_server
 from builder.server.assembly import BoundServer
 from builder.store.pathinfos.sqlite import SqlitePathInfoService
+from builder.store.results.memory import MemoryResultCache
 from builder.store.store import Store
 from sandbox import Launcher
 from tests.isolation import sleep_marker
@@ -80,13 +81,17 @@ def fleet_of(
     blobs = FsBlobService(tmp / "blobs")
     directories = SqliteDirectoryService(tmp / "directories")
     pathinfos = SqlitePathInfoService(tmp / "pathinfo.sqlite")
-    store = Store(blobs, directories, pathinfos, Composition({}, Registry()))
+    store = Store(blobs, directories, pathinfos, MemoryResultCache(), Composition({}, Registry()))
     with ExitStack() as stack:
         stack.callback(pathinfos.close)
         nodes = []
         for i in range(count):
             service = BuildService(
-                BuildConfig(work_dir=tmp / f"work-{i}", **config), blobs, directories, launcher
+                BuildConfig(work_dir=tmp / f"work-{i}", **config),
+                blobs,
+                directories,
+                launcher,
+                store.results,
             )
             stack.callback(service.close)
             bound = create_server(store, service, [listen(i)], node_name=f"node-{i}")
