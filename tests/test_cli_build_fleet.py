@@ -127,10 +127,13 @@ def test_a_build_cut_off_by_a_killed_builder_completes_on_another(tmp_path: Path
     survivor = next(s for s in servers if s is not victim)
     victim_name = f"node-{servers.index(victim)}"
     survivor_name = f"node-{servers.index(survivor)}"
-    cut_off = [r for r in records if r.get("code") == "UNAVAILABLE"]
-    assert [r["builder"] for r in cut_off] == [victim_name], stderr.decode()
+    cut_off = [r["builder"] for r in records if r.get("code") == "UNAVAILABLE"]
+    # Should the survivor's connection still be coming up, a retry finds no builder
+    # ("unknown") and the next one tries again.
+    assert cut_off[0] == victim_name, stderr.decode()
+    assert set(cut_off[1:]) <= {"unknown"}, stderr.decode()
     done = [r for r in records if r.get("message", "").startswith("build done")]
-    assert [(r["builder"], r["retries"]) for r in done] == [(survivor_name, 1)], stderr.decode()
+    assert [(r["builder"], r["retries"]) for r in done] == [(survivor_name, len(cut_off))]
     assert stdout
 
 
