@@ -18,13 +18,13 @@ from typing import Protocol
 from builder.castore.blobs.service import BlobService
 from builder.castore.collection import Leases
 from builder.castore.directories.service import DirectoryService
+from builder.castore.hit_counts import HitCounts
 from builder.errors import ResourceExhaustedError
 from builder.executor.admission import Admission
 from builder.executor.cancel import CancelToken
 from builder.executor.config import BuildConfig
 from builder.executor.constraints import check_constraints
 from builder.executor.draining import Draining
-from builder.executor.hit_counts import HitCounts
 from builder.executor.inputs import check_input_sizes, missing_inputs, require_inputs
 from builder.executor.logs import LogStore
 from builder.executor.matcache.cache import MaterialisationCache

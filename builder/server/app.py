@@ -9,6 +9,7 @@ import os
 import socket
 from functools import partial
 
+from builder.castore.hit_counts import NearCacheCounted
 from builder.castore.objectstore_url import address_for_logs
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
 from builder.executor.service import BuildService
@@ -95,7 +96,12 @@ def serve(
 
     ``store_url`` is how the start line names the store.
     """
-    metrics = ServerMetrics(builds) if metrics_address else None
+    near_caches = {
+        name: service.near_counts
+        for name, service in (("blobs", store.blobs), ("directories", store.directories))
+        if isinstance(service, NearCacheCounted)
+    }
+    metrics = ServerMetrics(builds, near_caches) if metrics_address else None
     node_name = node_name or default_node_name()
     bound = create_server(
         store,

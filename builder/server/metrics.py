@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -37,6 +37,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from builder.castore.hit_counts import HitCounts
 from builder.errors import InvalidArgumentError, UnavailableError
 from builder.executor.outcome import Outcome
 from builder.executor.service import BuildService
@@ -74,7 +75,9 @@ four-hour wall-time limit and past it, roughly two to three buckets a decade."""
 class ServerMetrics:
     """The metrics of one server over its build service; a ``BuildObserver`` of it."""
 
-    def __init__(self, builds: BuildService) -> None:
+    def __init__(
+        self, builds: BuildService, near_caches: Mapping[str, HitCounts] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.traffic = BlobTraffic()
         ProcessCollector(registry=self.registry)
@@ -122,7 +125,7 @@ class ServerMetrics:
             "Job slots of the build service (--jobs).",
             registry=self.registry,
         ).set(builds.job_slots)
-        self.registry.register(_CountsCollector(builds, self.traffic))
+        self.registry.register(_CountsCollector(builds, self.traffic, near_caches or {}))
         builds.observe(self)
 
     def build_started(self) -> None:
@@ -139,9 +142,12 @@ class ServerMetrics:
 class _CountsCollector(Collector):
     """Counts the build service and the servicers keep themselves, read at each scrape."""
 
-    def __init__(self, builds: BuildService, traffic: BlobTraffic) -> None:
+    def __init__(
+        self, builds: BuildService, traffic: BlobTraffic, near_caches: Mapping[str, HitCounts]
+    ) -> None:
         self._builds = builds
         self._traffic = traffic
+        self._near_caches = near_caches
 
     def collect(self) -> Iterator[Metric]:
         traffic = self._traffic
@@ -192,6 +198,23 @@ class _CountsCollector(Collector):
             "Build inputs that had to be materialised (or waited for another build's fill).",
             value=cache.misses,
         )
+        if self._near_caches:
+            hits = CounterMetricFamily(
+                "builder_near_cache_hits",
+                "Reads a near/far store answered from its near store (combined blobs, "
+                "cache directories).",
+                labels=["cache"],
+            )
+            misses = CounterMetricFamily(
+                "builder_near_cache_misses",
+                "Reads a near/far store had to send to its far store.",
+                labels=["cache"],
+            )
+            for name, counts in self._near_caches.items():
+                hits.add_metric([name], counts.hits)
+                misses.add_metric([name], counts.misses)
+            yield hits
+            yield misses
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ the builders by a fixed number of concurrent callers, and times them (cold
 pass). The same requests are then sent again, each to the next builder over,
 so that with two or more builders every answer is a result another builder
 recorded (cached pass). Printed per size: builds/s of both passes, the
-materialisation cache and result cache hit rates from the builders' metrics,
+materialisation cache, near cache (blobs and directories, cold pass) and result
+cache hit rates from the builders' metrics,
 and S3 requests per build by method and store prefix, counted at the S3
 server.
 
@@ -98,6 +99,27 @@ def rate(hits: float, misses: float) -> str:
     return f"{hits / total:6.1%} of {int(total)}" if total else "n/a"
 
 
+NearCounts = dict[str, tuple[float, float]]
+
+
+def near_counts(builders: list[Builder]) -> NearCounts:
+    """Hits and misses of the builders' near caches, by cache."""
+    return {
+        cache: (
+            summed(builders, f'builder_near_cache_hits_total{{cache="{cache}"}}'),
+            summed(builders, f'builder_near_cache_misses_total{{cache="{cache}"}}'),
+        )
+        for cache in ("blobs", "directories")
+    }
+
+
+def near_rates(before: NearCounts, after: NearCounts) -> str:
+    return ", ".join(
+        f"{cache} {rate(after[cache][0] - before[cache][0], after[cache][1] - before[cache][1])}"
+        for cache in after
+    )
+
+
 def per_build(counts: Counts, builds: int) -> str:
     """S3 requests per build, by method and prefix, busiest first."""
     busiest = sorted(counts.items(), key=lambda item: -item[1])
@@ -117,8 +139,10 @@ def measure(
         stubs = [snix_rpc.BuildServiceStub(b.channel) for b in fleet]
         requests = [build_request(entry, f"{size}-{i}", SCRIPT) for i in range(builds)]
         before = s3.counts()
+        near_before = near_counts(fleet)
         cold = run_all([build_call(stubs[i % size], r) for i, r in enumerate(requests)], callers)
         after_cold = s3.counts()
+        near_cold = near_rates(near_before, near_counts(fleet))
         cold_cache = (
             summed(fleet, "builder_materialisation_cache_hits_total"),
             summed(fleet, "builder_materialisation_cache_misses_total"),
@@ -143,6 +167,7 @@ def measure(
         "cold": builds / cold,
         "cached": builds / cached,
         "matcache": rate(*cold_cache),
+        "near": near_cold,
         "results": rate(*results),
         "s3_cold": per_build(after_cold - before, builds),
         "s3_cached": per_build(after_cached - after_cold, builds),
@@ -178,6 +203,7 @@ def main() -> None:
                 )
                 print(f"  builds started per builder: {figures['per_builder']}")
                 print(f"  materialisation cache hits, cold pass: {figures['matcache']}")
+                print(f"  near cache hits, cold pass:            {figures['near']}")
                 print(f"  result cache hits, cached pass:        {figures['results']}")
                 print(f"  S3 requests per build, cold:   {figures['s3_cold']}")
                 print(f"  S3 requests per build, cached: {figures['s3_cached']}")

@@ -156,7 +156,11 @@ def test_a_builder_started_later_serves_inputs_uploaded_to_another(
         request = build_request(entry, f"late-{TOKEN}", COPY)
         response = snix_rpc.BuildServiceStub(late.channel).DoBuild(request, timeout=120)
         assert builds_started(late) == 1
-        assert late.metrics()["builder_result_cache_hits_total"] == 0
+        metrics = late.metrics()
+        assert metrics["builder_result_cache_hits_total"] == 0
+        # Its near caches were empty: what it read of the input came from the bucket.
+        assert metrics['builder_near_cache_misses_total{cache="blobs"}'] > 0
+        assert metrics['builder_near_cache_misses_total{cache="directories"}'] > 0
         assert _output_bytes(late, response) == EXPECTED
     finally:
         late.stop()

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService, BlobWriter, ChunkMeta
 from builder.castore.composition import Backend, Params
 from builder.castore.digest import Digest
+from builder.castore.hit_counts import HitCounts
 from builder.errors import IntegrityError
 
 
@@ -21,12 +22,14 @@ class CombinedBlobService:
     def __init__(self, near: BlobService, far: BlobService) -> None:
         self.near = near
         self.far = far
+        self.near_counts = HitCounts()
 
     def has(self, digest: Digest) -> bool:
         return self.near.has(digest) or self.far.has(digest)
 
     def open_read(self, digest: Digest) -> BinaryIO | None:
         reader = self.near.open_read(digest)
+        self.near_counts.count(reader is not None)
         if reader is not None:
             return reader
         remote = self.far.open_read(digest)

@@ -9,6 +9,7 @@ from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
+from builder.castore.hit_counts import HitCounts
 from builder.errors import NotFoundError
 
 
@@ -16,9 +17,11 @@ class CacheDirectoryService(ClosureCommitting):
     def __init__(self, near: DirectoryService, far: DirectoryService) -> None:
         self.near = near
         self.far = far
+        self.near_counts = HitCounts()
 
     def get(self, digest: Digest) -> Directory | None:
         found = self.near.get(digest)
+        self.near_counts.count(found is not None)
         if found is not None:
             return found
         found = self.far.get(digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Protocol, runtime_checkable
 
 
 class HitCounts:
@@ -25,3 +26,10 @@ class HitCounts:
     @property
     def misses(self) -> int:
         return self._misses
+
+
+@runtime_checkable
+class NearCacheCounted(Protocol):
+    """A near/far service that counts how often its near store had what was read."""
+
+    near_counts: HitCounts
