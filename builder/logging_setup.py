@@ -24,9 +24,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 LEVELS: dict[str, int] = {
     "debug": logging.DEBUG,
@@ -90,6 +91,31 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _formatter(log_format: str) -> logging.Formatter:
+    return _DeferredFormatter(log_format)
+
+
+class _DeferredFormatter(logging.Formatter):
+    """Builds structlog's formatter when the first record is written.
+
+    Importing structlog (and the asyncio it imports) costs a process tens of
+    milliseconds, which a one-shot command that logs nothing need not pay.
+    A handler formats under its own lock, so one formatter is built at most.
+    """
+
+    def __init__(self, log_format: str) -> None:
+        super().__init__()
+        self._log_format = log_format
+        self._inner: structlog.stdlib.ProcessorFormatter | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._inner is None:
+            self._inner = _structlog_formatter(self._log_format)
+        return self._inner.format(record)
+
+
+def _structlog_formatter(log_format: str) -> structlog.stdlib.ProcessorFormatter:
+    import structlog
+
     renderers = {"text": _render_text, "json": _render_json, "plain": _render_plain}
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
