@@ -12,6 +12,7 @@ from functools import partial
 from builder.castore.hit_counts import NearCacheCounted
 from builder.castore.objectstore_url import address_for_logs
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES
+from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
 from builder.executor.service import BuildService
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, TlsConfig, assemble_server
 from builder.server.build_servicers import add_build_services
@@ -19,7 +20,7 @@ from builder.server.castore_server import add_castore_services
 from builder.server.metrics import MetricsAddress, MetricsServer, ServerMetrics
 from builder.server.pathinfo_servicers import add_pathinfo_services
 from builder.server.result_cache_servicer import add_result_cache_service
-from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
+from builder.server.running import run_until_signalled
 from builder.store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def serve(
     tls: TlsConfig | None = None,
     token: str | None = None,
     max_directory_entries: int = DEFAULT_MAX_DIRECTORY_ENTRIES,
-    shutdown_grace: float = DEFAULT_GRACE_SECONDS,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     metrics_address: MetricsAddress | None = None,
     store_url: str = "",
     node_name: str | None = None,

@@ -15,6 +15,7 @@ import grpc
 from builder.castore.blobs.service import BlobService
 from builder.castore.directories.service import DirectoryService
 from builder.castore.wire import DEFAULT_MAX_DIRECTORY_ENTRIES, Family
+from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
 from builder.server.assembly import DEFAULT_MAX_WORKERS, BoundServer, assemble_server
 from builder.server.blob_traffic import BlobTraffic
 from builder.server.castore_servicers import (
@@ -25,7 +26,7 @@ from builder.server.castore_servicers import (
 )
 from builder.server.pathinfo_servicers import add_pathinfo_services
 from builder.server.result_cache_servicer import add_result_cache_service
-from builder.server.running import DEFAULT_GRACE_SECONDS, run_until_signalled
+from builder.server.running import run_until_signalled
 from builder.store.results.service import ResultCache
 from builder.store.service import PathInfoService
 
@@ -98,7 +99,7 @@ def serve_castore(
     directories: DirectoryService,
     listen: list[str],
     max_workers: int = DEFAULT_MAX_WORKERS,
-    grace: float = DEFAULT_GRACE_SECONDS,
+    grace: float = DEFAULT_SHUTDOWN_GRACE,
     pathinfos: PathInfoService | None = None,
     results: ResultCache | None = None,
 ) -> None:

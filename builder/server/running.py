@@ -26,7 +26,6 @@ from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GRACE_SECONDS = DEFAULT_SHUTDOWN_GRACE
 # How long calls in flight get once builds have ended, when the grace is spent.
 REPLY_SECONDS = 2.0
 # How long cancelled builds get to end (their processes killed) before the server stops anyway.
@@ -65,7 +64,7 @@ class _Signals:
 def run_until_signalled(
     server: grpc.Server,
     checker: health.HealthServicer | None = None,
-    grace: float = DEFAULT_GRACE_SECONDS,
+    grace: float = DEFAULT_SHUTDOWN_GRACE,
     builds: DrainableBuilds | None = None,
 ) -> None:
     """Start the server, and drain and stop it on SIGTERM or SIGINT (see the module)."""
