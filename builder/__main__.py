@@ -1,5 +1,5 @@
 """``python -m builder``: the same entry point as the ``builder`` command."""
 
-from builder.cli import main
+from builder.cli import run
 
-raise SystemExit(main())
+run()

@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE
 from builder.castore.digest import Digest
@@ -34,6 +34,7 @@ from builder.executor.cancel import signals_cancel
 from builder.executor.draining import DEFAULT_SHUTDOWN_GRACE
 from builder.gc.collector import DEFAULT_MIN_AGE
 from builder.logging_setup import FORMATS, LEVELS, configure_logging
+from builder.process_end import end_process
 from builder.remote.retry import DEFAULT_RETRY, RetryPolicy
 from builder.store.store import DATA_DIR_ENV, Store, default_data_dir
 
@@ -1118,6 +1119,11 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     _log_options_everywhere(parser)
     return parser
+
+
+def run() -> NoReturn:
+    """The ``builder`` command: ``main`` on the process's arguments, its status the exit status."""
+    end_process(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,12 +5,14 @@ specific failures (EPERM when a namespace is unavailable, EBUSY on cleanup).
 """
 
 import ctypes
-import ctypes.util
 import os
 
 from sandbox.errors import SyscallError
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own symbols include libc's: looking libc up by name
+# (ctypes.util.find_library) would run ``ldconfig -p`` in every process that
+# imports this module, the launcher included.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 CLONE_NEWNS = 0x00020000
@@ -188,7 +190,7 @@ def set_seccomp_filter(program: bytes) -> None:
 _SYS_CLONE = 56
 _SIGCHLD = 17
 # Called through PyDLL so the GIL stays held across clone, as os.fork does.
-_libc_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
 _libc_gil.syscall.restype = ctypes.c_long
 _python = ctypes.pythonapi
 

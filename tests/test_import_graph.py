@@ -233,6 +233,7 @@ def test_nix_serve_sits_on_nix_store_executor_and_remote() -> None:
             "builder.castore",
             "builder.errors",
             "builder.logging_setup",
+            "builder.process_end",
         ),
     )
     assert not offending, "\n".join(offending)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from builder.nixserve.handoff_relay import relay
 from builder.nixserve.handshake import handshake
 from builder.nixserve.options import parse_options
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
+from builder.process_end import end_process
 
 
 def _private_descriptors() -> tuple[int, int]:
@@ -36,6 +38,11 @@ def _private_descriptors() -> tuple[int, int]:
     os.dup2(null, 0)
     os.close(null)
     return protocol_in, protocol_out
+
+
+def run() -> NoReturn:
+    """The ``builder-nix-serve`` command: ``main``'s status is the process's exit status."""
+    end_process(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,13 +78,19 @@ def _top_level_imports(path: Path) -> set[str]:
 
 def test_entry_loads_only_the_standard_library_and_the_framing() -> None:
     """What runs before the handshake: the entry module and what it imports at the top."""
-    modules = ("main", "options", "wire", "handshake", "handoff_relay")
-    ours = {f"builder.nixserve.{module}" for module in modules}
+    modules = [
+        "builder.nixserve.main",
+        "builder.nixserve.options",
+        "builder.nixserve.wire",
+        "builder.nixserve.handshake",
+        "builder.nixserve.handoff_relay",
+        "builder.process_end",
+    ]
     for module in modules:
-        imported = _top_level_imports(ROOT / "builder" / "nixserve" / f"{module}.py")
+        path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
         foreign = {
             name
-            for name in imported - ours
+            for name in _top_level_imports(path) - set(modules)
             if name != "__future__" and name.split(".")[0] not in sys.stdlib_module_names
         }
-        assert not foreign, f"builder/nixserve/{module}.py imports {sorted(foreign)} at the top"
+        assert not foreign, f"{module} imports {sorted(foreign)} at the top"
