@@ -13,10 +13,14 @@ in the same process.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from typing import NoReturn
+
+# The Nix relay imports this before its handshake, and loads neither typing
+# nor logging: the annotation needs typing only when checked.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # The status of a process whose output could not be delivered (the reader
 # closed the pipe): the command's own status would claim it was.
@@ -24,8 +28,13 @@ UNDELIVERED = 1
 
 
 def end_process(status: int) -> NoReturn:
-    """Exit with ``status`` once everything written so far is out of the process."""
-    logging.shutdown()
+    """Exit with ``status`` once everything written so far is out of the process.
+
+    Log handlers are flushed only where logging was loaded at all.
+    """
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -17,13 +17,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from builder.nixserve.handoff_relay import relay
 from builder.nixserve.handshake import handshake
 from builder.nixserve.options import parse_options
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
 from builder.process_end import end_process
+
+# Nothing before the handshake loads typing (see builder.process_end).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def _private_descriptors() -> tuple[int, int]:

@@ -94,3 +94,15 @@ def test_entry_loads_only_the_standard_library_and_the_framing() -> None:
             if name != "__future__" and name.split(".")[0] not in sys.stdlib_module_names
         }
         assert not foreign, f"{module} imports {sorted(foreign)} at the top"
+
+
+def test_entry_leaves_typing_and_logging_unloaded() -> None:
+    """Heavier standard modules that nothing before the handshake needs stay out of the relay."""
+    probe = "import sys, builder.nixserve.main; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = set(done.stdout.split())
+    assert "builder.nixserve.main" in loaded
+    heavy = loaded & {"typing", "logging", "re"}
+    assert not heavy, sorted(heavy)
