@@ -124,18 +124,29 @@ def copy_missing(
             copied.blobs += 1
             copied.bytes += sizes[digest]
     for root, closure in closures:
-        absent = _missing_directories(root, closure, target.directories)
-        if absent:
-            putter = target.directories.put_multiple_start()
-            try:
-                for directory in leaves_first(root, closure, absent):
-                    putter.put(directory)
-            except BaseException:
-                putter.abort()
-                raise
-            putter.close()
-            copied.directories += len(absent)
+        copied.directories += copy_missing_directories(root, closure, target.directories)
     return copied
+
+
+def copy_missing_directories(
+    root: Digest, closure: dict[Digest, Directory], target: DirectoryService
+) -> int:
+    """Put the directories of ``closure`` that ``target`` lacks, children first; how many.
+
+    For blobs and directories together, or from another service, see ``copy_missing``;
+    a near/far directory pair fills its near side with this alone.
+    """
+    absent = _missing_directories(root, closure, target)
+    if absent:
+        putter = target.put_multiple_start()
+        try:
+            for directory in leaves_first(root, closure, absent):
+                putter.put(directory)
+        except BaseException:
+            putter.abort()
+            raise
+        putter.close()
+    return len(absent)
 
 
 def _closure(root: Digest, source: Castore, target: Castore) -> dict[Digest, Directory] | None:

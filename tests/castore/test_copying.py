@@ -19,7 +19,8 @@ from builder.castore.blobs.batches import SMALL_BLOB_SIZE
 from builder.castore.blobs.fs import FsBlobService
 from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.blobs.memory import MemoryBlobService
-from builder.castore.copying import Castore, Copied, copy_missing
+from builder.castore.copying import Castore, Copied, copy_missing, copy_missing_directories
+from builder.castore.directories.cache import CacheDirectoryService
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.directories.memory import MemoryDirectoryService
 from builder.castore.directories.service import DirectoryPresence
@@ -192,3 +193,32 @@ def test_a_corrupt_source_blob_is_refused(target_kind: str, tmp_path: Path) -> N
             copy_missing([root], source, target)
         assert not target.blobs.has(file.digest)
         assert target.directories.get(root.digest) is None
+
+
+@pytest.mark.parametrize("near_kind", ["memory", "fs-sqlite"])
+def test_a_near_cache_is_filled_with_only_what_it_lacks(near_kind: str, tmp_path: Path) -> None:
+    """A near/far directory pair copies through the same path: only absent directories move."""
+    (tmp_path / "tree" / "old" / "deep").mkdir(parents=True)
+    (tmp_path / "tree" / "old" / "deep" / "kept").write_bytes(b"kept bytes")
+    with ExitStack() as stack:
+        far = stack.enter_context(castore("grpc", tmp_path / "far"))
+        near = stack.enter_context(castore(near_kind, tmp_path / "near"))
+        old = ingest_path(tmp_path / "tree" / "old", far.blobs, far.directories)
+        assert (
+            copy_missing_directories(
+                old.digest, fetch_closure(old.digest, far.directories), near.directories
+            )
+            == 2
+        )
+        (tmp_path / "tree" / "new").mkdir()
+        root = ingest_path(tmp_path / "tree", far.blobs, far.directories)
+        pair = CacheDirectoryService(near.directories, far.directories)
+        assert pair.get(root.digest) is not None
+        assert pair.near_counts.misses == 1
+        assert len(fetch_closure(root.digest, near.directories)) == 4
+        assert (
+            copy_missing_directories(
+                root.digest, fetch_closure(root.digest, far.directories), near.directories
+            )
+            == 0
+        )

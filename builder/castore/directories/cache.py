@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from builder.castore.composition import Backend, Params
+from builder.castore.copying import copy_missing_directories
 from builder.castore.digest import Digest
 from builder.castore.directories.closure import ClosureCommitting
 from builder.castore.directories.service import DirectoryService
 from builder.castore.directory import Directory
+from builder.castore.fs import fetch_closure
 from builder.castore.hit_counts import HitCounts
 from builder.errors import NotFoundError
 
@@ -33,11 +35,7 @@ class CacheDirectoryService(ClosureCommitting):
         return found
 
     def _fill_near(self, root: Digest) -> None:
-        closure = list(self.far.get_recursive(root))
-        putter = self.near.put_multiple_start()
-        for directory in reversed(closure):
-            putter.put(directory)
-        putter.close()
+        copy_missing_directories(root, fetch_closure(root, self.far), self.near)
 
     def get_recursive(self, digest: Digest) -> Iterator[Directory]:
         if self.get(digest) is None:
