@@ -311,6 +311,10 @@ def main(argv: list[str]) -> None:
         sock.sendall(protocol.pack(Kind.START_FAILED, 0, str(exc).encode()))
         sys.exit(1)
     server.serve()
+    # Everything the launcher holds is released by now; the client waits for
+    # this exit, and the interpreter's own teardown would only add to it.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
