@@ -123,9 +123,16 @@ class PathInfoAnswer:
 
 
 class ServeClient:
-    def __init__(self, store: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        store: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        program: str = str(PROGRAM),
+    ) -> None:
+        """``program`` is ours unless a benchmark compares Nix's own ``nix-store``."""
         self.process = subprocess.Popen(
-            [str(PROGRAM), "--serve", "--write", "--store", store, *extra],
+            [program, "--serve", "--write", "--store", store, *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -233,9 +240,13 @@ class ServeClient:
         return self.read_build_result()
 
     def read_build_result(self) -> BuildResult:
+        """The result; of the built outputs (Nix sends each with its realisation) only the count."""
         status, message = self.u64(), self.string()
         times, nondet, start, stop = self.u64(), self.u64(), self.u64(), self.u64()
         built = self.u64()
+        for _ in range(built):
+            self.string()
+            self.string()
         return BuildResult(status, message, times, nondet, start, stop, built)
 
     def query_path_infos(self, paths: Sequence[str]) -> list[PathInfoAnswer]:
