@@ -1,16 +1,21 @@
 """One embedded SQLite database shared by threads and processes, as every SQLite store uses it.
 
-Each thread gets its own connection (SQLite connections are not shareable
-across threads without serialising every read); WAL mode lets readers proceed
-while another thread or process commits, and the busy timeout makes writers
-from several processes queue instead of failing. ``synchronous=FULL`` flushes
+Each read or write borrows a connection that no other thread uses meanwhile
+(SQLite connections are not shareable across threads without serialising
+every read) and gives it back to a small pool of idle ones. Connections are
+not tied to threads: a server runs each Nix hand-off session, and each
+streamed build, on a thread of its own, and a connection per thread would
+stay open after the thread ended, two descriptors per connection Nix made,
+until the process ran out of them. WAL mode lets readers proceed while
+another thread or process commits, and the busy timeout makes writers from
+several processes queue instead of failing. ``synchronous=FULL`` flushes
 the log at every commit, so what a store reports as written survives a power
 loss (NORMAL in WAL mode may lose the last commits). A full disk rolls the
 transaction back and is reported as the database being out of space.
 
 ``:memory:`` is one shared-cache database for the instance, kept alive by a
-connection held open. Its table locks fail at once instead of waiting, so
-its statements are serialised.
+connection held open outside the pool. Its table locks fail at once instead
+of waiting, so its statements are serialised.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from pathlib import Path
 from builder.errors import ResourceExhaustedError
 
 BUSY_TIMEOUT_SECONDS = 30
+# Idle connections kept for the next borrower; past this many busy at once,
+# the extra ones are closed after use.
+MAX_IDLE_CONNECTIONS = 8
 _memory_databases = itertools.count()
 
 
@@ -34,45 +42,57 @@ class SqliteDatabase:
         self.path = str(path)
         self._what = what
         self._serial: AbstractContextManager[object] = nullcontext()
+        self._keeper: sqlite3.Connection | None = None
         if self.path == ":memory:":
             self.path = f"file:memory-{next(_memory_databases)}-{id(self)}?mode=memory&cache=shared"
             self._serial = threading.Lock()
+            self._keeper = self._connect()
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        keeper = self._connection()
-        with keeper:
-            keeper.executescript(schema)
+        self._closed = False
+        with self._borrowed() as conn, conn:
+            conn.executescript(schema)
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path,
-                uri=self.path.startswith("file:"),
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_SECONDS,
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            uri=self.path.startswith("file:"),
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_SECONDS,
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
         return conn
 
     @contextmanager
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
+        """A connection for this block alone: an idle one, or a new one when all are in use."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                kept = not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS
+                if kept:
+                    self._idle.append(conn)
+            if not kept:
+                conn.close()
+
+    @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
-        with self._serial:
-            yield self._connection()
+        with self._serial, self._borrowed() as conn:
+            yield conn
 
     @contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
         """A transaction, committed when the block ends and rolled back if it raises."""
-        conn = self._connection()
         try:
-            with self._serial, conn:
+            with self._serial, self._borrowed() as conn, conn:
                 yield conn
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
@@ -88,8 +108,7 @@ class SqliteDatabase:
         opening the same old database at once add it once; a database that has
         it costs one read.
         """
-        conn = self._connection()
-        with self._serial:
+        with self._serial, self._borrowed() as conn:
             if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
                 return
             conn.execute("BEGIN IMMEDIATE")
@@ -104,8 +123,11 @@ class SqliteDatabase:
             conn.commit()
 
     def close(self) -> None:
+        """Close the idle connections; one still borrowed is closed when given back."""
         with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        if self._keeper is not None:
+            self._keeper.close()

@@ -277,3 +277,25 @@ def test_server_serves_on_after_a_client_dies_mid_nar(handoff: Handoff) -> None:
     finally:
         after.kill()
     assert handoff.alive()
+
+
+def test_sessions_leave_no_descriptors_behind(handoff: Handoff) -> None:
+    """Every Nix connection is a session thread; what it opened is closed when it ends.
+
+    Each session looks a path up, which touches the server's databases: a
+    connection per thread used to stay open after its thread ended.
+    """
+
+    def session() -> None:
+        client = handoff.client()
+        client.handshake()
+        assert client.query_valid([random_path("absent")]) == []
+        assert client.finish()[0] == 0
+
+    server = psutil.Process(handoff.server.process.pid)
+    session()
+    before = server.num_fds()
+    for _ in range(30):
+        session()
+    # The last session's thread may still be closing its connection.
+    wait_for(lambda: server.num_fds() <= before + 2, "the sessions' descriptors to close")
