@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
-from builder.castore.collection import USE_RECORD_INTERVAL, UsedRoot
+from builder.castore.collection import UsedRoot
 from builder.castore.composition import Backend
+from builder.castore.used_records.memory import MemoryUsedRecords
 from builder.store.path_info import PathInfo
 from builder.store.store_path import check_digest
 
@@ -15,53 +15,29 @@ from builder.store.store_path import check_digest
 class MemoryPathInfoService:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         """``clock`` dates puts and gets, for eviction by last use."""
-        self._infos: dict[bytes, PathInfo] = {}
-        self._used: dict[bytes, float] = {}
-        self._clock = clock
-        self._lock = threading.Lock()
+        self._records: MemoryUsedRecords[PathInfo] = MemoryUsedRecords(clock)
 
     def get(self, digest: bytes) -> PathInfo | None:
-        check_digest(digest)
-        with self._lock:
-            info = self._infos.get(digest)
-            if info is not None:
-                now = self._clock()
-                if now - self._used[digest] >= USE_RECORD_INTERVAL:
-                    self._used[digest] = now
-        return info
+        return self._records.get(check_digest(digest))
 
     def put(self, info: PathInfo) -> PathInfo:
         info.validate()
-        with self._lock:
-            self._infos[info.path.digest] = info
-            self._used[info.path.digest] = self._clock()
+        self._records.put(info.path.digest, info)
         return info
 
     def used_roots(self) -> Iterator[UsedRoot]:
-        with self._lock:
-            roots = [
-                UsedRoot(digest, (info.node,), self._used[digest])
-                for digest, info in self._infos.items()
-            ]
-        return iter(roots)
+        records = self._records.records()
+        return iter([UsedRoot(key, (info.node,), used) for key, info, used in records])
 
     def evict(self, root: UsedRoot) -> bool:
-        with self._lock:
-            if self._used.get(root.key, float("inf")) > root.last_used:
-                return False
-            del self._infos[root.key], self._used[root.key]
-        return True
+        return self._records.evict(root.key, root.last_used)
 
     def list(self) -> Iterator[PathInfo]:
         """A snapshot, so that puts while a caller iterates neither fail nor show half-way."""
-        with self._lock:
-            infos = list(self._infos.values())
-        return iter(infos)
+        return iter([info for _, info, _ in self._records.records()])
 
     def close(self) -> None:
-        with self._lock:
-            self._infos.clear()
-            self._used.clear()
+        self._records.close()
 
 
 BACKEND = Backend("pathinfo", "memory", lambda params: MemoryPathInfoService(), schemes=("memory",))

@@ -4,30 +4,26 @@ Each record lives at ``pathinfos/<hex digest>`` as the deterministic tvix
 encoding, so listing is one prefix listing and a put is one atomic object
 write: a reader sees the old record or the new one, never a mix.
 
-Records are roots for garbage collection (``builder.castore.collection``); an
-object's last-modified time is when it was last used, since a get of a record
-written longer than ``USE_RECORD_INTERVAL`` ago writes it again. An eviction
-checks that time right before it deletes, which leaves an instant in which a
-use goes unnoticed (object stores have no conditional delete).
+Records are roots for garbage collection (``builder.castore.collection``);
+their last use and eviction follow ``builder.castore.used_records``: the
+object's last-modified time, refreshed by writing it again.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
-import obstore
 from obstore.store import ObjectStore
 
-from builder.castore.collection import USE_RECORD_INTERVAL, UsedRoot
+from builder.castore.collection import UsedRoot
 from builder.castore.composition import Backend, Params
 from builder.castore.objectstore_url import (
     OBJECTSTORE_SCHEMES,
     objectstore_location,
     objectstore_url_params,
     open_store,
-    translate_errors,
 )
+from builder.castore.used_records.objectstore import ObjectStoreUsedRecords
 from builder.errors import IntegrityError
 from builder.store.path_info import PathInfo
 from builder.store.store_path import DIGEST_SIZE, check_digest
@@ -44,22 +40,14 @@ class ObjectStorePathInfoService:
     def __init__(self, url: str, options: dict[str, str] | None = None) -> None:
         self.url = url
         self.store: ObjectStore = open_store(url, options)
+        self._records = ObjectStoreUsedRecords(self.store, url, PREFIX, DIGEST_SIZE, None)
 
     def get(self, digest: bytes) -> PathInfo | None:
-        key = pathinfo_key(check_digest(digest))
-        with translate_errors(f"{self.url}: get {key}"):
-            try:
-                result = obstore.get(self.store, key)
-            except FileNotFoundError:
-                return None
-            data = result.bytes().to_bytes()
-        info = self._decode(key, digest, data)
-        if time.time() - result.meta["last_modified"].timestamp() >= USE_RECORD_INTERVAL:
-            with translate_errors(f"{self.url}: put {key}"):
-                obstore.put(self.store, key, data)
-        return info
+        data = self._records.get(check_digest(digest))
+        return None if data is None else self._decode(digest, data)
 
-    def _decode(self, key: str, digest: bytes, data: bytes) -> PathInfo:
+    def _decode(self, digest: bytes, data: bytes) -> PathInfo:
+        key = pathinfo_key(digest)
         info = decode_path_info(data, f"{self.url}: {key}")
         if info.path.digest != digest:
             raise IntegrityError(f"{self.url}: {key} describes {info.path}")
@@ -67,61 +55,20 @@ class ObjectStorePathInfoService:
 
     def put(self, info: PathInfo) -> PathInfo:
         info.validate()
-        key = pathinfo_key(info.path.digest)
-        with translate_errors(f"{self.url}: put {key}"):
-            obstore.put(self.store, key, encode_path_info(info))
+        self._records.put(info.path.digest, encode_path_info(info))
         return info
 
     def list(self) -> Iterator[PathInfo]:
         """Objects under the prefix whose names are not digests are someone else's: skipped."""
-        with translate_errors(f"{self.url}: list {PREFIX}"):
-            for batch in obstore.list(self.store, PREFIX):
-                for meta in batch:
-                    key = meta["path"]
-                    name = key.removeprefix(PREFIX)
-                    try:
-                        digest = bytes.fromhex(name)
-                    except ValueError:
-                        continue
-                    if len(digest) != DIGEST_SIZE:
-                        continue
-                    with translate_errors(f"{self.url}: get {key}"):
-                        try:
-                            data = obstore.get(self.store, key).bytes().to_bytes()
-                        except FileNotFoundError:
-                            continue
-                    yield self._decode(key, digest, data)
+        for digest, data, _ in self._records.records():
+            yield self._decode(digest, data)
 
     def used_roots(self) -> Iterator[UsedRoot]:
-        with translate_errors(f"{self.url}: list {PREFIX}"):
-            for batch in obstore.list(self.store, PREFIX):
-                for meta in batch:
-                    key = meta["path"]
-                    try:
-                        digest = bytes.fromhex(key.removeprefix(PREFIX))
-                    except ValueError:
-                        continue
-                    if len(digest) != DIGEST_SIZE:
-                        continue
-                    with translate_errors(f"{self.url}: get {key}"):
-                        try:
-                            data = obstore.get(self.store, key).bytes().to_bytes()
-                        except FileNotFoundError:
-                            continue
-                    node = self._decode(key, digest, data).node
-                    yield UsedRoot(digest, (node,), meta["last_modified"].timestamp())
+        for digest, data, last_used in self._records.records():
+            yield UsedRoot(digest, (self._decode(digest, data).node,), last_used)
 
     def evict(self, root: UsedRoot) -> bool:
-        key = pathinfo_key(root.key)
-        with translate_errors(f"{self.url}: evict {key}"):
-            try:
-                modified = obstore.head(self.store, key)["last_modified"].timestamp()
-            except FileNotFoundError:
-                return False
-            if modified > root.last_used:
-                return False
-            obstore.delete(self.store, key)
-        return True
+        return self._records.evict(root.key, root.last_used)
 
     def close(self) -> None:
         """obstore clients hold no resources that need releasing."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
-from builder.castore.collection import USE_RECORD_INTERVAL, UsedRoot
+from builder.castore.collection import UsedRoot
 from builder.castore.composition import Backend
+from builder.castore.used_records.memory import MemoryUsedRecords
 from builder.proto.tvix.build.protos import build_pb2
 from builder.store.results.service import check_key, decode_result, encode_result, result_nodes
 
@@ -15,47 +15,26 @@ from builder.store.results.service import check_key, decode_result, encode_resul
 class MemoryResultCache:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         """``clock`` dates puts and gets, for eviction by last use."""
-        self._results: dict[bytes, bytes] = {}
-        self._used: dict[bytes, float] = {}
-        self._clock = clock
-        self._lock = threading.Lock()
+        self._records: MemoryUsedRecords[bytes] = MemoryUsedRecords(clock)
 
     def get(self, key: bytes) -> build_pb2.Build | None:
-        check_key(key)
-        with self._lock:
-            data = self._results.get(key)
-            if data is not None:
-                now = self._clock()
-                if now - self._used[key] >= USE_RECORD_INTERVAL:
-                    self._used[key] = now
+        data = self._records.get(check_key(key))
         return None if data is None else decode_result(data, f"memory result {key.hex()}")
 
     def put(self, key: bytes, build: build_pb2.Build) -> None:
         data = encode_result(build)
-        check_key(key)
-        with self._lock:
-            self._results[key] = data
-            self._used[key] = self._clock()
+        self._records.put(check_key(key), data)
 
     def used_roots(self) -> Iterator[UsedRoot]:
-        """A snapshot, so that puts while a collector walks neither fail nor show half-way."""
-        with self._lock:
-            entries = [(key, data, self._used[key]) for key, data in self._results.items()]
-        for key, data, used in entries:
+        for key, data, used in self._records.records():
             nodes = result_nodes(build_pb2.Build.FromString(data), f"memory result {key.hex()}")
             yield UsedRoot(key, nodes, used)
 
     def evict(self, root: UsedRoot) -> bool:
-        with self._lock:
-            if self._used.get(root.key, float("inf")) > root.last_used:
-                return False
-            del self._results[root.key], self._used[root.key]
-        return True
+        return self._records.evict(root.key, root.last_used)
 
     def close(self) -> None:
-        with self._lock:
-            self._results.clear()
-            self._used.clear()
+        self._records.close()
 
 
 BACKEND = Backend("resultcache", "memory", lambda params: MemoryResultCache(), schemes=("memory",))
