@@ -29,7 +29,7 @@ class ObjectStoreUsedRecords:
         self._key_size = key_size
         self._max_bytes = max_bytes
 
-    def name(self, key: bytes) -> str:
+    def _name(self, key: bytes) -> str:
         return f"{self._prefix}{key.hex()}"
 
     def _read(self, name: str) -> tuple[bytes, float] | None:
@@ -48,7 +48,7 @@ class ObjectStoreUsedRecords:
         return data, result.meta["last_modified"].timestamp()
 
     def get(self, key: bytes) -> bytes | None:
-        name = self.name(key)
+        name = self._name(key)
         read = self._read(name)
         if read is None:
             return None
@@ -58,7 +58,7 @@ class ObjectStoreUsedRecords:
         return data
 
     def put(self, key: bytes, data: bytes) -> None:
-        self._write(self.name(key), data)
+        self._write(self._name(key), data)
 
     def _write(self, name: str, data: bytes) -> None:
         with translate_errors(f"{self._url}: put {name}"):
@@ -80,7 +80,7 @@ class ObjectStoreUsedRecords:
                         yield key, *read
 
     def evict(self, key: bytes, last_used: float) -> bool:
-        name = self.name(key)
+        name = self._name(key)
         with translate_errors(f"{self._url}: evict {name}"):
             try:
                 modified = obstore.head(self._store, name)["last_modified"].timestamp()
