@@ -3,10 +3,12 @@
 Each build gets a private work directory holding the host side of its scratch
 paths; inputs come from the materialisation cache as read-only bind mounts, so
 the work directory only ever holds what the build itself writes, and it is
-removed whatever happens. Work directories live in a directory owned by this
-process (``OwnedDirectory``), so those of a process that was killed are removed
-by the next one to start, and any this process failed to remove go once they
-are older than ``BuildConfig.stale_work_age``.
+removed whatever happens: after the build has answered, by a thread of its
+own (``DeferredRemoval``), and before the runner closes. Work directories
+live in a directory owned by this process (``OwnedDirectory``), so those of a
+process that was killed are removed by the next one to start, and any this
+process failed to remove go once they are older than
+``BuildConfig.stale_work_age``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from builder.executor.cancel import CancelToken
 from builder.executor.config import BuildConfig
 from builder.executor.matcache.cache import MaterialisationCache
 from builder.executor.outputs import CollectedOutput, collect_outputs
-from builder.executor.removal import remove_tree
+from builder.executor.removal import DeferredRemoval, remove_tree
 from builder.executor.request import BuildRequest, PathTree, is_inside
 from sandbox import (
     Bind,
@@ -73,6 +75,7 @@ class BuildRunner:
         self._launcher = launcher
         self._cache = cache
         self._owned = OwnedDirectory(config.work_dir / "builds", remove_tree, config.stale_work_age)
+        self._removal = DeferredRemoval(config.job_slots)
 
     def run(
         self,
@@ -83,9 +86,10 @@ class BuildRunner:
     ) -> list[CollectedOutput]:
         """Run the build, holding ``slot()`` only while its inputs are set up and it runs.
 
-        Collecting the outputs and removing the work tree follow outside the
-        slot, so the next build's sandbox need not wait for them; they are
-        still done before this returns or raises.
+        Collecting the outputs follows outside the slot, so the next build's
+        sandbox need not wait for it, and is done before this returns or
+        raises; the work tree is removed after that, while the caller answers
+        its client (``wait_for_removals`` waits for it).
         """
         cancel = cancel or CancelToken()
         # The build sees its bind sources in /proc/self/mountinfo: a random
@@ -121,11 +125,15 @@ class BuildRunner:
                     message = message.replace(f"{host}/", f"/{scratch}/")
                 raise CommandFailedError(f"build failed: {message}", result.exit_code) from error
         finally:
-            remove_tree(work)
-            self._owned.release(name)
+            self._removal.remove(work, lambda: self._owned.release(name))
+
+    def wait_for_removals(self) -> None:
+        """Return once the work trees of the builds that have returned are removed."""
+        self._removal.wait()
 
     def close(self) -> None:
         """Remove this process's work directory; builds have ended by now."""
+        self._removal.close()
         self._owned.close()
 
     def _sandboxed(

@@ -279,6 +279,10 @@ class BuildService:
             record_result(self._results, request, outputs)
         return BuildOutcome(build_id, outputs, cached=False)
 
+    def wait_for_removals(self) -> None:
+        """Return once the work trees of the builds that have answered are removed."""
+        self._runner.wait_for_removals()
+
     def close(self) -> None:
         """The result cache is the store's, closed with it."""
         self.cache.close()

@@ -105,6 +105,7 @@ def host() -> Iterator[Host]:
         try:
             # Fill the materialisation cache, so that later builds only read it.
             service.build(_request("echo x > /build/out", inputs, ("build/out",)))
+            service.wait_for_removals()
             watched = [canary, config.work_dir / "cache", config.work_dir / "builds"]
             yield Host(service, canary, watched, inputs)
         finally:
@@ -191,4 +192,5 @@ def test_nothing_outside_the_build_changes(host: Host, data: st.DataObject) -> N
     request = data.draw(requests(host))
     with contextlib.suppress(BuilderError):
         host.service.build(request)
+    host.service.wait_for_removals()
     assert host.state() == before

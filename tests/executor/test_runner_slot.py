@@ -55,7 +55,7 @@ def _work_trees(work_dir: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("fails", [False, True])
-def test_the_slot_is_released_before_collection_and_cleanup_is_done_by_return(
+def test_the_slot_is_released_before_collection_and_the_tree_is_removed_after(
     tmp_path: Path, launcher: Launcher, fails: bool
 ) -> None:
     blobs, directories = MemoryBlobService(), MemoryDirectoryService()
@@ -84,7 +84,8 @@ def test_the_slot_is_released_before_collection_and_cleanup_is_done_by_return(
         # Released once, with the work tree still there and nothing collected yet.
         assert seen_at_release == [False]
         assert len(work_trees_at_release[0]) == 1
-        # Yet by the time the build is over, its work tree is gone.
+        # The tree goes after the build has answered, before the runner says so.
+        runner.wait_for_removals()
         assert _work_trees(config.work_dir) == []
     finally:
         runner.close()

@@ -52,6 +52,7 @@ def served(
 
 
 def _builds_left(served: Served) -> list[str]:
+    served.service.wait_for_removals()
     builds = served.work / "builds"
     return [tree for owner in os.listdir(builds) for tree in os.listdir(builds / owner)]
 
