@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -33,6 +34,7 @@ BUSY_TIMEOUT_SECONDS = 30
 # Idle connections kept for the next borrower; past this many busy at once,
 # the extra ones are closed after use.
 MAX_IDLE_CONNECTIONS = 8
+_WAL_RETRY_SECONDS = 0.01
 _memory_databases = itertools.count()
 
 
@@ -62,8 +64,12 @@ class SqliteDatabase:
             check_same_thread=False,
             timeout=BUSY_TIMEOUT_SECONDS,
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        try:
+            _use_wal(conn)
+            conn.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextmanager
@@ -131,3 +137,23 @@ class SqliteDatabase:
             conn.close()
         if self._keeper is not None:
             self._keeper.close()
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the database's journal to WAL, waiting as a writer would if another holds it.
+
+    The switch needs the database to itself, and SQLite refuses it at once,
+    without the busy timeout, while another connection is in a write
+    transaction: two processes opening a new store together (Nix starting
+    two connections on a fresh data directory) hit that. WAL is kept in the
+    file, so only a database nobody has switched yet ever waits here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(_WAL_RETRY_SECONDS)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from builder.castore import sqlite_database
 from builder.castore.sqlite_database import MAX_IDLE_CONNECTIONS, SqliteDatabase
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT)"
@@ -83,3 +86,45 @@ def test_a_write_that_fails_is_rolled_back_and_the_connection_reused_clean(tmp_p
             assert conn.execute("SELECT k FROM t ORDER BY k").fetchall() == [(3,)]
     finally:
         db.close()
+
+
+def test_a_new_database_waits_for_another_writer_before_switching_to_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process in a write transaction on a database still in rollback mode makes
+    SQLite refuse the switch to WAL at once; opening must wait for it instead of failing."""
+    path = tmp_path / "new.sqlite"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE earlier (x)")
+    other.execute("BEGIN IMMEDIATE")
+    refused = threading.Event()
+    real_sleep = time.sleep
+
+    def noting_sleep(seconds: float) -> None:
+        refused.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_database.time, "sleep", noting_sleep)
+    opened: list[SqliteDatabase] = []
+    failed: list[BaseException] = []
+
+    def open_database() -> None:
+        try:
+            opened.append(SqliteDatabase(path, "CREATE TABLE IF NOT EXISTS t (x)", "test"))
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            refused.set()
+
+    opener = threading.Thread(target=open_database)
+    opener.start()
+    refused.wait()
+    # Refused once (or failed outright, as before); the other writer ends.
+    other.execute("ROLLBACK")
+    opener.join()
+    other.close()
+    assert failed == []
+    (database,) = opened
+    with database.reading() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    database.close()
