@@ -91,14 +91,19 @@ PEERS: dict[str, tuple[str, Callable[[Path], AbstractContextManager[str]]]] = {
 }
 
 
-def offload_corpus(scratch: Path, busybox: Path, name: str, jobs: int) -> float:
+def offload_corpus(
+    scratch: Path, busybox: Path, name: str, jobs: int, poll_interval: int | None = None
+) -> float:
     program, remote_store = PEERS[name]
+    options = []
+    if poll_interval is not None:
+        options = ["--option", "build-poll-interval", str(poll_interval)]
     names = [file for file in FILES if file not in FAILING]
     drvs = list(instantiate(names, busybox).values())
     work = Path(tempfile.mkdtemp(dir=scratch))
     with remote_store(work) as store:
         start = time.perf_counter()
-        done = offload(drvs, [Machine(program, store, jobs)])
+        done = offload(drvs, [Machine(program, store, jobs)], *options)
         elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"offloading to {name} failed:\n{done.stderr}")
@@ -136,6 +141,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2, help="the remote machine's build slots")
+    parser.add_argument(
+        "--poll-interval",
+        type=int,
+        default=None,
+        help="Nix's build-poll-interval in seconds for every peer (default: Nix's own, 5)",
+    )
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         scratch = Path(name)
@@ -153,10 +164,11 @@ def measure(
     busybox = busybox_dir(scratch)
     times: dict[str, list[float]] = {peer: [] for peer in PEERS}
     for peer in PEERS:  # untimed: warms caches and the local Nix store
-        offload_corpus(scratch, busybox, peer, options.jobs)
+        offload_corpus(scratch, busybox, peer, options.jobs, options.poll_interval)
     for _ in range(options.runs):
         for peer in PEERS:
-            times[peer].append(offload_corpus(scratch, busybox, peer, options.jobs))
+            seconds = offload_corpus(scratch, busybox, peer, options.jobs, options.poll_interval)
+            times[peer].append(seconds)
     serve = ["--serve", "--write", "--store"]
     starts = {
         "builder-nix-serve": [str(SERVE_PROGRAM), *serve, str(scratch / "data")],
@@ -177,9 +189,10 @@ def report(
 ) -> None:
     count = len(FILES) - len(FAILING)
     peer = statistics.median(times["nix-store --serve"])
+    poll = "Nix's default" if options.poll_interval is None else f"{options.poll_interval} s"
     print(
         f"nix offload of the corpus ({count} top-level derivations, {options.jobs} remote jobs, "
-        f"{os.cpu_count()} cores, median of {options.runs} runs):"
+        f"{os.cpu_count()} cores, build-poll-interval {poll}, median of {options.runs} runs):"
     )
     for name, samples in times.items():
         median = statistics.median(samples)
