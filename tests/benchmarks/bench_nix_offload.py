@@ -92,7 +92,7 @@ PEERS: dict[str, tuple[str, Callable[[Path], AbstractContextManager[str]]]] = {
 
 
 def offload_corpus(
-    scratch: Path, busybox: Path, name: str, jobs: int, poll_interval: int | None = None
+    scratch: Path, busybox: Path, name: str, jobs: int, poll_interval: int | None
 ) -> float:
     program, remote_store = PEERS[name]
     options = []

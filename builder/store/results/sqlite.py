@@ -40,8 +40,8 @@ class SqliteResultCache:
 
     def used_roots(self) -> Iterator[UsedRoot]:
         for key, data, last_used in self._records.records():
-            nodes = result_nodes(decode_result(data, self._where(key)), self._where(key))
-            yield UsedRoot(key, nodes, last_used)
+            where = self._where(key)
+            yield UsedRoot(key, result_nodes(decode_result(data, where), where), last_used)
 
     def evict(self, root: UsedRoot) -> bool:
         return self._records.evict(root.key, root.last_used)
