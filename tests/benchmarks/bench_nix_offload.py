@@ -15,9 +15,15 @@ Then start-up: from exec of the remote program to its answer to the client's
 handshake (magic and version written, 16 bytes read), which every offloaded
 derivation pays once, as Nix opens one connection per build. How long a
 connection lasts matters more than it seems: a derivation Nix finds no free
-slot for waits build-poll-interval (5 s) before Nix tries again.
+slot for waits build-poll-interval (5 s) before Nix tries again, and all the
+waiting ones are retried together. In such a round the first two get the
+slots; the next one asks tens of milliseconds later (the time Nix takes to
+start its next build hook) and gets a slot only if a connection of the round
+has ended by then, otherwise it and the rest wait another 5 s. So a run takes
+a whole number of rounds, and each run is printed beside the medians.
 
-Run: ``.venv/bin/python tests/benchmarks/bench_nix_offload.py [--runs N] [--starts N] [--jobs N]``.
+Run: ``.venv/bin/python tests/benchmarks/bench_nix_offload.py [--runs N] [--starts N]
+[--jobs N] [--poll-interval S]``.
 """
 
 from __future__ import annotations
@@ -197,6 +203,11 @@ def report(
     for name, samples in times.items():
         median = statistics.median(samples)
         print(f"  {name:34} {median:6.2f} s   ratio to nix-store {median / peer:.2f}")
+    # Nix's rounds make single runs differ by multiples of the poll interval;
+    # the runs themselves show how much of a median is that.
+    print("each run, in the order measured (s):")
+    for name, samples in times.items():
+        print(f"  {name:34} " + " ".join(f"{seconds:6.2f}" for seconds in samples))
     print(f"start-up to handshake answer (median / p90 of {options.starts} starts):")
     for program, samples in start_times.items():
         print(
