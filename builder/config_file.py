@@ -121,8 +121,8 @@ def config_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return keys
 
 
-def read_config_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
-    """The settings of ``path`` for ``parser``'s command, by argparse destination."""
+def read_toml_file(path: Path) -> dict[str, Any]:
+    """The table of a ``--config`` file, read within a size bound; every failure names the file."""
     try:
         with path.open("rb") as file:
             text = file.read(MAX_CONFIG_FILE_SIZE + 1)
@@ -130,13 +130,18 @@ def read_config_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, A
             raise InvalidArgumentError(
                 f"--config {path}: larger than the limit of {MAX_CONFIG_FILE_SIZE >> 20} MiB"
             )
-        settings = tomllib.loads(text.decode())
+        return tomllib.loads(text.decode())
     except OSError as exc:
         raise InvalidArgumentError(f"--config {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidArgumentError(f"--config {path}: not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgumentError(f"--config {path}: not valid TOML: {exc}") from exc
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The settings of ``path`` for ``parser``'s command, by argparse destination."""
+    settings = read_toml_file(path)
     keys = config_keys(parser)
     values = {}
     for key, value in settings.items():

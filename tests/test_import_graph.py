@@ -231,6 +231,7 @@ def test_nix_serve_sits_on_nix_store_executor_and_remote() -> None:
             "builder.executor",
             "builder.remote",
             "builder.castore",
+            "builder.config_file",
             "builder.errors",
             "builder.logging_setup",
             "builder.process_end",

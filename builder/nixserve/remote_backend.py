@@ -9,13 +9,13 @@ about where the file's neighbours are).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
 from builder.castore.blobs.grpc import GrpcBlobService
 from builder.castore.directories.grpc import GrpcDirectoryService
 from builder.castore.grpc.security import ChannelSecurity, read_channel_security
+from builder.config_file import read_toml_file
 from builder.errors import InvalidArgumentError
 from builder.executor.service import BuildExecutor
 from builder.remote.executor import RemoteBuildExecutor
@@ -54,13 +54,7 @@ def security_settings(config: Path | None, environ: Mapping[str, str]) -> Channe
     base = None
     if config is not None:
         base = config.absolute().parent
-        try:
-            with config.open("rb") as file:
-                settings = tomllib.load(file)
-        except OSError as exc:
-            raise InvalidArgumentError(f"--config {config}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidArgumentError(f"--config {config}: not valid TOML: {exc}") from exc
+        settings = read_toml_file(config)
         unknown = sorted(set(settings) - set(SECURITY_SETTINGS))
         if unknown:
             raise InvalidArgumentError(

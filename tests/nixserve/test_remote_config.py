@@ -45,3 +45,21 @@ def test_mistakes_name_the_file_and_the_key(tmp_path: Path, text: str, message: 
     config.write_text(text)
     with pytest.raises(InvalidArgumentError, match=f"--config {re.escape(str(config))}: {message}"):
         security_settings(config, {})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'token_file = "\xff"\n', "not UTF-8 text"),
+        (b"token_file = \n", "not valid TOML"),
+        (b"# " + b"x" * (1 << 20) + b"\n", "larger than the limit of 1 MiB"),
+    ],
+)
+def test_a_file_that_is_no_settings_table_is_refused_naming_it(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    """Read as ``builder serve --config`` reads its file: bounded, UTF-8, TOML."""
+    config = tmp_path / "serve.toml"
+    config.write_bytes(data)
+    with pytest.raises(InvalidArgumentError, match=f"--config {re.escape(str(config))}: {message}"):
+        security_settings(config, {})
