@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from builder.errors import ResourceExhaustedError
 
@@ -106,6 +107,24 @@ class SqliteDatabase:
             raise ResourceExhaustedError(
                 f"{self._what} {self.path} is out of space: {exc}"
             ) from exc
+
+    def rows_in_pages(self, query: str, page: int) -> Iterator[tuple[Any, ...]]:
+        """Every row of ``query``, ``page`` at a time, each page a read of its own.
+
+        A slow consumer (a collector walking the store) then holds no read
+        transaction between pages, and a row written meanwhile past the page
+        read last is still listed. ``query`` selects the key first (a BLOB,
+        as every store's keys are digests), takes the key to start after and
+        the page size as its two parameters, and orders by the key.
+        """
+        after: object = b""
+        while True:
+            with self.reading() as conn:
+                rows = conn.execute(query, (after, page)).fetchall()
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def ensure_column(self, table: str, column: str, definition: str, fill: object) -> None:
         """Add ``column`` to a database made before it existed, setting ``fill`` in every row.

@@ -128,3 +128,29 @@ def test_a_new_database_waits_for_another_writer_before_switching_to_wal(
     with database.reading() as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     database.close()
+
+
+def test_rows_in_pages_lists_every_row_by_key_reading_each_page_anew(tmp_path: Path) -> None:
+    """A collector walks a store page by page; rows written during the walk are not missed."""
+    db = SqliteDatabase(
+        tmp_path / "db.sqlite",
+        "CREATE TABLE IF NOT EXISTS b (k BLOB PRIMARY KEY, v INTEGER)",
+        "test",
+    )
+    try:
+        with db.writing() as conn:
+            conn.executemany(
+                "INSERT INTO b (k, v) VALUES (?, ?)", [(bytes([i]), i) for i in range(7)]
+            )
+        rows = db.rows_in_pages("SELECT k, v FROM b WHERE k > ? ORDER BY k LIMIT ?", 3)
+        seen = [next(rows)]
+        # Later pages are new reads, which see a row written after the first page.
+        with db.writing() as conn:
+            conn.execute("INSERT INTO b (k, v) VALUES (?, ?)", (bytes([200]), 200))
+        seen += list(rows)
+        assert seen == [(bytes([i]), i) for i in range(7)] + [(bytes([200]), 200)]
+        assert (
+            list(db.rows_in_pages("SELECT k, v FROM b WHERE k > ? ORDER BY k LIMIT ?", 4)) == seen
+        )
+    finally:
+        db.close()

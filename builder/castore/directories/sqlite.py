@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS removal_epoch (
 );
 """
 
-# Rows listed per query: each page is a fresh query, so a slow consumer holds no read transaction.
+# Rows listed per read (see SqliteDatabase.rows_in_pages).
 _LIST_PAGE = 1024
 
 
@@ -88,19 +88,12 @@ class SqliteDirectoryService(ClosureCommitting):
         return removed
 
     def stored(self) -> Iterator[StoredObject]:
-        after = b""
-        while True:
-            with self._db.reading() as conn:
-                rows = conn.execute(
-                    "SELECT digest, length(data), stored_at FROM directories "
-                    "WHERE digest > ? ORDER BY digest LIMIT ?",
-                    (after, _LIST_PAGE),
-                ).fetchall()
-            for digest, size, stored_at in rows:
-                yield StoredObject(Digest(digest), size, stored_at)
-            if len(rows) < _LIST_PAGE:
-                return
-            after = rows[-1][0]
+        query = (
+            "SELECT digest, length(data), stored_at FROM directories "
+            "WHERE digest > ? ORDER BY digest LIMIT ?"
+        )
+        for digest, size, stored_at in self._db.rows_in_pages(query, _LIST_PAGE):
+            yield StoredObject(Digest(digest), size, stored_at)
 
     def remove_orphans(self, before: float) -> int:
         """Nothing is kept beside the objects."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from builder.castore.collection import USE_RECORD_INTERVAL
 from builder.castore.sqlite_database import SqliteDatabase
 
-# Rows listed per query, so that a collector's walk holds no read transaction.
+# Rows listed per read (see SqliteDatabase.rows_in_pages).
 _LIST_PAGE = 256
 
 
@@ -63,14 +63,7 @@ class SqliteUsedRecords:
             conn.execute(self._insert, (key, data, self._clock()))
 
     def records(self) -> Iterator[tuple[bytes, bytes, float]]:
-        after = b""
-        while True:
-            with self._db.reading() as conn:
-                rows = conn.execute(self._page, (after, _LIST_PAGE)).fetchall()
-            yield from rows
-            if len(rows) < _LIST_PAGE:
-                return
-            after = rows[-1][0]
+        yield from self._db.rows_in_pages(self._page, _LIST_PAGE)
 
     def evict(self, key: bytes, last_used: float) -> bool:
         with self._db.writing() as conn:
