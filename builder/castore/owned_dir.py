@@ -151,20 +151,29 @@ class OwnedDirectory:
             os.close(fd)
 
     def _removed(self, path: Path) -> None:
-        """Remove an entry; one that cannot be removed is reported and left for an operator."""
+        """Remove an entry; one that cannot be removed is reported and left for an operator.
+
+        A sweep runs when a build or an upload starts, so no failure to remove
+        what an earlier one left (a tree its build kept changing, say) may
+        fail the new one.
+        """
         try:
             self._remove(path)
         except OSError as exc:
             logger.warning("could not remove %s: %s", path, exc)
+        except Exception:
+            logger.exception("removing %s failed", path)
 
     def close(self) -> None:
         """Remove our directory (whatever is left in it) and drop the lock."""
         if self._fd < 0:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self._remove(self.path)
-        os.close(self._fd)
-        self._fd = -1
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self._remove(self.path)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def remove_flat(path: Path) -> None:

@@ -82,48 +82,74 @@ class DeferredRemoval:
 
     The thread starts with the first removal, once whoever owns this has
     spawned what it spawns: nothing here forks, and nothing forks after it.
+    Once ``close`` has begun, a build still ending (a server stopping while a
+    build collects its outputs) removes its tree itself. Everything is queued
+    under one lock, so nothing lands behind the thread's last item.
     """
 
     def __init__(self, backlog: int) -> None:
-        self._pending: queue.Queue[tuple[Path, Callable[[], None]] | None] = queue.Queue(
-            max(1, backlog)
-        )
+        self._pending: queue.Queue[_Removal | threading.Event | None] = queue.Queue(max(1, backlog))
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def remove(self, path: Path, then: Callable[[], None]) -> None:
         """Queue ``path`` for removal; ``then`` runs after it, whether the removal worked or not."""
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._remove_queued, name="tree-removal", daemon=True
-                )
-                self._thread.start()
-        self._pending.put((path, then))
+            if not self._closed:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._remove_queued, name="tree-removal", daemon=True
+                    )
+                    self._thread.start()
+                self._pending.put((path, then))
+                return
+        _remove_then(path, then)
 
     def wait(self) -> None:
-        """Return once every tree queued so far is gone (or failed to go)."""
-        self._pending.join()
+        """Return once every tree queued so far is gone (or failed to go).
+
+        A marker queued behind them is reached only after them; trees queued
+        later are not waited for.
+        """
+        reached = threading.Event()
+        with self._lock:
+            if self._thread is None:
+                return
+            self._pending.put(reached)
+        reached.wait()
 
     def close(self) -> None:
         """Finish the queued removals and stop the thread."""
         with self._lock:
+            self._closed = True
             thread, self._thread = self._thread, None
+            if thread is not None:
+                self._pending.put(None)
         if thread is not None:
-            self._pending.put(None)
             thread.join()
 
     def _remove_queued(self) -> None:
         while (item := self._pending.get()) is not None:
-            path, then = item
-            try:
-                remove_tree(path)
-            except OSError as exc:
-                # The owner's age sweep tries again later.
-                logger.warning("could not remove %s: %s", path, exc)
-            except Exception:
-                logger.exception("removing %s failed", path)
-            finally:
-                then()
-                self._pending.task_done()
-        self._pending.task_done()
+            if isinstance(item, threading.Event):
+                item.set()
+            else:
+                _remove_then(*item)
+
+
+_Removal = tuple[Path, Callable[[], None]]
+
+
+def _remove_then(path: Path, then: Callable[[], None]) -> None:
+    """Remove ``path``, then run ``then``; failures of either are logged, never raised."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        # The owner's age sweep tries again later.
+        logger.warning("could not remove %s: %s", path, exc)
+    except Exception:
+        logger.exception("removing %s failed", path)
+    try:
+        then()
+    except Exception:
+        logger.exception("after removing %s", path)

@@ -104,3 +104,25 @@ def test_sweep_never_follows_symlinks(tmp_path: Path) -> None:
     assert sorted(os.listdir(parent)) == [owned.path.name]
     assert os.listdir(owned.path) == []
     owned.close()
+
+
+def test_a_removal_that_raises_fails_neither_the_sweep_nor_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tree its build kept changing can make removal raise more than OSError."""
+
+    def refuse(path: Path) -> None:
+        raise ValueError(f"changed under us: {path}")
+
+    owner = OwnedDirectory(tmp_path, refuse, max_age=1.0)
+    entry = owner.claim("old")
+    entry.mkdir()
+    owner.release("old")
+    os.utime(entry, (time.time() - 60, time.time() - 60))
+    owner.sweep()
+    assert entry.exists()
+    assert any("removing" in r.getMessage() and r.exc_info for r in caplog.records)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError):
+        owner.close()
+    assert len(os.listdir("/proc/self/fd")) == descriptors - 1
