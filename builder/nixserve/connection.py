@@ -46,7 +46,8 @@ def run_session(
     except (ProtocolError, BuilderError) as exc:
         report_error(log_fd, str(exc))
         return 1
-    except BrokenPipeError:
+    except ConnectionError:
+        # A closed pipe, or a socket the client reset with data unread.
         report_error(log_fd, "the client closed the connection")
         return 1
 

@@ -102,7 +102,9 @@ class BuildLimits:
                 if breach is not None:
                     self.breach = breach
                     break
-                self._changed.wait(wait)
+                # The client sets the limits: one far beyond any build (or
+                # past what a timed wait takes) is a wait without end.
+                self._changed.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
             if self._stopped:
                 return
         self._cancel.cancel()

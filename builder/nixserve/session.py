@@ -60,7 +60,8 @@ def parse_signature(text: str, where: str = "signature") -> Signature:
         raise InvalidArgumentError(f"{where}: {text!r} is not NAME:BASE64")
     try:
         return Signature(name, base64.b64decode(data, validate=True))
-    except binascii.Error:
+    except ValueError:
+        # binascii.Error for bad base-64; a plain ValueError for non-ASCII text.
         raise InvalidArgumentError(f"{where}: {text!r} has invalid base-64") from None
 
 

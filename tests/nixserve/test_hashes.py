@@ -41,7 +41,7 @@ def test_signature_round_trip() -> None:
     assert format_signature(parse_signature(text)) == text
 
 
-@pytest.mark.parametrize("text", ["no-colon", ":AAAA", "key:not base64!"])
+@pytest.mark.parametrize("text", ["no-colon", ":AAAA", "key:not base64!", "key:é", "key:\udcff"])
 def test_malformed_signature(text: str) -> None:
     with pytest.raises(InvalidArgumentError, match="signature"):
         parse_signature(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import socket
 import struct
 import subprocess
 from collections.abc import Callable
@@ -404,3 +405,27 @@ def test_transcript_replay(tmp_path: Path, session: str) -> None:
         expected = io.BytesIO((TRANSCRIPTS / f"{name}.out").read_bytes())
         assert answers == _decode_answers(expected.read)
         assert expected.read() == b""
+
+
+def test_a_client_resetting_its_socket_ends_the_connection_with_an_error(tmp_path: Path) -> None:
+    """Closing a socket with an answer unread resets it: a hang-up, not an internal error."""
+    ours, theirs = socket.socketpair()
+    with ours:
+        process = subprocess.Popen(
+            [str(PROGRAM), "--serve", "--write", "--store", str(tmp_path / "data")],
+            stdin=theirs,
+            stdout=theirs,
+            stderr=subprocess.PIPE,
+        )
+        theirs.close()
+        ours.sendall(u64(CLIENT_MAGIC))
+        ours.recv(16, socket.MSG_WAITALL)
+        ours.sendall(u64(VERSION))
+        ours.sendall(u64(1) + u64(0) + u64(0) + strings([random_path("x")]))
+        # The answer has arrived and is left unread: closing now sends a reset.
+        ours.recv(1, socket.MSG_PEEK)
+    assert process.stderr is not None
+    log = process.stderr.read().decode()
+    assert process.wait(60) == 1
+    assert "error: the client closed the connection" in log
+    assert "Traceback" not in log
