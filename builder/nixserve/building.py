@@ -13,7 +13,6 @@ import signal
 import time
 from collections.abc import Iterable, Mapping
 
-from builder.castore.fs.copy import write_all
 from builder.errors import (
     BuilderError,
     BuildFailedError,
@@ -36,6 +35,7 @@ from builder.nixserve.build_result import (
 )
 from builder.nixserve.hangup import HangupWatcher
 from builder.nixserve.limits import BuildLimits
+from builder.nixserve.log_relay import LogRelay
 from builder.nixserve.paths import ValidPaths
 from builder.nixserve.wire_derivation import WireDerivation, to_derivation
 from builder.store.store_path import StorePath
@@ -126,13 +126,14 @@ class ServeBuilds:
         tail = LogTail()
         goal = f"building of '{drv_path}'"
         with (
+            LogRelay(self._log_fd) as log,
             HangupWatcher(self._connection_fd, cancel) as hangup,
             BuildLimits(settings, goal, cancel) as limits,
         ):
 
             def on_event(_: StorePath, event: Event) -> None:
                 if isinstance(event, LogData) and limits.output(len(event.data)):
-                    write_all(self._log_fd, event.data)
+                    log.write(event.data)
                     tail.add(event.data)
 
             try:

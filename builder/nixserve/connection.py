@@ -12,20 +12,27 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from builder.castore.fs.copy import write_all
 from builder.errors import BuilderError
 from builder.nixserve.backend import ServeBackend, open_backend
 from builder.nixserve.building import LOG_FD, ServeBuilds
+from builder.nixserve.log_relay import write_within
 from builder.nixserve.options import ServeOptions
 from builder.nixserve.session import ServeSession
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
 from sandbox.launcher import Launcher
 
+REPORT_SECONDS = 10.0
+"""How long an error report waits for a client that does not read its log."""
+
 
 def report_error(log_fd: int, message: str) -> None:
-    """``error: message`` on the log; a log nobody reads any more is no reason to fail."""
+    """``error: message`` on the log; a log nobody reads any more is no reason to fail.
+
+    In a server the descriptor is a client's, so the write is bounded: a
+    session ending must not wait on a client that never reads.
+    """
     with contextlib.suppress(OSError):
-        write_all(log_fd, f"error: {message}\n".encode(errors="replace"))
+        write_within(log_fd, f"error: {message}\n".encode(errors="replace"), REPORT_SECONDS)
 
 
 def run_session(

@@ -9,11 +9,13 @@ tests open connections at once, so the bound is exercised too.
 from __future__ import annotations
 
 import array
+import fcntl
 import hashlib
 import os
 import re
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -299,3 +301,91 @@ def test_sessions_leave_no_descriptors_behind(handoff: Handoff) -> None:
         session()
     # The last session's thread may still be closing its connection.
     wait_for(lambda: server.num_fds() <= before + 2, "the sessions' descriptors to close")
+
+
+def _pipe_bytes(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_a_client_not_reading_its_log_holds_up_no_other_build(handoff: Handoff) -> None:
+    """The server's launcher hands every build's log over on one thread; one stuck reader must
+    not hold up another session's build."""
+    in_read, in_write = os.pipe()
+    out_read, out_write = os.pipe()
+    log_read, log_write = os.pipe()
+    capacity = fcntl.fcntl(log_write, fcntl.F_GETPIPE_SZ)
+    noisy = handoff.client()
+    try:
+        noisy.handshake()
+        busybox = add_busybox(noisy)
+    finally:
+        noisy.finish()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(handoff.socket))
+            header = struct.pack("<4sIIQ", b"BNXH", 2, 1, 0x207)
+            rights = array.array("i", [in_read, out_write, log_write]).tobytes()
+            sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+            for fd in (in_read, out_write, log_write):
+                os.close(fd)
+            script = f"yes log-line | head -c {8 * capacity}; echo > $out"
+            drv_path, _, drv = shell_derivation(busybox, script, "noisy")
+            os.write(in_write, u64(8) + string(drv_path) + drv.encode() + settings())
+            # The noisy build's log fills its pipe, which nobody reads.
+            wait_for(lambda: _pipe_bytes(log_read) >= capacity, "the unread log pipe to fill")
+            quiet = handoff.client()
+            try:
+                quiet.handshake()
+                drv_path, _, drv = shell_derivation(busybox, "echo quiet > $out", "quiet")
+                answered: list[int] = []
+                builder = threading.Thread(
+                    target=lambda: answered.append(
+                        quiet.build_derivation(drv_path, drv, settings()).status
+                    )
+                )
+                builder.start()
+                builder.join(60)
+                assert answered == [0], "the quiet build waited for the unread log"
+            finally:
+                quiet.kill()
+    finally:
+        for fd in (in_write, out_read, log_read):
+            os.close(fd)
+    assert handoff.alive()
+
+
+def test_refused_hand_offs_whose_log_is_full_give_their_slots_back(handoff: Handoff) -> None:
+    """The refusal is written to the peer's log; a peer that never reads it holds no slot."""
+    held = []
+    for _ in range(SESSIONS):
+        in_read, in_write = os.pipe()
+        out_read, out_write = os.pipe()
+        log_read, log_write = os.pipe()
+        os.write(log_write, b"x" * fcntl.fcntl(log_write, fcntl.F_GETPIPE_SZ))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(handoff.socket))
+            rights = array.array("i", [in_read, out_write, log_write]).tobytes()
+            header = struct.pack("<4sIIQ", b"XXXX", 2, 1, 0x207)
+            sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        for fd in (in_read, out_write, log_write):
+            os.close(fd)
+        held += [in_write, out_read, log_read]
+    try:
+        answered: list[list[str]] = []
+
+        def query() -> None:
+            client = handoff.client()
+            try:
+                client.handshake()
+                answered.append(client.query_valid([random_path("absent")]))
+            finally:
+                client.kill()
+
+        querying = threading.Thread(target=query)
+        querying.start()
+        querying.join(60)
+        assert answered == [[]], "every session slot stayed taken by a refused hand-off"
+    finally:
+        for fd in held:
+            os.close(fd)
