@@ -21,6 +21,9 @@ SERVE_PROTOCOL_VERSION = 0x207
 MAX_PATH_LENGTH = 4096
 MAX_STRING_LENGTH = 64 << 10
 MAX_LIST_ITEMS = 1 << 20
+# All strings of one list together: the paths of a real closure take a few MiB,
+# while the per-item bounds alone would let one list hold gigabytes.
+MAX_LIST_BYTES = 64 << 20
 MAX_ENV_VALUE_LENGTH = 64 << 20
 
 _READ_SIZE = 64 << 10
@@ -124,10 +127,19 @@ class WireReader:
         return items
 
     def strings(self, field: str, limit: int = MAX_STRING_LENGTH) -> list[str]:
-        return [self.string(f"{field}[{i}]", limit) for i in range(self.count(field))]
+        """A list of strings, each within ``limit`` and all within ``MAX_LIST_BYTES``."""
+        items = []
+        total = 0
+        for i in range(self.count(field)):
+            item = self.raw_string(f"{field}[{i}]", limit)
+            total += len(item)
+            if total > MAX_LIST_BYTES:
+                raise ProtocolError(f"{field}: more than {MAX_LIST_BYTES} bytes in all")
+            items.append(item.decode("utf-8", "surrogateescape"))
+        return items
 
     def paths(self, field: str) -> list[str]:
-        return [self.path(f"{field}[{i}]") for i in range(self.count(field))]
+        return self.strings(field, MAX_PATH_LENGTH)
 
 
 class WireWriter:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from builder.nixserve import wire
 from builder.nixserve.wire import (
     MAX_PATH_LENGTH,
     ProtocolError,
@@ -91,3 +92,22 @@ def test_list_counts_are_bounded(pipe: tuple[int, int]) -> None:
     _feed(write, struct.pack("<Q", 1 << 62))
     with pytest.raises(ProtocolError, match="paths: 4611686018427387904 items"):
         WireReader(read).paths("paths")
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack("<Q", len(data)) + data + b"\0" * (-len(data) % 8)
+
+
+def test_a_lists_strings_are_bounded_together(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each item within its own bound, yet together too much for one command to hold."""
+    read, write = pipe
+    monkeypatch.setattr(wire, "MAX_LIST_BYTES", 100)
+    items = [b"x" * 40, b"y" * 60, b"z"]
+    _feed(write, struct.pack("<Q", 2) + b"".join(map(_string, items[:2])) + struct.pack("<Q", 3)
+          + b"".join(map(_string, items)))  # fmt: skip
+    reader = WireReader(read)
+    assert reader.strings("exactly the bound") == ["x" * 40, "y" * 60]
+    with pytest.raises(ProtocolError, match="targets: more than 100 bytes in all"):
+        reader.strings("targets")
