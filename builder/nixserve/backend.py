@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from builder.castore.blobs.service import BlobService
     from builder.castore.directories.service import DirectoryService
     from builder.executor.service import BuildExecutor
+    from builder.nixserve.paths import RecordingLock
     from builder.store.service import PathInfoService
     from sandbox.launcher import Launcher
 
@@ -30,6 +31,7 @@ class ServeBackend(Protocol):
     blobs: BlobService
     directories: DirectoryService
     pathinfos: PathInfoService
+    recording: RecordingLock
 
     def executor(self) -> BuildExecutor:
         """The build executor, set up on first use (most connections never build)."""

@@ -90,7 +90,7 @@ class ServeBuilds:
         self._connection_fd = connection_fd
         self._log_fd = log_fd
         self._impure_env = dict(impure_env)
-        self._valid = ValidPaths(backend.pathinfos, backend.blobs)
+        self._valid = ValidPaths(backend.pathinfos, backend.blobs, backend.recording)
 
     def build_wire_derivation(
         self, drv_path_text: str, wire: WireDerivation, settings: BuildSettings
@@ -172,8 +172,7 @@ class ServeBuilds:
                     return finish(BuildStatus.OUTPUT_REJECTED, str(exc))
                 return finish(BuildStatus.MISC_FAILURE, str(exc))
         for info in infos:
-            if self._valid.info(info.path) is None:
-                self._backend.pathinfos.put(info)
+            self._valid.record(info)
         return finish(BuildStatus.BUILT)
 
     def valid_outputs(self, drv_paths: Iterable[StorePath]) -> list[StorePath]:

@@ -20,6 +20,7 @@ from builder.executor.config import BuildConfig, BuildLimits
 from builder.executor.removal import remove_tree
 from builder.executor.service import BuildExecutor, BuildService
 from builder.nixserve.launching import spawn_launcher
+from builder.nixserve.paths import RecordingLock
 from builder.store.store import Store
 from sandbox.launcher import Launcher
 
@@ -52,6 +53,7 @@ class EmbeddedBackend:
         self.blobs = self._store.blobs
         self.directories = self._store.directories
         self.pathinfos = self._store.pathinfos
+        self.recording = RecordingLock(data_dir)
         self._service: BuildService | None = None
 
     def executor(self) -> BuildExecutor:

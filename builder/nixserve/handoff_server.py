@@ -45,6 +45,7 @@ from builder.nixserve.handoff_relay import (
     HANDOFF_VERSION,
 )
 from builder.nixserve.handshake import check_client_version
+from builder.nixserve.paths import RecordingLock
 from builder.nixserve.wire import ProtocolError, WireReader, WireWriter
 from builder.store.store import Store
 
@@ -100,6 +101,7 @@ class SharedBackend:
         self.blobs = store.blobs
         self.directories = store.directories
         self.pathinfos = store.pathinfos
+        self.recording = RecordingLock(store.data_dir)
         self._builds = ReportedBuilds(builds, Caller(peer, FAMILY))
 
     def executor(self) -> BuildExecutor:

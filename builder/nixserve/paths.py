@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fcntl
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from builder.castore.blobs.service import READ_CHUNK_SIZE, BlobService
 from builder.castore.nodes import FileNode
@@ -21,13 +26,62 @@ def sorted_paths(paths: Iterable[StorePath]) -> list[StorePath]:
     return sorted(set(paths), key=lambda p: p.basename)
 
 
+LOCK_FILE = "valid-paths.lock"
+
+
+class RecordingLock:
+    """Held while a path is checked and made valid, so that only one writer does it.
+
+    The sessions of one process (a server's hand-off sessions) take a lock of
+    the process; on a data directory, which several ``builder-nix-serve``
+    processes and a server may share, also an ``flock`` on a file there.
+    Through a remote server nothing here can exclude its other clients.
+    """
+
+    _sessions = threading.Lock()
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self._file = None if data_dir is None else data_dir / LOCK_FILE
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with RecordingLock._sessions:
+            if self._file is None:
+                yield
+                return
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self._file, flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+
 class ValidPaths:
-    def __init__(self, pathinfos: PathInfoService, blobs: BlobService) -> None:
+    def __init__(
+        self, pathinfos: PathInfoService, blobs: BlobService, recording: RecordingLock
+    ) -> None:
         self._pathinfos = pathinfos
         self._blobs = blobs
+        self._recording = recording
 
     def info(self, path: StorePath) -> PathInfo | None:
         return lookup(self._pathinfos, path)
+
+    def record(self, info: PathInfo) -> bool:
+        """Make ``info`` valid unless its path already is; whether it was recorded.
+
+        A valid path never changes, as in Nix: an upload or a build that
+        finishes after another session made the same path valid (its NAR
+        could take as long as its client liked) leaves that one in place,
+        which clients may have fetched and checked already.
+        """
+        with self._recording.held():
+            if self.info(info.path) is not None:
+                return False
+            self._pathinfos.put(info)
+            return True
 
     def require(self, path: StorePath) -> PathInfo:
         info = self.info(path)

@@ -18,6 +18,7 @@ from builder.castore.grpc.security import ChannelSecurity, read_channel_security
 from builder.config_file import read_toml_file
 from builder.errors import InvalidArgumentError
 from builder.executor.service import BuildExecutor
+from builder.nixserve.paths import RecordingLock
 from builder.remote.executor import RemoteBuildExecutor
 from builder.store.pathinfos.grpc import GrpcPathInfoService
 
@@ -33,6 +34,7 @@ class RemoteBackend:
         self.blobs = GrpcBlobService(url, security=security)
         self.directories = GrpcDirectoryService(url, security=security)
         self.pathinfos = GrpcPathInfoService(url, security=security)
+        self.recording = RecordingLock(None)
         self._executor: RemoteBuildExecutor | None = None
 
     def executor(self) -> BuildExecutor:

@@ -92,7 +92,7 @@ class ServeSession:
         self._backend = backend
         self._minor = client_minor
         self._builds = builds
-        self._valid = ValidPaths(backend.pathinfos, backend.blobs)
+        self._valid = ValidPaths(backend.pathinfos, backend.blobs, backend.recording)
         self._write = write
         self._commands: dict[int, Callable[[], None]] = {
             1: self.query_valid_paths,
@@ -194,7 +194,7 @@ class ServeSession:
             tuple(parse_signature(s, f"signatures[{i}]") for i, s in enumerate(signatures)),
             ContentAddress.parse(ca) if ca else None,
         )
-        self._backend.pathinfos.put(info)
+        self._valid.record(info)
         self._out.u64(1)
 
     def import_paths(self) -> None:
@@ -228,7 +228,7 @@ class ServeSession:
                 tuple(sorted_paths(references)),
                 deriver,
             )
-            self._backend.pathinfos.put(info)
+            self._valid.record(info)
         self._out.u64(1)
 
     def build_derivation(self) -> None:

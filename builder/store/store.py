@@ -84,6 +84,11 @@ class Store:
             composition.close()
             raise
 
+    @property
+    def data_dir(self) -> Path | None:
+        """The data directory of an embedded store; None for a configured one."""
+        return None if self.import_record_path is None else self.import_record_path.parent
+
     def import_record(self) -> ImportRecord | None:
         """What host files were imported as, for ``ingest_path``; opened on first use.
 

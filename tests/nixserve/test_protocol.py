@@ -7,11 +7,13 @@ and nothing recorded (a fresh connection finds the path invalid).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import socket
 import struct
 import subprocess
+import termios
 from collections.abc import Callable
 from pathlib import Path
 
@@ -429,3 +431,37 @@ def test_a_client_resetting_its_socket_ends_the_connection_with_an_error(tmp_pat
     assert process.wait(60) == 1
     assert "error: the client closed the connection" in log
     assert "Traceback" not in log
+
+
+def _unread(pipe_end: int) -> int:
+    """Bytes in a pipe not read yet (FIONREAD answers for either end)."""
+    return struct.unpack("i", fcntl.ioctl(pipe_end, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_an_upload_finishing_after_the_path_became_valid_leaves_it_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """Two connections on one data directory: a valid path never changes under its readers."""
+    store = str(tmp_path / "data")
+    path = random_path("contested")
+    first, second = nar(nar_file(b"first contents\n")), nar(nar_file(b"other contents\n"))
+    late, early = ServeClient(store), ServeClient(store)
+    try:
+        late.handshake()
+        early.handshake()
+        late.send(
+            u64(9) + string(path) + string("") + string(hashlib.sha256(second).hexdigest())
+            + strings([]) + u64(0) + u64(len(second)) + u64(0) + strings([]) + string("")
+            + second[:40]
+        )  # fmt: skip
+        # The late upload has read its command and is inside its NAR.
+        wait_for(lambda: _unread(late.stdin.fileno()) == 0, "the late upload to start its NAR")
+        early.add_to_store_nar(path, first)
+        late.send(second[40:])
+        assert late.u64() == 1
+        (info,) = early.query_path_infos([path])
+        assert info.nar_hash == "sha256:" + nixbase32.encode(hashlib.sha256(first).digest())
+        assert early.dump(path, info.nar_size) == first
+    finally:
+        late.kill()
+        early.kill()
