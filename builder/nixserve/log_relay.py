@@ -49,7 +49,10 @@ class LogRelay:
     """One session's log writer: ``write`` returns at once, a thread of its own does the writing."""
 
     def __init__(self, fd: int, limit: int = PENDING_LIMIT, stall: float = STALL_SECONDS) -> None:
-        self._fd = fd
+        # A copy of its own, closed by the writer thread when it ends: the
+        # session may close ``fd`` while a stalled write still waits, and a
+        # number closed under the thread could be reused by another session.
+        self._fd = os.dup(fd)
         self._limit = limit
         self._stall = stall
         self._pending = bytearray()
@@ -83,6 +86,12 @@ class LogRelay:
         self._thread.join(timeout)
 
     def _pump(self) -> None:
+        try:
+            self._write_pending()
+        finally:
+            os.close(self._fd)
+
+    def _write_pending(self) -> None:
         while True:
             with self._changed:
                 while not (self._pending or self._dropped or self._closed):

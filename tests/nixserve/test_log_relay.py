@@ -80,3 +80,27 @@ def test_everything_reaches_a_reading_client_in_order() -> None:
         os.close(read)
         if write >= 0:
             os.close(write)
+
+
+def test_a_stalled_write_never_lands_in_a_descriptor_reused_after_the_session() -> None:
+    """The session closes its log descriptor after a bounded wait; the number may then be
+    another session's, which a still-waiting write must not reach."""
+    read, write = os.pipe()
+    filler = b"f" * fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
+    os.write(write, filler)
+    relay = LogRelay(write)
+    relay.write(b"late log")
+    relay.close(0.05)  # the client has read nothing: the session goes on without waiting
+    os.close(write)
+    other_read, other_write = os.pipe()  # lowest free numbers: likely the one just closed
+    try:
+        # The stalled client reads again; the late log reaches it, not the other pipe.
+        assert _read_all(read) == filler + b"late log"
+        os.close(other_write)
+        other_write = -1
+        assert _read_all(other_read) == b""
+    finally:
+        os.close(read)
+        os.close(other_read)
+        if other_write >= 0:
+            os.close(other_write)
