@@ -70,6 +70,10 @@ def remove_tree(path: str | bytes | Path) -> list[int]:
     return inodes
 
 
+_Removal = tuple[Path, Callable[[], None]]
+"""A tree to remove, and what to run once it is gone."""
+
+
 class DeferredRemoval:
     """Trees removed on a thread of their own, after the build that wrote them has answered.
 
@@ -135,9 +139,6 @@ class DeferredRemoval:
                 item.set()
             else:
                 _remove_then(*item)
-
-
-_Removal = tuple[Path, Callable[[], None]]
 
 
 def _remove_then(path: Path, then: Callable[[], None]) -> None:

@@ -69,8 +69,8 @@ class ValidPaths:
     def info(self, path: StorePath) -> PathInfo | None:
         return lookup(self._pathinfos, path)
 
-    def record(self, info: PathInfo) -> bool:
-        """Make ``info`` valid unless its path already is; whether it was recorded.
+    def record(self, info: PathInfo) -> None:
+        """Make ``info`` valid unless its path already is.
 
         A valid path never changes, as in Nix: an upload or a build that
         finishes after another session made the same path valid (its NAR
@@ -78,10 +78,8 @@ class ValidPaths:
         which clients may have fetched and checked already.
         """
         with self._recording.held():
-            if self.info(info.path) is not None:
-                return False
-            self._pathinfos.put(info)
-            return True
+            if self.info(info.path) is None:
+                self._pathinfos.put(info)
 
     def require(self, path: StorePath) -> PathInfo:
         info = self.info(path)

@@ -17,11 +17,17 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def test_output_past_the_bound_is_dropped_and_counted() -> None:
+def _full_pipe() -> tuple[int, int, bytes]:
+    """A pipe whose reader (the client) has read nothing yet: its buffer is full."""
     read, write = os.pipe()
+    filler = b"f" * fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
+    os.write(write, filler)
+    return read, write, filler
+
+
+def test_output_past_the_bound_is_dropped_and_counted() -> None:
+    read, write, filler = _full_pipe()
     try:
-        filler = b"f" * fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
-        os.write(write, filler)  # the client reads nothing for now
         relay = LogRelay(write, limit=10)
         sent = b"a" * 10 + b"b" * 15
         relay.write(sent[:10])
@@ -53,9 +59,8 @@ def test_output_past_the_bound_is_dropped_and_counted() -> None:
 
 
 def test_a_client_that_reads_nothing_is_given_up_on() -> None:
-    read, write = os.pipe()
+    read, write, _ = _full_pipe()
     try:
-        os.write(write, b"f" * fcntl.fcntl(write, fcntl.F_GETPIPE_SZ))
         relay = LogRelay(write, stall=0.2)
         relay.write(b"never read")
         started = time.monotonic()
@@ -85,9 +90,7 @@ def test_everything_reaches_a_reading_client_in_order() -> None:
 def test_a_stalled_write_never_lands_in_a_descriptor_reused_after_the_session() -> None:
     """The session closes its log descriptor after a bounded wait; the number may then be
     another session's, which a still-waiting write must not reach."""
-    read, write = os.pipe()
-    filler = b"f" * fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
-    os.write(write, filler)
+    read, write, filler = _full_pipe()
     relay = LogRelay(write)
     relay.write(b"late log")
     relay.close(0.05)  # the client has read nothing: the session goes on without waiting
