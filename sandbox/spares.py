@@ -4,6 +4,12 @@ A run should only pay for what depends on its spec, so the launcher keeps a
 few PIDs 1 already cloned, each with its uid claimed and its cgroup made. The
 pool is the one owner of those claims: whatever it hands out comes back to it
 through ``release`` when the run ends.
+
+A PID 1 is cloned for a profile (the ids a rootless one maps, and whether it
+keeps the host network) and can take only a spec of that profile. The pool
+keeps spares for the default profile, and for every other profile one of the
+latest runs asked for: a builder that fetches (fixed-output derivations keep
+the network) would otherwise clone a PID 1 while each such build waits.
 """
 
 import contextlib
@@ -20,6 +26,41 @@ from sandbox.spec import BUILD_GID, BUILD_UID, SandboxSpec
 from sandbox.uids import UidPool
 
 _DEFAULT_IDS = (BUILD_UID, BUILD_GID)
+#: A profile other than the default keeps its spares while one of this many
+#: latest runs asked for it.
+REMEMBERED_RUNS = 100
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a PID 1 fixes before its spec arrives, so what a spec must match."""
+
+    inside_ids: tuple[int, int]
+    network: bool
+
+
+DEFAULT_PROFILE = Profile(_DEFAULT_IDS, network=False)
+
+
+class Demand:
+    """The profiles spares are kept for: the default one, and those recent runs asked for."""
+
+    def __init__(self, remembered_runs: int = REMEMBERED_RUNS) -> None:
+        self.remembered_runs = remembered_runs
+        self.runs = 0
+        # The run count at which each profile was last asked for.
+        self.last_asked: dict[Profile, int] = {DEFAULT_PROFILE: 0}
+
+    def ask(self, profile: Profile) -> None:
+        self.runs += 1
+        self.last_asked[profile] = self.runs
+
+    def wanted(self) -> list[Profile]:
+        """The latest asked for first, so that a refill serves what is likely to come next."""
+        for profile, run in list(self.last_asked.items()):
+            if profile != DEFAULT_PROFILE and self.runs - run >= self.remembered_runs:
+                del self.last_asked[profile]
+        return sorted(self.last_asked, key=self.last_asked.__getitem__, reverse=True)
 
 
 @dataclass
@@ -32,8 +73,7 @@ class Spare:
     job_fd: int
     cgroup: BuildCgroup | None
     host_uid: int | None
-    inside_ids: tuple[int, int]
-    network: bool
+    profile: Profile
 
 
 @dataclass(frozen=True)
@@ -54,6 +94,7 @@ class SparePool:
         self.uids = uids
         self.spares: list[Spare] = []
         self.closed = False
+        self.demand = Demand()
 
     def launch(self, spec: SandboxSpec, payload: bytes) -> Spare:
         """A PID 1 that has been sent the spec; a fresh one if the first cannot take it.
@@ -61,6 +102,7 @@ class SparePool:
         PID 1 sets its group's limits from the spec itself (``init``), off
         this process's one thread.
         """
+        self.demand.ask(self._profile((spec.uid, spec.gid), spec.network))
         spare = self._take(spec)
         try:
             send_spec(spare.job_fd, payload)
@@ -70,16 +112,16 @@ class SparePool:
             send_spec(spare.job_fd, payload)
         return spare
 
-    def _take(self, spec: SandboxSpec) -> Spare:
-        """The oldest spare prepared for the spec's profile, or a new one.
+    def _profile(self, ids: tuple[int, int], network: bool) -> Profile:
+        """A root PID 1 maps ids only once the spec arrives, so for it only the network counts."""
+        return Profile(_DEFAULT_IDS if self.context.rootful else ids, network)
 
-        Spares are made for the common case (build user 1000/100, no network);
-        a root PID 1 maps ids only after the spec arrives, so for it the
-        network alone decides.
-        """
+    def _take(self, spec: SandboxSpec) -> Spare:
+        """The oldest spare prepared for the spec's profile, or a new one."""
         ids = (spec.uid, spec.gid)
+        profile = self._profile(ids, spec.network)
         for index, spare in enumerate(self.spares):
-            if spare.network == spec.network and (self.context.rootful or spare.inside_ids == ids):
+            if spare.profile == profile:
                 return self.spares.pop(index)
         while True:
             try:
@@ -95,14 +137,21 @@ class SparePool:
 
         Called when a run has finished rather than when one starts, so that
         the clone does not compete with a starting build for the CPU. Keeping
-        more than one gives each spare time to join its cgroup (which can take
-        an RCU grace period) before a spec reaches it.
+        more than one per profile gives each spare time to join its cgroup
+        (which can take an RCU grace period) before a spec reaches it. The
+        profile asked for last is refilled first; spares of a profile no
+        recent run asked for are let go, with the uids they hold.
         """
-        while len(self.spares) < self.size and not self.closed:
-            try:
-                self.spares.append(self.make(_DEFAULT_IDS, network=False))
-            except (SandboxError, OSError):
-                return
+        wanted = self.demand.wanted()
+        for spare in [s for s in self.spares if s.profile not in wanted]:
+            self.spares.remove(spare)
+            self.discard(spare)
+        for profile in wanted:
+            while not self.closed and sum(s.profile == profile for s in self.spares) < self.size:
+                try:
+                    self.spares.append(self.make(profile.inside_ids, profile.network))
+                except (SandboxError, OSError):
+                    return
 
     def make(self, inside_ids: tuple[int, int], network: bool) -> Spare:
         context = self.context
@@ -149,7 +198,8 @@ class SparePool:
             run_init(setup)
         for fd in (job_r, log_w, status_w):
             os.close(fd)
-        return Spare(pid, log_r, status_r, job_w, cgroup, host_uid, inside_ids, network)
+        profile = self._profile(inside_ids, network)
+        return Spare(pid, log_r, status_r, job_w, cgroup, host_uid, profile)
 
     def discard(self, spare: Spare) -> None:
         with contextlib.suppress(ProcessLookupError):
