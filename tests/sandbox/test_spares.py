@@ -45,9 +45,7 @@ def test_a_profile_no_recent_run_asked_for_is_let_go_but_never_the_default() -> 
 
 
 @pytest.fixture(params=["rootful", "rootless"])
-def launcher(
-    request: pytest.FixtureRequest, rootless_config: LauncherConfig
-) -> Iterator[Launcher]:
+def launcher(request: pytest.FixtureRequest, rootless_config: LauncherConfig) -> Iterator[Launcher]:
     """A launcher of its own with one spare per profile, so its children are all its spares."""
     if request.param == "rootful":
         require_root("a rootful launcher")
