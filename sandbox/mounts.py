@@ -120,25 +120,32 @@ def populate_root(
     """
     _make_etc(root, spec, prepared_ids)
     store = _make_store(root, spec, owner)
+    capped = store is not None and store.tmp is not None
+    sources = store.scratch if store is not None and capped else [s.host for s in spec.scratch]
     mounts = [
-        _Mount(store[i] if store else s.host, s.target, writable=True)
-        for i, s in enumerate(spec.scratch)
+        _Mount(source, s.target, writable=True)
+        for source, s in zip(sources, spec.scratch, strict=True)
     ]
+    if store is not None:
+        mounts += [
+            _Mount(d, t, writable=True)
+            for d, t in zip(store.temporary, spec.temporary, strict=True)
+        ]
     mounts += [_Mount(b.host, b.target, writable=False) for b in spec.ro_binds]
     mounts += [_Mount(p, p, writable=False, device_ok=True) for p in spec.ro_paths]
     if spec.shell is not None:
         mounts.append(_Mount(spec.shell, "/bin/sh", writable=False))
-    if store is None:
+    if store is None or store.tmp is None:
         syscalls.mount("tmpfs", _at(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     else:
-        _bind_path(store[-1], _at(root, "/tmp"), writable=True)
-    if owner is not None and store is None:
+        _bind_path(store.tmp, _at(root, "/tmp"), writable=True)
+    if owner is not None and not capped:
         for scratch in spec.scratch:
             os.chown(scratch.host, *owner, follow_symlinks=False)
     targets = [s.target for s in spec.scratch]
     root_fd = hostpaths.open_dir(root)
     try:
-        ctx = _Context(root_fd, owner, targets, [] if store else targets, layout)
+        ctx = _Context(root_fd, owner, targets + spec.temporary, [] if capped else targets, layout)
         for mount in sorted(mounts, key=lambda m: m.target.count("/")):
             target_fd = _mountpoint(ctx, mount)
             try:
@@ -220,27 +227,48 @@ def _make_dev(root: str) -> None:
         os.symlink(target, f"{dev}/{name}")
 
 
-def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> list[str] | None:
-    """Back scratch dirs and /tmp with one size-capped tmpfs when a limit is set.
+@dataclass(frozen=True)
+class _Store:
+    """Directories of the sandbox's own tmpfs that writable targets are bound from.
+
+    ``scratch`` and ``tmp`` are only there under a scratch byte limit;
+    otherwise scratch dirs are the caller's and /tmp has a tmpfs of its own.
+    """
+
+    temporary: list[str]
+    scratch: list[str]
+    tmp: str | None
+
+
+def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> _Store | None:
+    """Back temporary dirs with a tmpfs, and scratch dirs and /tmp too when a limit is set.
 
     One filesystem for all of them makes the kernel enforce the total, and lets
     the build's writes be charged to its memory cgroup like any tmpfs page.
     """
     limit = spec.limits.scratch_bytes
-    if limit is None:
+    if limit is None and not spec.temporary:
         return None
     store = _at(root, "/" + _STORE)
     os.mkdir(store)
-    syscalls.mount("tmpfs", store, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={limit}")
-    dirs = [f"{store}/{i}" for i in range(len(spec.scratch))]
-    for path in dirs:
+    options = "mode=0755" if limit is None else f"mode=0755,size={limit}"
+    syscalls.mount("tmpfs", store, "tmpfs", MS_NOSUID | MS_NODEV, options)
+
+    def owned_dir(name: str) -> str:
+        path = f"{store}/{name}"
         os.mkdir(path, 0o755)
         if owner is not None:
             os.chown(path, *owner)
+        return path
+
+    temporary = [owned_dir(f"temporary-{i}") for i in range(len(spec.temporary))]
+    if limit is None:
+        return _Store(temporary, [], None)
+    scratch = [owned_dir(f"scratch-{i}") for i in range(len(spec.scratch))]
     tmp = f"{store}/tmp"
     os.mkdir(tmp)
     os.chmod(tmp, 0o1777)
-    return [*dirs, tmp]
+    return _Store(temporary, scratch, tmp)
 
 
 def _mountpoint(ctx: _Context, mount: _Mount) -> int:

@@ -74,7 +74,8 @@ class Limits:
     """Resource ceilings; ``None`` means unlimited.
 
     Times are seconds, sizes bytes. ``silence`` is the longest stretch without
-    any output; ``scratch_bytes`` caps everything written to scratch and /tmp.
+    any output; ``scratch_bytes`` caps everything written to scratch, temporary
+    dirs and /tmp.
     """
 
     wall_time: float | None = None
@@ -88,13 +89,20 @@ class Limits:
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """Everything needed to run one command in isolation."""
+    """Everything needed to run one command in isolation.
+
+    ``temporary`` dirs are writable like scratch but nobody collects them (a
+    Nix build directory), so they live in memory as /tmp does: each a fresh
+    tmpfs, or a part of the capped one under a scratch byte limit. Creating
+    files there costs nothing on the host's disk and leaves nothing to remove.
+    """
 
     argv: list[str]
     env: dict[str, ByteLike] = field(default_factory=dict)
     cwd: str = "/"
     ro_binds: list[Bind] = field(default_factory=list)
     scratch: list[Scratch] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)
     files: list[File] = field(default_factory=list)
     symlinks: list[Symlink] = field(default_factory=list)
     network: bool = False
@@ -124,6 +132,8 @@ class SandboxSpec:
         for scratch in self.scratch:
             _absolute(scratch.host, "scratch host")
             scratch_targets.append(_absolute(scratch.target, "scratch target"))
+        for path in self.temporary:
+            scratch_targets.append(_absolute(path, "temporary dir"))
         for file in self.files:
             _absolute(file.target, "file target")
         for link in self.symlinks:
@@ -166,6 +176,7 @@ class SandboxSpec:
                 cwd=raw.get("cwd", "/"),
                 ro_binds=[Bind(**b) for b in raw.get("ro_binds", [])],
                 scratch=[Scratch(**s) for s in raw.get("scratch", [])],
+                temporary=[str(t) for t in raw.get("temporary", [])],
                 files=[_file(f) for f in raw.get("files", [])],
                 symlinks=[Symlink(**link) for link in raw.get("symlinks", [])],
                 network=bool(raw.get("network", False)),

@@ -178,19 +178,26 @@ class BuildRunner:
     def _spec(
         self, request: BuildRequest, work: Path, stack: ExitStack
     ) -> tuple[SandboxSpec, dict[str, Path]]:
-        scratch_hosts = {}
-        scratch = []
-        for i, path in enumerate(request.scratch_paths):
-            host = work / f"scratch-{i}"
-            host.mkdir()
-            scratch_hosts[path] = host
-            scratch.append(Scratch(target="/" + path, host=str(host)))
-
         inputs_dir = request.inputs_dir
         holder = next(
             (s for s in request.scratch_paths if inputs_dir == s or is_inside(inputs_dir, s)),
             None,
         )
+        # Only the dirs that hold an output or the inputs need a host dir; the
+        # rest (Nix's build directory) are temporary, in memory like /tmp.
+        holders = PathTree(request.scratch_paths)
+        kept = {holders.holder(output) for output in request.outputs} | {holder}
+        scratch_hosts = {}
+        scratch = []
+        temporary = []
+        for i, path in enumerate(request.scratch_paths):
+            if path not in kept:
+                temporary.append("/" + path)
+                continue
+            host = work / f"scratch-{i}"
+            host.mkdir()
+            scratch_hosts[path] = host
+            scratch.append(Scratch(target="/" + path, host=str(host)))
         binds: list[Bind] = []
         symlinks: list[Symlink] = []
         staging_fd: int | None = None
@@ -244,6 +251,7 @@ class BuildRunner:
             cwd="/" + request.working_dir,
             ro_binds=binds,
             scratch=scratch,
+            temporary=temporary,
             files=[
                 File(target="/" + f.path, contents=f.contents) for f in request.additional_files
             ],

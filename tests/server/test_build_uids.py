@@ -96,7 +96,8 @@ def test_an_unprivileged_user_cannot_stop_builds(root: None, tmp_path: Path) -> 
 def _wait_for_build_dir(served: Served, name: str) -> Path:
     deadline = time.monotonic() + WAIT
     while True:
-        found = list(served.work.glob(f"builds/owner-*/*/scratch-0/{name}"))
+        # The request's second scratch path, nix/store: the build dir has no host dir.
+        found = list(served.work.glob(f"builds/owner-*/*/scratch-1/{name}"))
         if found:
             return found[0].parent
         assert time.monotonic() < deadline, f"no build wrote {name}"
@@ -113,7 +114,7 @@ def test_running_out_of_build_uids_is_resource_exhausted(root: None, tmp_path: P
         contextmanager(_serve)(tmp_path, launcher, job_slots=2) as served,
     ):
         held = _request(
-            "touch started; while [ ! -e go ]; do sleep 0.05; done; echo x > /nix/store/out"
+            "cd /nix/store; touch started; while [ ! -e go ]; do sleep 0.05; done; echo x > out"
         )
         running = served.snix().DoBuild.future(request_to_proto(held, Family.SNIX), timeout=WAIT)
         build_dir = _wait_for_build_dir(served, "started")

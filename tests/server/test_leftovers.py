@@ -165,8 +165,8 @@ def test_work_tree_of_a_killed_server_is_removed_at_restart(
     call = snix_rpc.BuildServiceStub(first.channel).DoBuild.future(request, timeout=TIMEOUT * 4)
 
     def work_trees() -> list[Path]:
-        """Build work directories (they hold the scratch directories), however nested."""
-        return [Path(d) for d, subdirs, _ in os.walk(builds) if "scratch-0" in subdirs]
+        """Build work directories (``builds/OWNER/BUILD``)."""
+        return [tree for tree in builds.glob("*/*") if tree.is_dir()]
 
     wait_for(lambda: work_trees() and processes_with(marker), "the build to run")
     (tree,) = work_trees()

@@ -137,8 +137,8 @@ def _gone(processes: list[psutil.Process]) -> bool:
 
 
 def _no_work_trees(data: Path) -> bool:
-    builds = data / "build" / "builds"
-    return not any("scratch-0" in dirs for _, dirs, _ in os.walk(builds))
+    """No build's work dir (``builds/OWNER/BUILD``) is left."""
+    return not any(tree.is_dir() for tree in (data / "build" / "builds").glob("*/*"))
 
 
 def test_sigterm_drains_a_running_build_and_refuses_new_ones(start: Start) -> None:

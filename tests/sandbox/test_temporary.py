@@ -1,0 +1,85 @@
+"""Temporary dirs: writable by the build, kept in memory, collected by nobody.
+
+A Nix build directory is written file by file and thrown away; on a host
+disk each file it creates costs an inode there and a removal afterwards.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox import Limit, Limits, SandboxSpec, Scratch, SpecError
+
+from .conftest import Sandboxes
+
+# Prints the filesystem type of /build and who owns it, then fills it.
+PROBE = (
+    "while read dev dir kind rest; do [ $dir = /build ] && echo $kind; done < /proc/self/mounts; "
+    "stat -c %u /build; for i in 1 2 3 4 5 6 7 8; do echo $i > /build/file-$i; done; "
+    "ln -s file-1 /build/link; cat /build/file-8 > /out/copied"
+)
+
+
+@pytest.mark.parametrize("cap", [None, 1 << 20], ids=["own-tmpfs", "capped"])
+def test_temporary_dir_is_a_tmpfs_the_build_owns_and_the_host_never_sees(
+    sandbox: Sandboxes, cap: int | None
+) -> None:
+    out = sandbox.directory("out")
+    result = sandbox.run(
+        PROBE,
+        scratch=[Scratch("/out", str(out))],
+        temporary=["/build"],
+        cwd="/build",
+        limits=Limits(scratch_bytes=cap),
+    )
+    assert result.ok, result
+    kind, owner = result.log.decode().split()
+    assert kind == "tmpfs"
+    assert int(owner) == 1000
+    assert (out / "copied").read_text() == "8\n"
+    assert [p.name for p in out.iterdir()] == ["copied"]
+    assert not any(p.name.startswith("file-") for p in sandbox.workspace.rglob("file-*"))
+
+
+def test_temporary_dir_counts_against_the_scratch_limit(sandbox: Sandboxes) -> None:
+    out = sandbox.directory("out")
+    limit = 2 << 20
+    result = sandbox.run(
+        "dd if=/dev/zero of=/build/big bs=64k count=1000",
+        scratch=[Scratch("/out", str(out))],
+        temporary=["/build"],
+        limits=Limits(scratch_bytes=limit),
+    )
+    assert result.exit_code != 0
+    assert b"No space left on device" in result.log
+    assert Limit.SCRATCH_BYTES in result.limits_reached
+
+
+def test_each_run_gets_an_empty_temporary_dir(sandbox: Sandboxes) -> None:
+    for _ in range(2):
+        result = sandbox.run("ls -A /build; echo left > /build/left", temporary=["/build"])
+        assert result.ok, result
+        assert result.log == b""
+
+
+@pytest.mark.parametrize(
+    ("temporary", "scratch", "problem"),
+    [
+        (["build"], [], "temporary dir must be an absolute path"),
+        (["/build/../etc"], [], "temporary dir must be normalised"),
+        (["/tmp"], [], "/tmp is provided by the sandbox itself"),
+        (["/out/build"], [Scratch("/out", "/host/out")], "scratch /out/build is nested"),
+        (["/out"], [Scratch("/out", "/host/out")], "two mounts share a target"),
+    ],
+)
+def test_bad_temporary_dirs_are_refused(
+    temporary: list[str], scratch: list[Scratch], problem: str
+) -> None:
+    spec = SandboxSpec(argv=["/bin/true"], scratch=scratch, temporary=temporary)
+    with pytest.raises(SpecError, match=problem.replace(".", r"\.")):
+        spec.validate()
+
+
+def test_temporary_dirs_survive_the_trip_to_the_launcher() -> None:
+    spec = SandboxSpec(argv=["/bin/true"], temporary=["/build", "/var/cache"])
+    assert SandboxSpec.from_json(spec.to_json()) == spec
