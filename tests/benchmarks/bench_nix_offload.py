@@ -6,7 +6,10 @@ an embedded data directory, ``builder-nix-serve`` forwarding to a running
 ``builder serve`` over gRPC, ``builder-nix-serve`` relaying its connection to
 the hand-off socket of a ``builder serve`` started once for the whole
 benchmark (as a busy builder runs one), and ``nix-store --serve --write`` on a
-store directory of its own. Each run gets fresh salts and, but for the
+store directory of its own, twice: as Nix comes, building in ``$TMPDIR`` on the
+disk, and with ``TMPDIR`` on a tmpfs (``/dev/shm``). Our builds keep their
+build directory in memory, so the second peer makes the same trade and shows
+how much of a ratio is that choice. Each run gets fresh salts and, but for the
 hand-off server, fresh remote stores (a per-run server is started before its
 run, not timed); the peers take turns after an untimed round, and the medians
 are printed with their ratios to the peer.
@@ -51,21 +54,37 @@ SERVER_MAGIC = 0x5452EECB
 CLIENT_VERSION = 0x207
 
 
-@contextmanager
-def embedded(work: Path) -> Iterator[str]:
-    yield str(work / "data")
+# Where the second Nix peer builds: a tmpfs on every Linux machine.
+MEMORY_DIR = Path("/dev/shm")
+
+# A remote store for one run: its --store and the variables nix-build passes on.
+Remote = tuple[str, dict[str, str]]
 
 
 @contextmanager
-def through_server(work: Path) -> Iterator[str]:
+def embedded(work: Path) -> Iterator[Remote]:
+    yield str(work / "data"), {}
+
+
+@contextmanager
+def through_server(work: Path) -> Iterator[Remote]:
     # The corpus has fixed-output derivations, which a server builds only if allowed the network.
     with serving(work, f"grpc+unix://{work}/builder.sock", "--allow-network") as server:
-        yield server.address
+        yield server.address, {}
 
 
 @contextmanager
-def nix_peer(work: Path) -> Iterator[str]:
-    yield str(work / "store")
+def nix_peer(work: Path) -> Iterator[Remote]:
+    yield str(work / "store"), {}
+
+
+@contextmanager
+def nix_peer_in_memory(work: Path) -> Iterator[Remote]:
+    # Nix makes each build directory in $TMPDIR, which the remote nix-store inherits.
+    if not MEMORY_DIR.is_dir():
+        raise SystemExit(f"{MEMORY_DIR} is missing: the second Nix peer builds there")
+    with tempfile.TemporaryDirectory(dir=MEMORY_DIR) as build_dirs:
+        yield str(work / "store"), {"TMPDIR": build_dirs}
 
 
 class HandoffServer:
@@ -84,16 +103,20 @@ class HandoffServer:
 
     @classmethod
     @contextmanager
-    def store(cls, work: Path) -> Iterator[str]:
-        yield cls.address
+    def store(cls, work: Path) -> Iterator[Remote]:
+        yield cls.address, {}
 
 
-# Each peer: the remote program, and the --store it gets for a run in a fresh directory.
-PEERS: dict[str, tuple[str, Callable[[Path], AbstractContextManager[str]]]] = {
+NIX_PEER = "nix-store --serve"
+NIX_PEER_IN_MEMORY = "nix-store --serve, TMPDIR tmpfs"
+
+# Each peer: the remote program, and the remote store it gets for a run in a fresh directory.
+PEERS: dict[str, tuple[str, Callable[[Path], AbstractContextManager[Remote]]]] = {
     "builder-nix-serve, embedded": (str(SERVE_PROGRAM), embedded),
     "builder-nix-serve, builder serve": (str(SERVE_PROGRAM), through_server),
     "builder-nix-serve, hand-off": (str(SERVE_PROGRAM), HandoffServer.store),
-    "nix-store --serve": ("nix-store", nix_peer),
+    NIX_PEER: ("nix-store", nix_peer),
+    NIX_PEER_IN_MEMORY: ("nix-store", nix_peer_in_memory),
 }
 
 
@@ -107,9 +130,9 @@ def offload_corpus(
     names = [file for file in FILES if file not in FAILING]
     drvs = list(instantiate(names, busybox).values())
     work = Path(tempfile.mkdtemp(dir=scratch))
-    with remote_store(work) as store:
+    with remote_store(work) as (store, environment):
         start = time.perf_counter()
-        done = offload(drvs, [Machine(program, store, jobs)], *options)
+        done = offload(drvs, [Machine(program, store, jobs)], *options, environment=environment)
         elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"offloading to {name} failed:\n{done.stderr}")
@@ -194,15 +217,17 @@ def report(
     times: dict[str, list[float]], start_times: dict[str, list[float]], options: argparse.Namespace
 ) -> None:
     count = len(FILES) - len(FAILING)
-    peer = statistics.median(times["nix-store --serve"])
+    peer = statistics.median(times[NIX_PEER])
+    peer_in_memory = statistics.median(times[NIX_PEER_IN_MEMORY])
     poll = "Nix's default" if options.poll_interval is None else f"{options.poll_interval} s"
     print(
         f"nix offload of the corpus ({count} top-level derivations, {options.jobs} remote jobs, "
         f"{os.cpu_count()} cores, build-poll-interval {poll}, median of {options.runs} runs):"
     )
+    print(f"  {'':34} {'median':>8}   ratio to nix-store, to nix-store with TMPDIR tmpfs")
     for name, samples in times.items():
         median = statistics.median(samples)
-        print(f"  {name:34} {median:6.2f} s   ratio to nix-store {median / peer:.2f}")
+        print(f"  {name:34} {median:6.2f} s   {median / peer:4.2f}  {median / peer_in_memory:4.2f}")
     # Nix's rounds make single runs differ by multiples of the poll interval;
     # the runs themselves show how much of a median is that.
     print("each run, in the order measured (s):")

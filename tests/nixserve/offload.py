@@ -13,6 +13,7 @@ import re
 import subprocess
 import sysconfig
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,21 @@ def offload_environment() -> dict[str, str]:
 
 
 def offload(
-    drvs: list[str], machines: list[Machine], *options: str, timeout: float = 600
+    drvs: list[str],
+    machines: list[Machine],
+    *options: str,
+    timeout: float = 600,
+    environment: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``nix-build`` with no local build slots, so every derivation goes to ``machines``."""
+    """``nix-build`` with no local build slots, so every derivation goes to ``machines``.
+
+    ``environment`` adds variables, which the remote programs inherit.
+    """
+    env = {**offload_environment(), **(environment or {})}
     return subprocess.run(
         ["nix-build", *drvs, "--no-out-link", "--max-jobs", "0",
          "--option", "builders", builders(*machines), *options],
-        capture_output=True, text=True, env=offload_environment(), timeout=timeout, check=False,
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
     )  # fmt: skip
 
 
