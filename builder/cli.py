@@ -264,6 +264,7 @@ def _build_service(
         log_retention_seconds=args.log_retention,
         max_input_size=args.max_input_size or defaults.max_input_size,
         allow_network=allow_network,
+        build_dirs_in_memory=not args.build_dirs_on_disk,
     )
     try:
         return BuildService(config, store.blobs, store.directories, launcher, store.results)
@@ -704,6 +705,13 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long logs of finished builds stay available to GetLog, in seconds "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--build-dirs-on-disk",
+        action="store_true",
+        help="keep build directories (scratch paths with no output and no inputs, such as "
+        "Nix's /build) in the work directory instead of a tmpfs, for builds that write "
+        "more there than memory holds (default: in memory)",
     )
     parser.add_argument(
         "--max-input-size",

@@ -377,3 +377,22 @@ def test_network_access_is_allowed_on_ones_own_machine(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o" / "out").read_text() == "yes\n"
     assert accepted == [b"reached\n"]
+
+
+@pytest.mark.parametrize(("flags", "where"), [((), "memory"), (("--build-dirs-on-disk",), "disk")])
+def test_the_build_directory_is_in_memory_unless_asked_for_on_disk(
+    tmp_path: Path, flags: tuple[str, ...], where: str
+) -> None:
+    # The directory of its filesystem that is mounted at /build: a host dir of
+    # the work tree when it is on disk.
+    script = (
+        "while read id parent numbers root dir rest; do"
+        ' [ $dir = /build ] && printf "$root" > /nix/store/out; done < /proc/self/mountinfo;'
+        " test -s /nix/store/out"
+    )
+    path = tmp_path / "req.pb"
+    path.write_bytes(request_to_proto(_request(script), Family.SNIX).SerializeToString())
+    result = run(str(path), "--out", str(tmp_path / "o"), *flags, data=tmp_path)
+    assert result.returncode == 0, result.stderr
+    on_disk = (tmp_path / "o" / "out").read_text().endswith("/scratch-0")
+    assert on_disk == (where == "disk")

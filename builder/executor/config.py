@@ -72,6 +72,11 @@ class BuildConfig:
     # A build with network access shares the host's network namespace: it can
     # reach every local service, so only the operator may grant it.
     allow_network: bool = False
+    # Scratch paths that hold no output and not the inputs (Nix's build
+    # directory) are a tmpfs in the sandbox: no inode on the work dir's disk to
+    # create or remove. An operator whose builds fill more than memory can hold
+    # there keeps them on disk instead.
+    build_dirs_in_memory: bool = True
     # GetLog calls following a running build at once; each holds a server
     # thread until the build ends, so a server reserves threads for this many.
     log_followers: int = 16

@@ -191,7 +191,7 @@ class BuildRunner:
         scratch = []
         temporary = []
         for i, path in enumerate(request.scratch_paths):
-            if path not in kept:
+            if path not in kept and self._config.build_dirs_in_memory:
                 temporary.append("/" + path)
                 continue
             host = work / f"scratch-{i}"

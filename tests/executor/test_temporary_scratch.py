@@ -22,10 +22,13 @@ from builder.executor.runner import BuildRunner
 from sandbox import Launcher
 from tests.requirements import require_root
 
-# Writes the filesystem type of /build into the output.
+# Writes the filesystem type of /build, and the directory of that filesystem
+# mounted there, into the output.
 SCRIPT = (
     "while read dev dir kind rest; do [ $dir = /build ] && printf $kind > /out/kind; done"
-    " < /proc/self/mounts; printf x > /build/scratch-file"
+    " < /proc/self/mounts; while read id parent numbers root dir rest; do"
+    ' [ $dir = /build ] && printf " $root" >> /out/kind; done < /proc/self/mountinfo;'
+    " printf x > /build/scratch-file"
 )
 
 
@@ -36,10 +39,15 @@ def launcher() -> Iterator[Launcher]:
         yield started
 
 
-def _run(tmp_path: Path, launcher: Launcher, inputs_dir: str) -> tuple[bytes, list[str]]:
-    """The output's contents and the work tree's entries while the sandbox ran."""
+def _run(
+    tmp_path: Path, launcher: Launcher, inputs_dir: str, in_memory: bool = True
+) -> tuple[list[str], list[str]]:
+    """/build's filesystem type and root as the build saw them, and the work tree's
+    entries while the sandbox ran."""
     blobs, directories = MemoryBlobService(), MemoryDirectoryService()
-    config = BuildConfig(work_dir=tmp_path / "work", result_cache=False)
+    config = BuildConfig(
+        work_dir=tmp_path / "work", result_cache=False, build_dirs_in_memory=in_memory
+    )
     cache = MaterialisationCache(tmp_path / "cache", blobs, directories, 1 << 20)
     runner = BuildRunner(config, blobs, directories, launcher, cache)
     seen: list[str] = []
@@ -69,14 +77,14 @@ def _run(tmp_path: Path, launcher: Launcher, inputs_dir: str) -> tuple[bytes, li
     finally:
         runner.close()
         cache.close()
-    return contents, seen
+    return contents.decode().split(), seen
 
 
 def test_a_build_directory_without_outputs_or_inputs_is_a_tmpfs(
     tmp_path: Path, launcher: Launcher
 ) -> None:
-    kind, work_tree = _run(tmp_path, launcher, "nix/store")
-    assert kind == b"tmpfs"
+    (kind, _), work_tree = _run(tmp_path, launcher, "nix/store")
+    assert kind == "tmpfs"
     # scratch-0 would be the host dir of "build": only the output's dir exists.
     assert "scratch-0" not in work_tree
     assert "scratch-1" in work_tree
@@ -87,3 +95,10 @@ def test_a_build_directory_holding_the_inputs_stays_on_the_host(
 ) -> None:
     _, work_tree = _run(tmp_path, launcher, "build/inputs")
     assert {"scratch-0", "scratch-1"} <= set(work_tree)
+
+
+def test_an_operator_can_keep_build_directories_on_disk(tmp_path: Path, launcher: Launcher) -> None:
+    (_, root), work_tree = _run(tmp_path, launcher, "nix/store", in_memory=False)
+    assert "scratch-0" in work_tree
+    # The host dir itself is mounted there, whatever its filesystem.
+    assert root.endswith("/scratch-0")
