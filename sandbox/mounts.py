@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sandbox import hostpaths, identity, syscalls
 from sandbox.errors import SpecError
 from sandbox.fdio import write_all
-from sandbox.spec import SandboxSpec
+from sandbox.spec import STORE_DIR, SandboxSpec
 from sandbox.syscalls import (
     MNT_DETACH,
     MOUNT_ATTR_NODEV,
@@ -40,7 +40,6 @@ DEV_LINKS = {
     "ptmx": "/dev/pts/ptmx",
 }
 NETWORK_ETC = ("resolv.conf", "services", "hosts")
-_STORE = ".scratch-store"
 
 
 @dataclass
@@ -71,10 +70,31 @@ class _Context:
 
 @dataclass(frozen=True)
 class _Mount:
-    source: str
+    source: str | int
     target: str
     writable: bool
     device_ok: bool = False
+
+
+@dataclass(frozen=True)
+class _Store:
+    """Descriptors of the directories of the sandbox's own tmpfs that writable targets
+    are bound from.
+
+    Binds are made by descriptor because the store's path lies in the root
+    being assembled: a bind made earlier could cover it (the spec forbids
+    that, and the descriptors make sure). ``scratch`` and ``tmp`` are only
+    there under a scratch byte limit; otherwise scratch dirs are the caller's
+    and /tmp has a tmpfs of its own.
+    """
+
+    temporary: list[int]
+    scratch: list[int]
+    tmp: int | None
+
+    def close(self) -> None:
+        for fd in [*self.temporary, *self.scratch, *([self.tmp] if self.tmp is not None else [])]:
+            os.close(fd)
 
 
 def prepare_root(root: str, ids: tuple[int, int], network: bool) -> None:
@@ -120,8 +140,31 @@ def populate_root(
     """
     _make_etc(root, spec, prepared_ids)
     store = _make_store(root, spec, owner)
+    try:
+        _mount_all(root, spec, owner, layout, store)
+    finally:
+        if store is not None:
+            store.close()
+    if store is not None:
+        syscalls.umount2(_at(root, STORE_DIR), MNT_DETACH)
+        os.rmdir(_at(root, STORE_DIR))
+    # Read-only only now: devices such as /dev/kvm may have been added to /dev.
+    dev = _at(root, "/dev")
+    syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+    syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _mount_all(
+    root: str,
+    spec: SandboxSpec,
+    owner: tuple[int, int] | None,
+    layout: RootLayout,
+    store: _Store | None,
+) -> None:
     capped = store is not None and store.tmp is not None
-    sources = store.scratch if store is not None and capped else [s.host for s in spec.scratch]
+    sources: list[str | int] = (
+        list(store.scratch) if store is not None and capped else [s.host for s in spec.scratch]
+    )
     mounts = [
         _Mount(source, s.target, writable=True)
         for source, s in zip(sources, spec.scratch, strict=True)
@@ -159,13 +202,6 @@ def populate_root(
         os.close(hostpaths.walk(root_fd, spec.cwd, functools.partial(_created, ctx)))
     finally:
         os.close(root_fd)
-    if store is not None:
-        syscalls.umount2(_at(root, "/" + _STORE), MNT_DETACH)
-        os.rmdir(_at(root, "/" + _STORE))
-    # Read-only only now: devices such as /dev/kvm may have been added to /dev.
-    dev = _at(root, "/dev")
-    syscalls.mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
-    syscalls.mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def enter_root(root: str) -> None:
@@ -227,19 +263,6 @@ def _make_dev(root: str) -> None:
         os.symlink(target, f"{dev}/{name}")
 
 
-@dataclass(frozen=True)
-class _Store:
-    """Directories of the sandbox's own tmpfs that writable targets are bound from.
-
-    ``scratch`` and ``tmp`` are only there under a scratch byte limit;
-    otherwise scratch dirs are the caller's and /tmp has a tmpfs of its own.
-    """
-
-    temporary: list[str]
-    scratch: list[str]
-    tmp: str | None
-
-
 def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> _Store | None:
     """Back temporary dirs with a tmpfs, and scratch dirs and /tmp too when a limit is set.
 
@@ -249,26 +272,40 @@ def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> 
     limit = spec.limits.scratch_bytes
     if limit is None and not spec.temporary:
         return None
-    store = _at(root, "/" + _STORE)
+    store = _at(root, STORE_DIR)
     os.mkdir(store)
     options = "mode=0755" if limit is None else f"mode=0755,size={limit}"
     syscalls.mount("tmpfs", store, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    store_fd = hostpaths.open_dir(store)
+    opened: list[int] = []
 
-    def owned_dir(name: str) -> str:
-        path = f"{store}/{name}"
-        os.mkdir(path, 0o755)
+    def held(name: str) -> int:
+        fd = os.open(
+            name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=store_fd
+        )
+        opened.append(fd)
+        return fd
+
+    def owned_dir(name: str) -> int:
+        os.mkdir(name, 0o755, dir_fd=store_fd)
         if owner is not None:
-            os.chown(path, *owner)
-        return path
+            os.chown(name, *owner, dir_fd=store_fd, follow_symlinks=False)
+        return held(name)
 
-    temporary = [owned_dir(f"temporary-{i}") for i in range(len(spec.temporary))]
-    if limit is None:
-        return _Store(temporary, [], None)
-    scratch = [owned_dir(f"scratch-{i}") for i in range(len(spec.scratch))]
-    tmp = f"{store}/tmp"
-    os.mkdir(tmp)
-    os.chmod(tmp, 0o1777)
-    return _Store(temporary, scratch, tmp)
+    try:
+        temporary = [owned_dir(f"temporary-{i}") for i in range(len(spec.temporary))]
+        if limit is None:
+            return _Store(temporary, [], None)
+        scratch = [owned_dir(f"scratch-{i}") for i in range(len(spec.scratch))]
+        os.mkdir("tmp", dir_fd=store_fd)
+        os.chmod("tmp", 0o1777, dir_fd=store_fd)
+        return _Store(temporary, scratch, held("tmp"))
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    finally:
+        os.close(store_fd)
 
 
 def _mountpoint(ctx: _Context, mount: _Mount) -> int:
@@ -277,7 +314,7 @@ def _mountpoint(ctx: _Context, mount: _Mount) -> int:
     dir_fd = hostpaths.walk(ctx.root_fd, parent, functools.partial(_created, ctx))
     try:
         if hostpaths.kind(dir_fd, name) is None:
-            if os.path.isdir(mount.source):
+            if isinstance(mount.source, int) or os.path.isdir(mount.source):
                 os.mkdir(name, 0o755, dir_fd=dir_fd)
             else:
                 os.close(_create(dir_fd, name, 0o644))
@@ -303,7 +340,7 @@ def _is_child(path: str, name: str, parent: str) -> bool:
     return len(path) == len(parent) + 1 + len(name) and path.startswith(parent + "/")
 
 
-def _bind(source: str, target_fd: int, shown: str, writable: bool, device_ok: bool) -> None:
+def _bind(source: str | int, target_fd: int, shown: str, writable: bool, device_ok: bool) -> None:
     """Bind ``source`` (a whole tree) onto the target the descriptor pins.
 
     The copy is detached while its flags are set, so it is never visible
@@ -315,7 +352,7 @@ def _bind(source: str, target_fd: int, shown: str, writable: bool, device_ok: bo
         attrs = MOUNT_ATTR_NOSUID
         if not writable:
             attrs |= MOUNT_ATTR_RDONLY
-        if not (device_ok and _is_device(source)):
+        if not (device_ok and isinstance(source, str) and _is_device(source)):
             attrs |= MOUNT_ATTR_NODEV
         syscalls.mount_setattr_fd(tree, attrs)
         syscalls.move_mount_onto(tree, target_fd, shown)
@@ -323,7 +360,7 @@ def _bind(source: str, target_fd: int, shown: str, writable: bool, device_ok: bo
         os.close(tree)
 
 
-def _bind_path(source: str, target: str, writable: bool) -> None:
+def _bind_path(source: str | int, target: str, writable: bool) -> None:
     """Bind onto a target in the sandbox's own fresh tmpfs, which nobody else can touch."""
     target_fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

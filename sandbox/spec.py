@@ -16,6 +16,10 @@ from sandbox.errors import SpecError
 
 ByteLike = str | bytes
 
+#: Where a sandbox mounts the tmpfs its temporary dirs (and capped scratch) come
+#: from while it assembles the root; no spec may place anything there.
+STORE_DIR = "/.scratch-store"
+
 #: The build user inside, as in Nix's sandbox.
 BUILD_UID = 1000
 BUILD_GID = 100
@@ -148,9 +152,13 @@ class SandboxSpec:
             if _within(b, a):
                 raise SpecError(f"scratch {b} is nested in scratch {a}")
         reserved = ("/proc", "/dev", "/etc", "/tmp")
+        placed = [self.cwd, *(f.target for f in self.files), *(s.target for s in self.symlinks)]
         for target in targets + scratch_targets:
             if target == "/" or any(target == r for r in reserved):
                 raise SpecError(f"{target} is provided by the sandbox itself")
+        for target in targets + scratch_targets + placed:
+            if target == STORE_DIR or _within(target, STORE_DIR):
+                raise SpecError(f"{target} lies in {STORE_DIR}, which the sandbox uses itself")
             if _within(target, "/proc"):
                 raise SpecError(f"{target} lies in /proc")
         if len(set(targets + scratch_targets)) != len(targets) + len(scratch_targets):

@@ -93,14 +93,21 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
-def open_tree_clone(source: str) -> int:
+def open_tree_clone(source: str | int) -> int:
     """A detached copy of the mount tree at ``source`` (submounts included), as an fd.
 
     Attributes can be set on it before it is attached, and attaching it with
     ``move_mount_onto`` names the target by descriptor rather than by path.
+    A descriptor as ``source`` (``O_PATH`` is enough) clones the directory it
+    was opened on, wherever its path leads by now.
     """
     flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
-    ret = _libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(_AT_FDCWD), _b(source), ctypes.c_uint(flags))
+    if isinstance(source, int):
+        dir_fd, path = source, b""
+        flags |= _AT_EMPTY_PATH
+    else:
+        dir_fd, path = _AT_FDCWD, _b(source)
+    ret = _libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(dir_fd), path, ctypes.c_uint(flags))
     _check(ret, f"open_tree {source!r}")
     return int(ret)
 

@@ -15,9 +15,11 @@ import pytest
 
 from builder.castore.blobs.memory import MemoryBlobService
 from builder.castore.directories.memory import MemoryDirectoryService
-from builder.executor.config import BuildConfig
+from builder.castore.nodes import SymlinkNode
+from builder.errors import InvalidArgumentError
+from builder.executor.config import BuildConfig, BuildLimits
 from builder.executor.matcache.cache import MaterialisationCache
-from builder.executor.request import BuildRequest, Constraints
+from builder.executor.request import AdditionalFile, BuildRequest, Constraints
 from builder.executor.runner import BuildRunner
 from sandbox import Launcher
 from tests.requirements import require_root
@@ -102,3 +104,38 @@ def test_an_operator_can_keep_build_directories_on_disk(tmp_path: Path, launcher
     assert "scratch-0" in work_tree
     # The host dir itself is mounted there, whatever its filesystem.
     assert root.endswith("/scratch-0")
+
+
+@pytest.mark.parametrize("cap", [None, 1 << 20], ids=["own-tmpfs", "capped"])
+def test_inputs_cannot_cover_the_store_the_build_directory_comes_from(
+    tmp_path: Path, launcher: Launcher, cap: int | None
+) -> None:
+    """Inputs at the store's place, a symlink named like the build directory's source
+    among them, would send the build directory (and the files written into it
+    as root while the root is assembled) onto that host directory."""
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    blobs, directories = MemoryBlobService(), MemoryDirectoryService()
+    config = BuildConfig(
+        work_dir=tmp_path / "work", result_cache=False, limits=BuildLimits(scratch_bytes=cap)
+    )
+    cache = MaterialisationCache(tmp_path / "cache", blobs, directories, 1 << 20)
+    runner = BuildRunner(config, blobs, directories, launcher, cache)
+    request = BuildRequest(
+        inputs=(SymlinkNode(name=b"temporary-0", target=str(victim).encode()),),
+        command_args=("/bin/sh", "-c", "echo built > /a/b/build/by-the-build"),
+        working_dir="a/b/build",
+        scratch_paths=("a/b/build",),
+        inputs_dir=".scratch-store",
+        outputs=(),
+        environment=(),
+        constraints=Constraints(system="x86_64-linux", provide_bin_sh=True),
+        additional_files=(AdditionalFile("a/b/build/by-the-sandbox", b"x"),),
+    )
+    try:
+        with pytest.raises(InvalidArgumentError, match=r"lies in /\.scratch-store"):
+            runner.run(request)
+    finally:
+        runner.close()
+        cache.close()
+    assert list(victim.iterdir()) == []

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import Limit, Limits, SandboxSpec, Scratch, SpecError
+from sandbox import Bind, File, Limit, Limits, SandboxSpec, Scratch, SpecError, Symlink
+from sandbox.spec import STORE_DIR
 
 from .conftest import Sandboxes
 
@@ -83,3 +84,24 @@ def test_bad_temporary_dirs_are_refused(
 def test_temporary_dirs_survive_the_trip_to_the_launcher() -> None:
     spec = SandboxSpec(argv=["/bin/true"], temporary=["/build", "/var/cache"])
     assert SandboxSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"ro_binds": [Bind("/host/in", STORE_DIR)]},
+        {"ro_binds": [Bind("/host/in", f"{STORE_DIR}/temporary-0")]},
+        {"scratch": [Scratch(f"{STORE_DIR}/x", "/host/out")]},
+        {"temporary": [f"{STORE_DIR}/build"]},
+        {"files": [File(f"{STORE_DIR}/temporary-0/f", b"x")]},
+        {"symlinks": [Symlink(f"{STORE_DIR}/link", "/")]},
+        {"cwd": STORE_DIR},
+    ],
+    ids=["bind", "bind-inside", "scratch", "temporary", "file", "symlink", "cwd"],
+)
+def test_nothing_may_be_placed_where_the_sandbox_keeps_its_store(fields: dict) -> None:
+    """A bind there would come before the temporary dirs' own binds and could
+    redirect them onto a host directory of the caller's choosing."""
+    spec = SandboxSpec(argv=["/bin/true"], **{"temporary": ["/a/b/build"], **fields})
+    with pytest.raises(SpecError, match=f"lies in {STORE_DIR}"):
+        spec.validate()
