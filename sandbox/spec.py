@@ -208,7 +208,9 @@ def _file(raw: dict[str, Any]) -> File:
 def _absolute(path: str, what: str) -> str:
     if not path.startswith("/") or "\0" in path:
         raise SpecError(f"{what} must be an absolute path: {path!r}")
-    if posixpath.normpath(path) != path and path != "/":
+    # normpath keeps two leading slashes (POSIX leaves their meaning open), which
+    # would spell a reserved path in a way the checks below do not recognise.
+    if (posixpath.normpath(path) != path or path.startswith("//")) and path != "/":
         raise SpecError(f"{what} must be normalised (no '.', '..' or '//'): {path!r}")
     return path
 

@@ -99,14 +99,17 @@ def open_tree_clone(source: str | int) -> int:
     Attributes can be set on it before it is attached, and attaching it with
     ``move_mount_onto`` names the target by descriptor rather than by path.
     A descriptor as ``source`` (``O_PATH`` is enough) clones the directory it
-    was opened on, wherever its path leads by now.
+    was opened on, wherever its path leads by now, and only that mount: a
+    directory the sandbox made for itself never holds mounts of its own, so
+    anything found stacked on it is left behind.
     """
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC
     if isinstance(source, int):
         dir_fd, path = source, b""
         flags |= _AT_EMPTY_PATH
     else:
         dir_fd, path = _AT_FDCWD, _b(source)
+        flags |= AT_RECURSIVE
     ret = _libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(dir_fd), path, ctypes.c_uint(flags))
     _check(ret, f"open_tree {source!r}")
     return int(ret)

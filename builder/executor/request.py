@@ -21,6 +21,7 @@ from builder.errors import InvalidArgumentError
 from builder.executor.outputs import CollectedOutput
 from builder.proto.snix.build.protos import build_pb2 as snix_build
 from builder.proto.tvix.build.protos import build_pb2 as tvix_build
+from sandbox.spec import STORE_DIR
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,15 @@ def check_relative_path(path: str, where: str) -> None:
         raise InvalidArgumentError(f"{where}: {path!r} contains NUL")
     if path.startswith("/"):
         raise InvalidArgumentError(f"{where}: {path!r} must be relative")
-    for component in path.split("/"):
+    components = path.split("/")
+    for component in components:
         if component in ("", ".", ".."):
             shown = component or "empty"
             raise InvalidArgumentError(f"{where}: {path!r} has a {shown!r} component")
+    if components[0] == STORE_DIR[1:]:
+        raise InvalidArgumentError(
+            f"{where}: {path!r} lies in {STORE_DIR[1:]!r}, which the sandbox keeps for itself"
+        )
 
 
 def _check_absolute_path(path: str, where: str) -> None:

@@ -70,6 +70,11 @@ def _with(**changes: object) -> BuildRequest:
         ({"scratch_paths": ("nix/store", "build")}, "scratch_paths: .* not sorted"),
         ({"scratch_paths": ("build", "build")}, "scratch_paths: .* duplicate"),
         ({"scratch_paths": ("./build",)}, r"scratch_paths\[0\]: .* has a '\.' component"),
+        ({"inputs_dir": ".scratch-store"}, "inputs_dir: .* the sandbox keeps for itself"),
+        (
+            {"working_dir": ".scratch-store/build"},
+            "working_dir: '.scratch-store/build' lies in '.scratch-store'",
+        ),
         ({"outputs": ("elsewhere/out",)}, r"outputs\[0\]: .* not inside any scratch path"),
         ({"outputs": ("nix/store",)}, r"outputs\[0\]: .* not inside any scratch path"),
         ({"outputs": ("nix/store/b", "nix/store/a")}, "outputs: .* not sorted"),

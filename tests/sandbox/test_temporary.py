@@ -68,6 +68,8 @@ def test_each_run_gets_an_empty_temporary_dir(sandbox: Sandboxes) -> None:
     [
         (["build"], [], "temporary dir must be an absolute path"),
         (["/build/../etc"], [], "temporary dir must be normalised"),
+        (["//.scratch-store"], [], "temporary dir must be normalised"),
+        (["//tmp"], [], "temporary dir must be normalised"),
         (["/tmp"], [], "/tmp is provided by the sandbox itself"),
         (["/out/build"], [Scratch("/out", "/host/out")], "scratch /out/build is nested"),
         (["/out"], [Scratch("/out", "/host/out")], "two mounts share a target"),
