@@ -98,8 +98,11 @@ class BuildRunner:
         work = self._owned.claim(name)
         try:
             work.mkdir()
+            holders = PathTree(request.scratch_paths)
+            # Validation saw to it that every output lies in a scratch path.
+            output_holders = [holders.holder(output) for output in request.outputs]
             with slot(), ExitStack() as stack:
-                spec, scratch_hosts = self._spec(request, work, stack)
+                spec, scratch_hosts = self._spec(request, output_holders, work, stack)
                 if cancel.cancelled:
                     raise CancelledError("build cancelled before it started")
                 result = self._sandboxed(spec, on_log, cancel)
@@ -107,10 +110,8 @@ class BuildRunner:
                 raise CancelledError("build cancelled")
             if not result.ok:
                 raise _failure(result)
-            holders = PathTree(request.scratch_paths)
             locations = []
-            for output in request.outputs:
-                scratch = holders.holder(output)
+            for output, scratch in zip(request.outputs, output_holders, strict=True):
                 assert scratch is not None
                 locations.append((output, scratch_hosts[scratch], output[len(scratch) + 1 :]))
             try:
@@ -176,7 +177,11 @@ class BuildRunner:
             ) from error
 
     def _spec(
-        self, request: BuildRequest, work: Path, stack: ExitStack
+        self,
+        request: BuildRequest,
+        output_holders: list[str | None],
+        work: Path,
+        stack: ExitStack,
     ) -> tuple[SandboxSpec, dict[str, Path]]:
         inputs_dir = request.inputs_dir
         holder = next(
@@ -185,8 +190,7 @@ class BuildRunner:
         )
         # Only the dirs that hold an output or the inputs need a host dir; the
         # rest (Nix's build directory) are temporary, in memory like /tmp.
-        holders = PathTree(request.scratch_paths)
-        kept = {holders.holder(output) for output in request.outputs} | {holder}
+        kept = {*output_holders, holder}
         scratch_hosts = {}
         scratch = []
         temporary = []
