@@ -14,7 +14,11 @@ median is printed for ``builder-nix-serve`` relaying to a running
 of its own, the two taking turns; then the wall time of the same
 connections made two at a time, as a machine with two slots receives them.
 
-Run: ``.venv/bin/python tests/benchmarks/bench_nix_serve_connection.py [--connections N]``.
+With ``--idle S`` each timed connection follows S seconds of quiet, as the
+first connections of one of Nix's rounds do.
+
+Run: ``.venv/bin/python tests/benchmarks/bench_nix_serve_connection.py [--connections N]
+[--idle S]``.
 """
 
 from __future__ import annotations
@@ -89,6 +93,12 @@ def prepared(connect: Connect) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        help="seconds of quiet before each timed connection, as Nix's rounds leave the machine",
+    )
     options = parser.parse_args()
     env = nix_environment()
     with tempfile.TemporaryDirectory() as name:
@@ -112,6 +122,7 @@ def main() -> None:
             phases: dict[str, list[list[float]]] = {peer: [] for peer in connects}
             for _ in range(options.connections):
                 for peer, connect in connects.items():
+                    time.sleep(options.idle)
                     phases[peer].append(connection(connect, inputs[peer]))
             paired: dict[str, float] = {}
             for peer, connect in connects.items():
