@@ -264,4 +264,4 @@ def _kill_leftovers() -> None:
 
 def _scratch_full() -> bool:
     info = os.statvfs("/tmp")
-    return info.f_bavail * info.f_frsize < 64 * 1024
+    return info.f_bavail * info.f_frsize < 64 * 1024 or info.f_favail == 0

@@ -40,6 +40,8 @@ DEV_LINKS = {
     "ptmx": "/dev/pts/ptmx",
 }
 NETWORK_ETC = ("resolv.conf", "services", "hosts")
+# What each file, directory or symlink in a capped scratch store counts against its limit.
+ENTRY_BYTES = 4096
 
 
 @dataclass
@@ -84,16 +86,18 @@ class _Store:
     Binds are made by descriptor because the store's path lies in the root
     being assembled: a bind made earlier could cover it (the spec forbids
     that, and the descriptors make sure). ``scratch`` and ``tmp`` are only
-    there under a scratch byte limit; otherwise scratch dirs are the caller's
-    and /tmp has a tmpfs of its own.
+    there under a scratch byte limit, with ``shm``; otherwise scratch dirs are
+    the caller's and /tmp and /dev/shm have a tmpfs each.
     """
 
     temporary: list[int]
     scratch: list[int]
     tmp: int | None
+    shm: int | None
 
     def close(self) -> None:
-        for fd in [*self.temporary, *self.scratch, *([self.tmp] if self.tmp is not None else [])]:
+        shared = [self.tmp, self.shm]
+        for fd in [*self.temporary, *self.scratch, *(d for d in shared if d is not None)]:
             os.close(fd)
 
 
@@ -178,10 +182,12 @@ def _mount_all(
     mounts += [_Mount(p, p, writable=False, device_ok=True) for p in spec.ro_paths]
     if spec.shell is not None:
         mounts.append(_Mount(spec.shell, "/bin/sh", writable=False))
-    if store is None or store.tmp is None:
+    if store is None or store.tmp is None or store.shm is None:
         syscalls.mount("tmpfs", _at(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     else:
+        # /dev/shm is covered too: its own tmpfs, made before the spec came, has no cap.
         _bind_path(store.tmp, _at(root, "/tmp"), writable=True)
+        _bind_path(store.shm, _at(root, "/dev/shm"), writable=True)
     if owner is not None and not capped:
         for scratch in spec.scratch:
             os.chown(scratch.host, *owner, follow_symlinks=False)
@@ -263,18 +269,44 @@ def _make_dev(root: str) -> None:
         os.symlink(target, f"{dev}/{name}")
 
 
+def _prepared_entries(spec: SandboxSpec) -> int:
+    """At most how many entries the sandbox itself makes in the store, beyond the build's share.
+
+    The store's own dirs, and each mount point, file and symlink of the spec
+    with the directories leading to it, should it lie under a scratch path.
+    """
+    targets = [
+        spec.cwd,
+        *spec.temporary,
+        *spec.ro_paths,
+        *(s.target for s in spec.scratch),
+        *(b.target for b in spec.ro_binds),
+        *(f.target for f in spec.files),
+        *(link.target for link in spec.symlinks),
+    ]
+    return 8 + len(spec.scratch) + len(spec.temporary) + sum(t.count("/") for t in targets)
+
+
 def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> _Store | None:
-    """Back temporary dirs with a tmpfs, and scratch dirs and /tmp too when a limit is set.
+    """Back temporary dirs with a tmpfs, and scratch dirs, /tmp and /dev/shm too under a limit.
 
     One filesystem for all of them makes the kernel enforce the total, and lets
     the build's writes be charged to its memory cgroup like any tmpfs page.
+    Under a limit the inodes are capped as well: an empty file or directory
+    takes no tmpfs block, yet scratch is copied back to the host disk, where
+    each entry costs an inode and a directory a block. So every entry counts
+    as ``ENTRY_BYTES`` of the limit.
     """
     limit = spec.limits.scratch_bytes
     if limit is None and not spec.temporary:
         return None
     store = _at(root, STORE_DIR)
     os.mkdir(store)
-    options = "mode=0755" if limit is None else f"mode=0755,size={limit}"
+    if limit is None:
+        options = "mode=0755"
+    else:
+        entries = limit // ENTRY_BYTES + _prepared_entries(spec)
+        options = f"mode=0755,size={limit},nr_inodes={entries}"
     syscalls.mount("tmpfs", store, "tmpfs", MS_NOSUID | MS_NODEV, options)
     store_fd = hostpaths.open_dir(store)
     opened: list[int] = []
@@ -295,11 +327,12 @@ def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> 
     try:
         temporary = [owned_dir(f"temporary-{i}") for i in range(len(spec.temporary))]
         if limit is None:
-            return _Store(temporary, [], None)
+            return _Store(temporary, [], None, None)
         scratch = [owned_dir(f"scratch-{i}") for i in range(len(spec.scratch))]
-        os.mkdir("tmp", dir_fd=store_fd)
-        os.chmod("tmp", 0o1777, dir_fd=store_fd)
-        return _Store(temporary, scratch, held("tmp"))
+        for name in ("tmp", "shm"):
+            os.mkdir(name, dir_fd=store_fd)
+            os.chmod(name, 0o1777, dir_fd=store_fd)
+        return _Store(temporary, scratch, held("tmp"), held("shm"))
     except BaseException:
         for fd in opened:
             os.close(fd)

@@ -79,7 +79,8 @@ class Limits:
 
     Times are seconds, sizes bytes. ``silence`` is the longest stretch without
     any output; ``scratch_bytes`` caps everything written to scratch, temporary
-    dirs and /tmp.
+    dirs, /tmp and /dev/shm, each file, directory or symlink counting as at
+    least one page, as scratch is copied back to a disk where each costs that.
     """
 
     wall_time: float | None = None

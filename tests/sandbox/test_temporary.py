@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from sandbox import Bind, File, Limit, Limits, SandboxSpec, Scratch, SpecError, Symlink
+from sandbox.mounts import ENTRY_BYTES
 from sandbox.spec import STORE_DIR
 
 from .conftest import Sandboxes
@@ -50,6 +51,36 @@ def test_temporary_dir_counts_against_the_scratch_limit(sandbox: Sandboxes) -> N
         scratch=[Scratch("/out", str(out))],
         temporary=["/build"],
         limits=Limits(scratch_bytes=limit),
+    )
+    assert result.exit_code != 0
+    assert b"No space left on device" in result.log
+    assert Limit.SCRATCH_BYTES in result.limits_reached
+
+
+def test_empty_entries_count_against_the_scratch_limit(sandbox: Sandboxes) -> None:
+    """Empty dirs take no tmpfs block, but each becomes an inode (and a block) on the host."""
+    out = sandbox.directory("out")
+    limit = 1 << 20
+    result = sandbox.run(
+        "cd /out; i=0; while [ $i -lt 5000 ]; do mkdir d$i || exit 1; i=$((i+1)); done",
+        scratch=[Scratch("/out", str(out))],
+        temporary=["/build"],
+        limits=Limits(scratch_bytes=limit),
+    )
+    assert result.exit_code != 0
+    assert b"No space left on device" in result.log
+    assert Limit.SCRATCH_BYTES in result.limits_reached
+    # The sandbox's own mount points and dirs take a few entries of their own.
+    made = sum(1 for _ in out.iterdir())
+    assert limit // ENTRY_BYTES <= made < limit // ENTRY_BYTES + 32
+
+
+def test_dev_shm_counts_against_the_scratch_limit(sandbox: Sandboxes) -> None:
+    out = sandbox.directory("out")
+    result = sandbox.run(
+        "dd if=/dev/zero of=/dev/shm/big bs=64k count=1000",
+        scratch=[Scratch("/out", str(out))],
+        limits=Limits(scratch_bytes=2 << 20),
     )
     assert result.exit_code != 0
     assert b"No space left on device" in result.log
