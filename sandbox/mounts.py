@@ -85,19 +85,18 @@ class _Store:
 
     Binds are made by descriptor because the store's path lies in the root
     being assembled: a bind made earlier could cover it (the spec forbids
-    that, and the descriptors make sure). ``scratch`` and ``tmp`` are only
-    there under a scratch byte limit, with ``shm``; otherwise scratch dirs are
-    the caller's and /tmp and /dev/shm have a tmpfs each.
+    that, and the descriptors make sure). ``scratch`` and ``shared`` (the dirs
+    for /tmp and /dev/shm, by where they go) are only there under a scratch
+    byte limit; otherwise scratch dirs are the caller's and /tmp and /dev/shm
+    have a tmpfs each.
     """
 
     temporary: list[int]
     scratch: list[int]
-    tmp: int | None
-    shm: int | None
+    shared: dict[str, int]
 
     def close(self) -> None:
-        shared = [self.tmp, self.shm]
-        for fd in [*self.temporary, *self.scratch, *(d for d in shared if d is not None)]:
+        for fd in [*self.temporary, *self.scratch, *self.shared.values()]:
             os.close(fd)
 
 
@@ -165,7 +164,8 @@ def _mount_all(
     layout: RootLayout,
     store: _Store | None,
 ) -> None:
-    capped = store is not None and store.tmp is not None
+    shared = {} if store is None else store.shared
+    capped = bool(shared)
     sources: list[str | int] = (
         list(store.scratch) if store is not None and capped else [s.host for s in spec.scratch]
     )
@@ -182,12 +182,11 @@ def _mount_all(
     mounts += [_Mount(p, p, writable=False, device_ok=True) for p in spec.ro_paths]
     if spec.shell is not None:
         mounts.append(_Mount(spec.shell, "/bin/sh", writable=False))
-    if store is None or store.tmp is None or store.shm is None:
+    if not capped:
         syscalls.mount("tmpfs", _at(root, "/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    else:
-        # /dev/shm is covered too: its own tmpfs, made before the spec came, has no cap.
-        _bind_path(store.tmp, _at(root, "/tmp"), writable=True)
-        _bind_path(store.shm, _at(root, "/dev/shm"), writable=True)
+    # Under a cap /dev/shm is covered too: its own tmpfs, made before the spec came, has none.
+    for path, fd in shared.items():
+        _bind_path(fd, _at(root, path), writable=True)
     if owner is not None and not capped:
         for scratch in spec.scratch:
             os.chown(scratch.host, *owner, follow_symlinks=False)
@@ -284,7 +283,9 @@ def _prepared_entries(spec: SandboxSpec) -> int:
         *(f.target for f in spec.files),
         *(link.target for link in spec.symlinks),
     ]
-    return 8 + len(spec.scratch) + len(spec.temporary) + sum(t.count("/") for t in targets)
+    # The store's root, tmp and shm, with room to spare for the kernel's own count.
+    own = 8
+    return own + len(spec.scratch) + len(spec.temporary) + sum(t.count("/") for t in targets)
 
 
 def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> _Store | None:
@@ -327,12 +328,12 @@ def _make_store(root: str, spec: SandboxSpec, owner: tuple[int, int] | None) -> 
     try:
         temporary = [owned_dir(f"temporary-{i}") for i in range(len(spec.temporary))]
         if limit is None:
-            return _Store(temporary, [], None, None)
+            return _Store(temporary, [], {})
         scratch = [owned_dir(f"scratch-{i}") for i in range(len(spec.scratch))]
         for name in ("tmp", "shm"):
             os.mkdir(name, dir_fd=store_fd)
             os.chmod(name, 0o1777, dir_fd=store_fd)
-        return _Store(temporary, scratch, held("tmp"), held("shm"))
+        return _Store(temporary, scratch, {"/tmp": held("tmp"), "/dev/shm": held("shm")})
     except BaseException:
         for fd in opened:
             os.close(fd)
